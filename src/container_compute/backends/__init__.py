@@ -1,0 +1,100 @@
+"""Where tasks run. The engine drives any backend through the ``Backend`` protocol.
+
+A task attempt's life on a backend: ``start`` creates and starts a labelled worker and sets
+the command running detached inside it (its stdout, stderr and exit code go to files in the
+worker, so nothing depends on a connection staying open); ``wait`` follows a started worker
+until the command ends, the attempt's timeout passes, or ``should_stop`` says so, then gathers
+the results into ``task_dir`` and returns the outcome; ``delete`` removes the worker. ``wait``
+works on a worker started by an earlier process too: that is how a restarted agent resumes.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..jobs import FailureReason
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a backend needs to run one attempt of one task."""
+
+    job_id: str
+    task_index: int
+    attempt: int
+    image: str
+    command: str
+    env: dict[str, str]
+    input_dir: str | None = None
+    cpu: str | None = None
+    memory: str | None = None
+    timeout_seconds: int = 0
+    results_cap_bytes: int = 256 << 20
+
+    @property
+    def worker_name(self) -> str:
+        """The worker's name: unique per job, task and attempt, valid as an LXD/Nova name."""
+        return f"cc-{self.job_id}-{self.task_index}-{self.attempt}"
+
+
+@dataclass
+class TaskOutcome:
+    """How an attempt ended, and what was gathered from it."""
+
+    exit_code: int | None
+    reason: FailureReason | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    files_bytes: int = 0
+    truncated: bool = False
+    detail: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the command exited 0 and nothing else went wrong."""
+        return self.reason is None and self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker found on the backend, with the labels that say whose it is."""
+
+    name: str
+    job_id: str | None
+    task_index: int | None
+    attempt: int | None
+    running: bool
+
+
+class LaunchError(RuntimeError):
+    """The worker could not be created or started (image missing, pool full, ...)."""
+
+
+class Backend(Protocol):
+    """What the engine needs of a place to run tasks."""
+
+    def start(self, spec: WorkerSpec) -> str:
+        """Create, label and start the worker and start the command; return the worker's name.
+
+        Raises:
+            LaunchError: when the worker cannot be created or started.
+        """
+        ...
+
+    def wait(
+        self, spec: WorkerSpec, task_dir: Path, should_stop: Callable[[], FailureReason | None]
+    ) -> TaskOutcome:
+        """Follow the worker until its command ends or it must stop; gather results to task_dir."""
+        ...
+
+    def delete(self, name: str) -> bool:
+        """Stop and delete a worker; return False when it did not exist."""
+        ...
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every worker of this backend that carries container-compute labels."""
+        ...

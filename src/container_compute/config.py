@@ -1,0 +1,326 @@
+"""The host configuration: one typed class shared by the charm (config.yaml) and the CLI.
+
+Every field is a Juju option with dashes turned into underscores. Construction validates
+every value and raises ``ValueError`` with a message that names the option (dashed, as the
+operator typed it) and says what is allowed; nothing is changed on the host before that.
+"""
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .units import parse_duration, parse_size
+
+LXD_SOURCES = ("auto", "snap", "deb")
+STORAGE_DRIVERS = ("dir", "btrfs", "lvm", "zfs")
+BACKENDS = ("lxd", "nova")
+
+_LXD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$")
+_LISTEN_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)?:(\d{1,5})$")
+_MODULE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CPU_COUNT_RE = re.compile(r"^[1-9]\d{0,3}$")
+_CPU_SET_RE = re.compile(r"^\d{1,4}(-\d{1,4})?(,\d{1,4}(-\d{1,4})?)*$")
+_PERCENT_RE = re.compile(r"^([1-9]\d?|100)%$")
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+_ZFS_DATASET_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_PRINTABLE_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,255}$")
+
+_TYPE_NAMES = {"str": str, "bool": bool, "int": int}
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "a boolean (true or false)"}
+
+MIN_LOOP_SIZE = 1 << 30
+MIN_WORKER_MEMORY = 32 << 20
+MIN_RESULTS_CAP = 1 << 10
+MAX_PARALLEL_WORKERS = 1024
+
+
+def _opt(default: Any, description: str) -> Any:
+    """Declare a config option: its default and the description shown in config.yaml."""
+    return field(default=default, metadata={"description": description})
+
+
+def _fail(option: str, message: str) -> None:
+    """Raise the ValueError every invalid option gives: ``option: message``."""
+    raise ValueError(f"{option}: {message}")
+
+
+def _require_lxd_name(option: str, value: str) -> None:
+    if not _LXD_NAME_RE.match(value):
+        _fail(
+            option,
+            f"{value!r} is not a valid LXD name (1-63 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit)",
+        )
+
+
+def check_cpu_limit(option: str, value: str) -> None:
+    """Check an LXD ``limits.cpu`` value: a CPU count (``2``) or a CPU set (``0-3,6``)."""
+    if not (_CPU_COUNT_RE.match(value) or (_CPU_SET_RE.match(value) and not value.isdigit())):
+        _fail(option, f"{value!r} is not a CPU count (e.g. 2) or a CPU set (e.g. 0-3,6)")
+
+
+def check_memory_limit(option: str, value: str) -> int | None:
+    """Check an LXD ``limits.memory`` value; return its bytes, or None for a percentage."""
+    if _PERCENT_RE.match(value):
+        return None
+    try:
+        size = parse_size(value)
+    except ValueError as err:
+        _fail(option, f"{err}, or a percentage of host memory such as 50%")
+        raise  # unreachable: _fail raises
+    if size < MIN_WORKER_MEMORY:
+        _fail(option, f"{value!r} is below the minimum of 32MiB")
+    return size
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Everything the operator sets for a host: LXD, storage, worker policy, jobs, identity."""
+
+    lxd_source: str = _opt(
+        "auto",
+        "Where LXD comes from: 'snap' (the LXD snap at lxd-snap-channel), 'deb' (the "
+        "distribution's lxd package) or 'auto' (the snap where snapd exists, else the package). "
+        "An LXD already installed either way is kept.",
+    )
+    lxd_snap_channel: str = _opt(
+        "5.21/stable", "Snap channel of LXD when it is installed as a snap, e.g. 5.21/stable."
+    )
+    lxd_project: str = _opt(
+        "container-compute",
+        "LXD project the workers and the worker profile live in, apart from nova-lxd's and the "
+        "host's own instances. Cap it with LXD project limits if you wish.",
+    )
+    lxd_listen_https: str = _opt(
+        "",
+        "Address LXD listens on for HTTPS, e.g. '[::]:8443' or ':8443'. Empty: no network "
+        "listener. Needed for hosts of this application to trust each other (cluster relation).",
+    )
+    storage_driver: str = _opt(
+        "btrfs",
+        "Storage driver of the worker pool: btrfs, zfs or lvm (copy-on-write: a worker is "
+        "created in well under a second) or dir (copies the whole image for every worker; "
+        "works everywhere). A pool that holds instances is never re-created with another driver.",
+    )
+    storage_source: str = _opt(
+        "",
+        "Block device (e.g. /dev/sdb) for the pool, an existing directory for dir, or an "
+        "existing dataset for zfs. Empty: a loop file of storage-size (dir: LXD's own directory).",
+    )
+    storage_size: str = _opt(
+        "20GiB", "Size of the loop file when storage-source is empty (not used by dir)."
+    )
+    storage_pool: str = _opt("container-compute", "Name of the LXD storage pool for workers.")
+    worker_privileged: bool = _opt(
+        False,
+        "Run workers privileged (root in a worker is root on the host). Only for trusted "
+        "workloads that need it.",
+    )
+    worker_nesting: bool = _opt(
+        False, "Allow nested containers inside workers (security.nesting)."
+    )
+    worker_kernel_modules: str = _opt(
+        "",
+        "Comma-separated kernel modules workers need (e.g. 'openvswitch,nbd'). Each is checked "
+        "on the host: built-in or already loaded is fine, a loadable one is loaded, a missing "
+        "one blocks the unit.",
+    )
+    worker_idmap_isolated: bool = _opt(
+        True,
+        "Give every unprivileged worker its own uid/gid range (security.idmap.isolated), so "
+        "that workers cannot touch each other's files. Ignored for privileged workers.",
+    )
+    worker_cpu: str = _opt(
+        "1", "CPU limit of a worker (limits.cpu): a count like 2, or a CPU set like 0-3. Empty: none."
+    )
+    worker_memory: str = _opt(
+        "1GiB", "Memory limit of a worker (limits.memory), e.g. 512MiB, 4GiB or 50%. Empty: none."
+    )
+    worker_processes: int = _opt(
+        2000, "Maximum processes in a worker (limits.processes). 0: no limit."
+    )
+    worker_network: str = _opt(
+        "",
+        "LXD network to give workers a NIC on (eth0). Empty (default): workers have no network.",
+    )
+    max_parallel_workers: int = _opt(
+        8, "Most workers this host runs at once, over all jobs (1-1024)."
+    )
+    default_image: str = _opt(
+        "container-compute-worker",
+        "Image alias (or fingerprint) workers start from when a job names none; "
+        "build one with the build-worker-image action.",
+    )
+    default_backend: str = _opt(
+        "lxd", "Where tasks run when a job names no backend: 'lxd' (this host) or 'nova'."
+    )
+    nova_flavor: str = _opt("", "Nova flavor for task instances (name or id).")
+    nova_image: str = _opt("", "Glance image for task instances (name or id).")
+    nova_network: str = _opt("", "Neutron network for task instances (name or id). Empty: none.")
+    job_retention: str = _opt(
+        "7d",
+        "How long a finished job's record and results are kept, e.g. 12h or 30d. 0: forever.",
+    )
+    task_results_cap: str = _opt(
+        "256MiB",
+        "Most bytes gathered from one task (stdout, stderr and /results together); what is "
+        "over is cut and the task's record says so.",
+    )
+    sysctl_tuning: bool = _opt(
+        True,
+        "Raise kernel limits (inotify, keys, map count, neighbour table) for many containers, "
+        "written to /etc/sysctl.d and applied.",
+    )
+    keystone_username: str = _opt(
+        "container-compute",
+        "Service user name asked of Keystone on the identity-credentials relation.",
+    )
+    keystone_project: str = _opt(
+        "", "Project asked of Keystone with the credentials. Empty: Keystone's default."
+    )
+
+    def __post_init__(self) -> None:
+        """Validate every option; the first bad one raises ValueError naming it."""
+        self._check_types()
+        self._check_lxd()
+        self._check_storage()
+        self._check_worker()
+        self._check_jobs()
+
+    def _check_types(self) -> None:
+        for name, kind, _default, _description in config_options():
+            value = getattr(self, name.replace("-", "_"))
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                _fail(name, f"{value!r} is not {_TYPE_WORDS[kind]}")
+
+    def _check_lxd(self) -> None:
+        if self.lxd_source not in LXD_SOURCES:
+            _fail("lxd-source", f"{self.lxd_source!r} is not one of {', '.join(LXD_SOURCES)}")
+        if not _CHANNEL_RE.match(self.lxd_snap_channel):
+            _fail(
+                "lxd-snap-channel",
+                f"{self.lxd_snap_channel!r} is not a snap channel (e.g. 5.21/stable)",
+            )
+        _require_lxd_name("lxd-project", self.lxd_project)
+        if self.lxd_listen_https:
+            match = _LISTEN_RE.match(self.lxd_listen_https)
+            if not match or not 0 < int(match.group(2)) < 65536:
+                _fail(
+                    "lxd-listen-https",
+                    f"{self.lxd_listen_https!r} is not an address:port such as '[::]:8443', "
+                    "':8443' or '10.0.0.5:8443' (port 1-65535); empty for no listener",
+                )
+
+    def _check_storage(self) -> None:
+        if self.storage_driver not in STORAGE_DRIVERS:
+            _fail(
+                "storage-driver",
+                f"{self.storage_driver!r} is not one of {', '.join(STORAGE_DRIVERS)}",
+            )
+        _require_lxd_name("storage-pool", self.storage_pool)
+        source = self.storage_source
+        if source:
+            if not _PRINTABLE_RE.match(source) or " " in source:
+                _fail("storage-source", f"{source!r} contains spaces or control characters")
+            if self.storage_driver == "zfs" and not source.startswith("/"):
+                if not _ZFS_DATASET_RE.match(source):
+                    _fail("storage-source", f"{source!r} is neither a /dev path nor a zfs dataset")
+            elif self.storage_driver == "dir":
+                if not source.startswith("/"):
+                    _fail("storage-source", f"{source!r} must be an absolute directory path for dir")
+            elif not source.startswith("/dev/"):
+                _fail(
+                    "storage-source",
+                    f"{source!r} must be a block device under /dev/ for {self.storage_driver}"
+                    + (" (or a zfs dataset)" if self.storage_driver == "zfs" else ""),
+                )
+        try:
+            size = parse_size(self.storage_size)
+        except ValueError as err:
+            _fail("storage-size", str(err))
+            raise
+        if size < MIN_LOOP_SIZE:
+            _fail("storage-size", f"{self.storage_size!r} is below the minimum of 1GiB")
+
+    def _check_worker(self) -> None:
+        for module in self.kernel_modules:
+            if not _MODULE_RE.match(module):
+                _fail(
+                    "worker-kernel-modules",
+                    f"{module!r} is not a kernel module name (letters, digits, '_', '-'); "
+                    "separate names with commas",
+                )
+        if self.worker_cpu:
+            check_cpu_limit("worker-cpu", self.worker_cpu)
+        if self.worker_memory:
+            check_memory_limit("worker-memory", self.worker_memory)
+        if not 0 <= self.worker_processes <= 10_000_000:
+            _fail("worker-processes", f"{self.worker_processes} is not between 0 and 10000000")
+        if self.worker_network:
+            _require_lxd_name("worker-network", self.worker_network)
+        if not 1 <= self.max_parallel_workers <= MAX_PARALLEL_WORKERS:
+            _fail(
+                "max-parallel-workers",
+                f"{self.max_parallel_workers} is not between 1 and {MAX_PARALLEL_WORKERS}",
+            )
+
+    def _check_jobs(self) -> None:
+        if not _IMAGE_RE.match(self.default_image):
+            _fail("default-image", f"{self.default_image!r} is not an image alias or fingerprint")
+        if self.default_backend not in BACKENDS:
+            _fail("default-backend", f"{self.default_backend!r} is not one of {', '.join(BACKENDS)}")
+        for name in ("nova_flavor", "nova_image", "nova_network"):
+            if not _PRINTABLE_RE.match(getattr(self, name)):
+                _fail(option_name(name), "contains control characters or is over 255 characters")
+        try:
+            parse_duration(self.job_retention)
+        except ValueError as err:
+            _fail("job-retention", str(err))
+        try:
+            cap = parse_size(self.task_results_cap)
+        except ValueError as err:
+            _fail("task-results-cap", str(err))
+            raise
+        if cap < MIN_RESULTS_CAP:
+            _fail("task-results-cap", f"{self.task_results_cap!r} is below the minimum of 1KiB")
+        if not _USER_RE.match(self.keystone_username):
+            _fail("keystone-username", f"{self.keystone_username!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)")
+        if self.keystone_project and not _USER_RE.match(self.keystone_project):
+            _fail("keystone-project", f"{self.keystone_project!r} is not a project name")
+
+    @property
+    def kernel_modules(self) -> tuple[str, ...]:
+        """The worker kernel modules, in order, without blanks or repeats."""
+        names = [m.strip() for m in re.split(r"[,\s]+", self.worker_kernel_modules)]
+        return tuple(dict.fromkeys(n for n in names if n))
+
+    @property
+    def storage_size_bytes(self) -> int:
+        """Loop file size in bytes."""
+        return parse_size(self.storage_size)
+
+    @property
+    def job_retention_seconds(self) -> int:
+        """Seconds a finished job is kept (0: forever)."""
+        return parse_duration(self.job_retention)
+
+    @property
+    def task_results_cap_bytes(self) -> int:
+        """Most bytes gathered from one task."""
+        return parse_size(self.task_results_cap)
+
+
+def option_name(field_name: str) -> str:
+    """Return the Juju option name of a HostConfig field (underscores to dashes)."""
+    return field_name.replace("_", "-")
+
+
+def config_options() -> Iterator[tuple[str, type, Any, str]]:
+    """Yield (option name, type, default, description) for every option, in order."""
+    for f in dataclasses.fields(HostConfig):
+        kind = f.type if isinstance(f.type, type) else _TYPE_NAMES[str(f.type)]
+        yield option_name(f.name), kind, f.default, f.metadata["description"]

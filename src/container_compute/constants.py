@@ -1,0 +1,66 @@
+"""Names, paths and labels shared by the library, the charm and the command line."""
+
+from pathlib import Path
+
+APP_NAME = "container-compute"
+
+# Juju endpoints (metadata.yaml).
+JUJU_INFO_ENDPOINT = "juju-info"
+LXD_ENDPOINT = "lxd"
+IDENTITY_ENDPOINT = "identity-credentials"
+CLUSTER_ENDPOINT = "cluster"
+COMPUTE_JOBS_ENDPOINT = "compute-jobs"
+
+# Paths on the host.
+STATE_DIR = Path("/var/lib/container-compute")
+STATE_DIR_ENV = "CONTAINER_COMPUTE_STATE_DIR"
+LEDGER_FILE = "ledger.sqlite3"
+RESULTS_SUBDIR = "results"
+TEMPLATES_DIR_ENV = "CONTAINER_COMPUTE_TEMPLATES"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+SYSCTL_DIR = Path("/etc/sysctl.d")
+SYSCTL_FILE_NAME = "60-container-compute.conf"
+MODULES_LOAD_DIR = Path("/etc/modules-load.d")
+MODULES_LOAD_FILE_NAME = "container-compute.conf"
+SUBUID_FILE = Path("/etc/subuid")
+SUBGID_FILE = Path("/etc/subgid")
+LXD_SOCKET_PATHS = (
+    Path("/var/snap/lxd/common/lxd/unix.socket"),
+    Path("/var/lib/lxd/unix.socket"),
+)
+LXD_LOG_FILE = Path("/var/log/lxd.log")
+AGENT_UNIT_NAME = "container-compute-agent.service"
+AGENT_UNIT_PATH = Path("/etc/systemd/system") / AGENT_UNIT_NAME
+
+# Executables (absolute paths; never resolved through PATH from user input).
+APT_GET = "/usr/bin/apt-get"
+SNAP = "/usr/bin/snap"
+SYSTEMCTL = "/usr/bin/systemctl"
+SYSCTL = "/usr/sbin/sysctl"
+MODPROBE = "/usr/sbin/modprobe"
+MODINFO = "/usr/sbin/modinfo"
+USERMOD = "/usr/sbin/usermod"
+GROUPADD = "/usr/sbin/groupadd"
+LXD_DEB_BIN = "/usr/bin/lxd"
+LXD_SNAP_BIN = "/snap/bin/lxd"
+LXC_DEB_BIN = "/usr/bin/lxc"
+BUSYBOX_BIN = "/bin/busybox"
+DEBOOTSTRAP = "/usr/sbin/debootstrap"
+
+# LXD objects.
+LXD_GROUP = "lxd"
+WORKER_PROFILE = "container-compute-worker"
+TRUST_NAME_PREFIX = "container-compute:"
+CONFIG_KEY_PREFIX = "user.container-compute."
+LABEL_JOB = CONFIG_KEY_PREFIX + "job"
+LABEL_TASK = CONFIG_KEY_PREFIX + "task"
+LABEL_ATTEMPT = CONFIG_KEY_PREFIX + "attempt"
+WORKER_NAME_PREFIX = "cc-"
+
+# Idmaps: one isolated container takes this many ids; base is LXD's usual start.
+IDMAP_SIZE = 65536
+SUBID_BASE = 100000
+
+# Inside a worker.
+RESULTS_DIR_IN_WORKER = "/results"
+INPUT_DIR_IN_WORKER = "/input"
