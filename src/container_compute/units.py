@@ -2,7 +2,7 @@
 
 import re
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kMGTP]i?B|B)?\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKMGTP]i?B|B)?\s*$")
 _SIZE_FACTORS = {
     None: 1,
     "B": 1,

@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""The container-compute charm: a thin Juju adapter around the container_compute library.
+
+It observes Juju events, loads the typed config and action parameters, passes them to the
+library (which knows LXD and Nova, and nothing of Juju) and computes the unit's status in one
+place. Relations: ``lxd`` (nova-compute's user joins the lxd group; we answer with a nonce and
+the storage pool), ``cluster`` (hosts share LXD server certificates and trust each other) and
+``identity-credentials`` (Keystone service credentials for the Nova backend).
+"""
+
+import logging
+import re
+import uuid
+
+import ops
+
+from container_compute import actions, agent, host, identity
+from container_compute.config import HostConfig
+from container_compute.constants import (
+    CLUSTER_ENDPOINT,
+    IDENTITY_ENDPOINT,
+    LXD_ENDPOINT,
+    LXD_GROUP,
+    STATE_DIR,
+)
+from container_compute.params import ACTION_PARAMS
+
+logger = logging.getLogger(__name__)
+
+# Keys of our unit databag on each relation.
+NONCE_KEY = "nonce"
+POOL_KEY = "pool"
+USER_KEY = "user"
+CERTIFICATE_KEY = "certificate"
+FINGERPRINT_KEY = "fingerprint"
+ADDRESS_KEY = "address"
+USERNAME_KEY = "username"
+PROJECT_KEY = "project"
+
+# A user name another charm may ask us to add to the lxd group (POSIX portable, no leading '-').
+_USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Longest status message; the rest of the host's problems are in the debug log.
+MAX_STATUS_LENGTH = 240
+AGENT_DOWN_MESSAGE = "job agent is not running: see journalctl -u container-compute-agent"
+
+
+class ContainerComputeCharm(ops.CharmBase):
+    """Configure LXD on the principal's machine for compute workers, and run jobs there."""
+
+    def __init__(self, framework: ops.Framework) -> None:
+        super().__init__(framework)
+        for host_event in (
+            self.on.install,
+            self.on.start,
+            self.on.config_changed,
+            self.on.upgrade_charm,
+        ):
+            framework.observe(host_event, self._on_host_event)
+        framework.observe(self.on.update_status, self._on_update_status)
+        lxd = self.on[LXD_ENDPOINT]
+        framework.observe(lxd.relation_joined, self._on_lxd_relation)
+        framework.observe(lxd.relation_changed, self._on_lxd_relation)
+        cluster = self.on[CLUSTER_ENDPOINT]
+        framework.observe(cluster.relation_joined, self._on_cluster_relation)
+        framework.observe(cluster.relation_changed, self._on_cluster_relation)
+        framework.observe(cluster.relation_departed, self._on_cluster_relation)
+        keystone = self.on[IDENTITY_ENDPOINT]
+        framework.observe(keystone.relation_joined, self._on_identity_relation)
+        framework.observe(keystone.relation_changed, self._on_identity_relation)
+        framework.observe(keystone.relation_broken, self._on_identity_relation_broken)
+        for action in ACTION_PARAMS:
+            framework.observe(self.on[action].action, self._on_action)
+        framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
+
+    # Handlers, in the order observed.
+
+    def _on_host_event(self, _: ops.HookEvent) -> None:
+        """Install/start/config-changed/upgrade: configure the host and refresh every relation."""
+        config = self._load_config()
+        if config is None:
+            return
+        report = host.configure_host(config)
+        for change in report.changes:
+            logger.info("host: %s", change)
+        for problem in report.problems:
+            logger.error("host problem: %s", problem)
+        host.save_config(config, STATE_DIR)
+        if agent.install_service(STATE_DIR):
+            logger.info("job agent service installed or updated")
+        for relation in self.model.relations[LXD_ENDPOINT]:
+            self._serve_lxd_relation(relation, config, host_changed=report.changed)
+        self._publish_cluster_identity(config)
+        self._request_identity(config)
+
+    def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
+        """Delete workers that belong to no live job."""
+        config = self._load_config()
+        if config is None:
+            return
+        try:
+            reaped = actions.reap(config, STATE_DIR)
+        except actions.ActionError as err:
+            logger.warning("reaper could not run: %s", err)
+            return
+        if reaped:
+            logger.info("reaped %d orphaned workers: %s", len(reaped), ", ".join(reaped))
+
+    def _on_lxd_relation(self, event: ops.RelationEvent) -> None:
+        """nova-compute's lxd endpoint: its user joins the lxd group; answer nonce and pool."""
+        config = self._load_config()
+        if config is None:
+            return
+        self._serve_lxd_relation(event.relation, config, host_changed=False)
+
+    def _on_cluster_relation(self, event: ops.RelationEvent) -> None:
+        """Peers: publish our LXD certificate and trust every peer's."""
+        config = self._load_config()
+        if config is None:
+            return
+        self._publish_cluster_identity(config)
+        if not config.lxd_listen_https:
+            return
+        departing = event.departing_unit if isinstance(event, ops.RelationDepartedEvent) else None
+        certificates = {
+            unit.name: event.relation.data[unit][CERTIFICATE_KEY]
+            for unit in event.relation.units
+            if unit != departing and event.relation.data[unit].get(CERTIFICATE_KEY)
+        }
+        try:
+            changes = host.trust_peers(config, certificates)
+        except host.HostError as err:
+            logger.error("could not update LXD's trust of the cluster peers: %s", err)
+            return
+        for change in changes:
+            logger.info("cluster trust: %s", change)
+
+    def _on_identity_relation(self, event: ops.RelationEvent) -> None:
+        """Keystone: ask for a service user, and save the credentials once they are complete."""
+        config = self._load_config()
+        if config is None:
+            return
+        self._request_identity(config)
+        credentials = self._keystone_credentials(event.relation)
+        if credentials is None:
+            logger.info("waiting for keystone's credentials on %s", IDENTITY_ENDPOINT)
+            return
+        if credentials.save(identity.credentials_path(STATE_DIR)):
+            logger.info(
+                "keystone credentials saved for user %s (project %s, %s)",
+                credentials.username,
+                credentials.project,
+                credentials.auth_url,
+            )
+
+    def _on_identity_relation_broken(self, _: ops.RelationBrokenEvent) -> None:
+        """Keystone went away: forget its credentials."""
+        if identity.forget(identity.credentials_path(STATE_DIR)):
+            logger.info("keystone credentials removed")
+
+    def _on_action(self, event: ops.ActionEvent) -> None:
+        """Every action: typed params and config to the library's run_action, results back."""
+        action = event.handle.kind.removesuffix("_action").replace("_", "-")
+        params_class, _description = ACTION_PARAMS[action]
+        params = event.load_params(params_class, errors="fail")
+        config, config_error = self._load_config_or_error()
+        if config is None:
+            event.fail(f"invalid config: {config_error}")
+            return
+        try:
+            result = actions.run_action(action, params, config, STATE_DIR, progress=event.log)
+        except actions.ActionError as err:
+            event.fail(str(err))
+            return
+        event.set_results(result)
+
+    def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
+        """Set the unit's one status, highest priority first."""
+        event.add_status(self._unit_status())
+
+    # Helpers.
+
+    def _load_config_or_error(self) -> tuple[HostConfig | None, str]:
+        """Return the typed config and "", or None and the message naming the bad option."""
+        try:
+            return self.load_config(HostConfig), ""
+        except ValueError as err:
+            return None, str(err)
+
+    def _load_config(self) -> HostConfig | None:
+        """Return the typed config, or None (logged) when an option is invalid."""
+        config, error = self._load_config_or_error()
+        if config is None:
+            logger.error("invalid config: %s", error)
+        return config
+
+    def _serve_lxd_relation(
+        self, relation: ops.Relation, config: HostConfig, *, host_changed: bool
+    ) -> None:
+        """Add the remote user to the lxd group; publish a fresh nonce when that changed, and pool.
+
+        The nonce is kept while nothing changes, so nova-compute's hook does not loop; a new
+        one tells nova-compute to re-check its access to LXD.
+        """
+        databag = relation.data[self.unit]
+        databag[POOL_KEY] = config.storage_pool
+        user = self._lxd_user(relation)
+        if user is None or not host.user_exists(user):
+            return
+        group_changed = host.ensure_group_member(user, LXD_GROUP)
+        if group_changed:
+            logger.info("added user %s to group %s", user, LXD_GROUP)
+        if group_changed or host_changed or not databag.get(NONCE_KEY):
+            databag[NONCE_KEY] = str(uuid.uuid4())
+
+    def _lxd_user(self, relation: ops.Relation) -> str | None:
+        """Return the user the remote unit asks to be in the lxd group; None if none or invalid."""
+        for unit in relation.units:
+            user = relation.data[unit].get(USER_KEY)
+            if not user:
+                continue
+            if _USER_NAME_RE.match(user):
+                return user
+            logger.error("%s sent an invalid user name %r on %s", unit.name, user, LXD_ENDPOINT)
+        return None
+
+    def _publish_cluster_identity(self, config: HostConfig) -> None:
+        """Publish our LXD certificate, fingerprint and address to peers (if listening)."""
+        relation = self.model.get_relation(CLUSTER_ENDPOINT)
+        if relation is None:
+            return
+        databag = relation.data[self.unit]
+        if not config.lxd_listen_https:
+            for key in (CERTIFICATE_KEY, FINGERPRINT_KEY, ADDRESS_KEY):
+                databag.pop(key, None)
+            return
+        binding = self.model.get_binding(relation)
+        ingress = binding.network.ingress_address if binding is not None else None
+        try:
+            server = host.server_identity(config, str(ingress) if ingress else None)
+        except host.HostError as err:
+            logger.error("cannot publish this host's LXD certificate to peers: %s", err)
+            return
+        databag.update(
+            {
+                CERTIFICATE_KEY: server.certificate,
+                FINGERPRINT_KEY: server.fingerprint,
+                ADDRESS_KEY: server.address,
+            }
+        )
+
+    def _request_identity(self, config: HostConfig) -> None:
+        """Ask Keystone for the configured service user (and project) on every relation."""
+        for relation in self.model.relations[IDENTITY_ENDPOINT]:
+            databag = relation.data[self.unit]
+            databag[USERNAME_KEY] = config.keystone_username
+            if config.keystone_project:
+                databag[PROJECT_KEY] = config.keystone_project
+            else:
+                databag.pop(PROJECT_KEY, None)
+
+    def _keystone_credentials(self, relation: ops.Relation) -> identity.KeystoneCredentials | None:
+        """Return the credentials the keystone leader published, or None while incomplete."""
+        for unit in relation.units:
+            try:
+                credentials = identity.from_relation_data(relation.data[unit])
+            except ValueError as err:
+                logger.error("keystone unit %s sent bad credentials: %s", unit.name, err)
+                continue
+            if credentials is not None:
+                return credentials
+        return None
+
+    def _lxd_user_missing(self) -> tuple[str, str] | None:
+        """Return (user, remote application) of an lxd relation whose user is not on the host."""
+        for relation in self.model.relations[LXD_ENDPOINT]:
+            user = self._lxd_user(relation)
+            if user is not None and not host.user_exists(user):
+                return user, relation.app.name if relation.app else "the principal"
+        return None
+
+    def _unit_status(self) -> ops.StatusBase:
+        """Compute the unit's status: config, host problems, lxd user, job agent, else active."""
+        config, config_error = self._load_config_or_error()
+        if config is None:
+            return ops.BlockedStatus(f"invalid config: {config_error}")
+        report = host.configure_host(config, dry_run=True)
+        if report.problems:
+            return ops.BlockedStatus(_join_problems(report.problems))
+        missing = self._lxd_user_missing()
+        if missing is not None:
+            user, application = missing
+            return ops.WaitingStatus(f"waiting for user {user} to exist (from {application})")
+        if not agent.agent_alive(STATE_DIR):
+            return ops.BlockedStatus(AGENT_DOWN_MESSAGE)
+        return ops.ActiveStatus(report.summary)
+
+
+def _join_problems(problems: list[str], limit: int = MAX_STATUS_LENGTH) -> str:
+    """Join as many problems as fit in ``limit`` characters with "; ", counting the rest."""
+    for count in range(len(problems), 0, -1):
+        message = "; ".join(problems[:count]) + _more_suffix(len(problems) - count)
+        if len(message) <= limit:
+            return message
+    suffix = _more_suffix(len(problems) - 1)
+    return problems[0][: limit - len(suffix) - 1] + "…" + suffix
+
+
+def _more_suffix(left_out: int) -> str:
+    """Say how many problems a status message leaves out, and where to read them."""
+    return f" (+{left_out} more: see juju debug-log)" if left_out else ""
+
+
+if __name__ == "__main__":  # pragma: nocover
+    ops.main(ContainerComputeCharm)

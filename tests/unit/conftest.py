@@ -1,0 +1,202 @@
+"""Fakes of the library at the charm's boundary, and an ops.testing Context of the charm.
+
+The charm calls ``host``, ``actions`` and ``agent`` through module attributes; the ``library``
+fixture replaces those attributes with the small fakes below, which record every call and
+answer what each test sets. Until the real modules exist, an empty placeholder module lets
+``charm`` be imported at all.
+"""
+
+import importlib
+import sys
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ops import testing
+
+for _name in ("host", "actions", "agent"):
+    _module = f"container_compute.{_name}"
+    try:
+        importlib.import_module(_module)
+    except ModuleNotFoundError as _err:
+        if _err.name != _module:
+            raise
+        _placeholder = types.ModuleType(_module, "placeholder until the real module exists")
+        sys.modules[_module] = _placeholder
+        setattr(importlib.import_module("container_compute"), _name, _placeholder)
+
+import charm  # noqa: E402 - after the placeholders above
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB{}\n-----END CERTIFICATE-----\n"
+
+
+@dataclass
+class FakeHostReport:
+    """The shape of host.HostReport."""
+
+    changes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    lxd_version: str = "5.0.2"
+    project: str = "container-compute"
+    pool: str = "container-compute"
+    driver: str = "btrfs"
+    profile: str = "container-compute-worker"
+    kernel_modules_to_lxd: list[str] = field(default_factory=list)
+    kernel_modules_on_host: list[str] = field(default_factory=list)
+    summary: str = "btrfs pool container-compute; workers unprivileged, no network"
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"changes": self.changes, "problems": self.problems, "summary": self.summary}
+
+
+@dataclass(frozen=True)
+class FakeServerIdentity:
+    """The shape of host.ServerIdentity."""
+
+    certificate: str
+    fingerprint: str
+    address: str
+
+
+class FakeHostError(RuntimeError):
+    """Stands for host.HostError."""
+
+
+class FakeHost:
+    """host: records calls; ``changes``/``problems`` are what configure_host reports."""
+
+    HostError = FakeHostError
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.changes: list[str] = []
+        self.problems: list[str] = []
+        self.summary = FakeHostReport().summary
+        self.users: set[str] = {"nova", "root"}
+        self.group_members: set[tuple[str, str]] = set()
+        self.certificate = PEM.format("OURS")
+
+    def named(self, name: str) -> list[Any]:
+        """Return the arguments of every call to ``name``."""
+        return [args for called, args in self.calls if called == name]
+
+    def configure_host(
+        self, config: Any, *, paths: Any = None, dry_run: bool = False
+    ) -> FakeHostReport:
+        self.calls.append(("configure_host", (config, dry_run)))
+        return FakeHostReport(
+            changes=list(self.changes), problems=list(self.problems), summary=self.summary
+        )
+
+    def ensure_group_member(self, user: str, group: str = "lxd") -> bool:
+        self.calls.append(("ensure_group_member", (user, group)))
+        if (user, group) in self.group_members:
+            return False
+        self.group_members.add((user, group))
+        return True
+
+    def user_exists(self, user: str) -> bool:
+        return user in self.users
+
+    def server_identity(self, config: Any, ingress_address: str | None) -> FakeServerIdentity:
+        self.calls.append(("server_identity", ingress_address))
+        return FakeServerIdentity(self.certificate, "f1ng3rpr1nt", f"{ingress_address}:8443")
+
+    def trust_peers(self, config: Any, peers: dict[str, str]) -> list[str]:
+        self.calls.append(("trust_peers", dict(peers)))
+        return [f"trusted {unit}" for unit in peers]
+
+    def save_config(self, config: Any, state_dir: Path) -> bool:
+        self.calls.append(("save_config", (config, state_dir)))
+        return True
+
+
+class FakeActionError(Exception):
+    """Stands for actions.ActionError."""
+
+
+class FakeActions:
+    """actions: run_action returns ``result`` or raises ``error``; reap returns ``reaped``."""
+
+    ActionError = FakeActionError
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.result: dict[str, Any] = {"job": "j-1", "state": "queued"}
+        self.error: Exception | None = None
+        self.reaped: list[str] = []
+
+    def run_action(
+        self,
+        action: str,
+        params: Any,
+        config: Any,
+        state_dir: Path,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        self.calls.append(("run_action", (action, params, config, state_dir)))
+        if progress is not None:
+            progress(f"running {action}")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def reap(self, config: Any, state_dir: Path) -> list[str]:
+        self.calls.append(("reap", (config, state_dir)))
+        if self.error is not None:
+            raise self.error
+        return list(self.reaped)
+
+
+class FakeAgent:
+    """agent: ``alive`` is what agent_alive answers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.alive = True
+
+    def install_service(self, state_dir: Path) -> bool:
+        self.calls.append(("install_service", state_dir))
+        return True
+
+    def agent_alive(self, state_dir: Path) -> bool:
+        return self.alive
+
+
+@dataclass
+class Library:
+    """The fakes the charm sees, and the state directory it was given."""
+
+    host: FakeHost
+    actions: FakeActions
+    agent: FakeAgent
+    state_dir: Path
+
+
+@pytest.fixture
+def library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Library]:
+    """Replace the library modules the charm calls with fakes; state dir in tmp_path."""
+    fakes = Library(FakeHost(), FakeActions(), FakeAgent(), tmp_path / "state")
+    monkeypatch.setattr(charm, "host", fakes.host)
+    monkeypatch.setattr(charm, "actions", fakes.actions)
+    monkeypatch.setattr(charm, "agent", fakes.agent)
+    monkeypatch.setattr(charm, "STATE_DIR", fakes.state_dir)
+    yield fakes
+
+
+@pytest.fixture
+def ctx(library: Library) -> testing.Context[charm.ContainerComputeCharm]:
+    """Return a Context of the charm with its committed metadata, config and actions."""
+    return testing.Context(charm.ContainerComputeCharm)
