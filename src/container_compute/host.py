@@ -1,0 +1,286 @@
+"""Configure LXD on this machine for compute workers, idempotently, and report what changed.
+
+``configure_host`` is the one entry point for the charm, the CLI and the tests; with
+``dry_run=True`` the very same steps run and only the changes are skipped, so a status check
+and a real run can never disagree. Anticipated failures become ``problems`` that name the
+config option and say what to do; steps that depend on a failed one are skipped.
+
+The steps live in ``host_lxd`` (daemon, project, pool, profile, trust) and ``host_system``
+(kernel modules, subuid/subgid, sysctl, groups); this module orchestrates them.
+"""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pylxd
+
+from . import constants
+from .config import HostConfig, config_options, option_name
+from .host_lxd import (
+    StepLog,
+    ensure_daemon,
+    ensure_https,
+    ensure_pool,
+    ensure_profile,
+    ensure_project,
+    network_problem,
+    render_profile,
+    restart_daemon,
+    sync_trust,
+)
+from .host_system import (
+    HostError,
+    HostPaths,
+    ModulePlan,
+    apply_modules,
+    ensure_group_member,
+    ensure_subids,
+    ensure_sysctl,
+    needed_subids,
+    plan_modules,
+    user_exists,
+)
+from .lxdclient import LXDUnavailableError, connect
+
+__all__ = [
+    "HostConfig",
+    "HostError",
+    "HostPaths",
+    "HostReport",
+    "ServerIdentity",
+    "configure_host",
+    "ensure_group_member",
+    "load_saved_config",
+    "save_config",
+    "server_identity",
+    "trust_peers",
+    "user_exists",
+]
+
+SAVED_CONFIG_FILE = "host-config.json"
+
+
+@dataclass
+class HostReport:
+    """What configure_host changed (or would change), what blocks the host, and its shape."""
+
+    changes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    lxd_version: str = ""
+    project: str = ""
+    pool: str = ""
+    driver: str = ""
+    profile: str = constants.WORKER_PROFILE
+    kernel_modules_to_lxd: list[str] = field(default_factory=list)
+    kernel_modules_on_host: list[str] = field(default_factory=list)
+    summary: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything changed (or, with dry_run, would change)."""
+        return bool(self.changes)
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing blocks the host."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-able dict with dashed keys (action results, CLI output)."""
+        result = {option_name(k): v for k, v in dataclasses.asdict(self).items()}
+        result["changed"] = self.changed
+        result["ok"] = self.ok
+        return result
+
+
+def summarize(config: HostConfig, to_lxd: list[str] | None = None) -> str:
+    """One line for the unit's active status: pool, worker policy, limits, network."""
+    policy = ["privileged" if config.worker_privileged else "unprivileged"]
+    if not config.worker_privileged and config.worker_idmap_isolated:
+        policy.append("isolated idmap")
+    if config.worker_nesting:
+        policy.append("nesting")
+    policy.append(f"cpu {config.worker_cpu or 'unlimited'}")
+    policy.append(f"memory {config.worker_memory or 'unlimited'}")
+    if to_lxd:
+        policy.append(f"modules {','.join(to_lxd)}")
+    policy.append(f"network {config.worker_network}" if config.worker_network else "no network")
+    return f"{config.storage_driver} pool {config.storage_pool}; workers {', '.join(policy)}"
+
+
+def configure_host(
+    config: HostConfig, *, paths: HostPaths | None = None, dry_run: bool = False
+) -> HostReport:
+    """Bring LXD, storage, the worker profile, modules, id ranges and sysctl to ``config``.
+
+    Idempotent: a second run with the same config reports no change. With ``dry_run`` nothing
+    is changed and ``changes`` lists what would be. Never raises for anticipated failures.
+    """
+    paths = paths or HostPaths()
+    log = StepLog(dry_run)
+    release = os.uname().release
+    plan = plan_modules(config.kernel_modules, paths, release)
+    report = HostReport(
+        project=config.lxd_project,
+        pool=config.storage_pool,
+        driver=config.storage_driver,
+        kernel_modules_to_lxd=list(plan.to_lxd),
+        kernel_modules_on_host=list(plan.on_host),
+        summary=summarize(config, plan.to_lxd),
+    )
+    client = ensure_daemon(config, log)
+    if client is not None:
+        report.lxd_version = client.host_info["environment"].get("server_version", "")
+        try:
+            _configure_lxd(client, config, paths, plan, log)
+        except pylxd.exceptions.LXDAPIException as err:
+            log.problems.append(f"LXD refused a change: {err}")
+    else:
+        log.problems.extend(plan.problems)
+    if not config.worker_privileged and config.worker_idmap_isolated:
+        subid_changes = ensure_subids(
+            paths, needed_subids(config.max_parallel_workers), dry_run=dry_run
+        )
+        log.changes.extend(subid_changes)
+        if subid_changes and client is not None:
+            restart_daemon(log)
+    sysctl_changes, sysctl_notes = ensure_sysctl(paths, config.sysctl_tuning, dry_run=dry_run)
+    log.changes.extend(sysctl_changes)
+    log.notes.extend(sysctl_notes)
+    report.changes, report.problems, report.notes = log.changes, log.problems, log.notes
+    return report
+
+
+def _configure_lxd(
+    client: pylxd.Client, config: HostConfig, paths: HostPaths, plan: ModulePlan, log: StepLog
+) -> None:
+    """Run steps 1-5 once a daemon answers; the profile only when all it depends on is fine."""
+    ensure_https(client, config, log)
+    project_ok = ensure_project(client, config, log)
+    pool_ok = ensure_pool(client, config, paths, log)
+    log.problems.extend(plan.problems)
+    modules_ok = not plan.problems
+    if modules_ok:
+        try:
+            log.changes.extend(apply_modules(plan, paths, dry_run=log.dry_run))
+        except HostError as err:
+            log.problems.append(str(err))
+            modules_ok = False
+    network = network_problem(client, config.worker_network)
+    if network:
+        log.problems.append(network)
+    if not (project_ok and pool_ok and modules_ok and network is None):
+        return
+    scoped = None
+    if client.projects.exists(config.lxd_project):
+        scoped = connect(project=config.lxd_project)
+    ensure_profile(scoped, config, render_profile(config, plan.to_lxd), log)
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """The LXD certificate of this host and the address peers reach it on ("" if none)."""
+
+    certificate: str
+    fingerprint: str
+    address: str
+
+
+def _client() -> pylxd.Client:
+    try:
+        client = connect()
+        client.host_info  # noqa: B018 - a round trip proves the daemon answers
+    except (LXDUnavailableError, pylxd.exceptions.LXDAPIException) as err:
+        raise HostError(f"LXD does not answer on this host: {err}") from err
+    return client
+
+
+def server_identity(config: HostConfig, ingress_address: str | None) -> ServerIdentity:
+    """Return LXD's server certificate and ``ingress:port`` of lxd-listen-https.
+
+    The address is "" when lxd-listen-https is empty or no ingress address is known.
+
+    Raises:
+        HostError: when LXD does not answer.
+
+    """
+    environment = _client().host_info["environment"]
+    address = ""
+    if config.lxd_listen_https and ingress_address:
+        port = config.lxd_listen_https.rsplit(":", 1)[1]
+        host = f"[{ingress_address}]" if ":" in ingress_address else ingress_address
+        address = f"{host}:{port}"
+    return ServerIdentity(
+        certificate=environment.get("certificate", ""),
+        fingerprint=environment.get("certificate_fingerprint", ""),
+        address=address,
+    )
+
+
+def trust_peers(config: HostConfig, peers: dict[str, str]) -> list[str]:
+    """Make LXD trust exactly the peers' certificates among those we manage; return changes.
+
+    ``peers`` maps unit name to PEM certificate. Entries are named TRUST_NAME_PREFIX + unit;
+    entries of ours whose unit is no longer listed are removed. Nothing happens (``[]``) when
+    lxd-listen-https is empty.
+
+    Raises:
+        HostError: for a certificate that is not PEM (before any change), or LXD refusing.
+
+    """
+    if not config.lxd_listen_https:
+        return []
+    client = _client()
+    try:
+        return sync_trust(client, peers)
+    except pylxd.exceptions.LXDAPIException as err:
+        raise HostError(f"LXD refused a trust store change: {err}") from err
+
+
+def save_config(config: HostConfig, state_dir: Path) -> bool:
+    """Write ``config`` to state_dir/host-config.json; return whether the file changed."""
+    values = {name: getattr(config, name.replace("-", "_")) for name, *_ in config_options()}
+    text = json.dumps(values, indent=2, sort_keys=True) + "\n"
+    path = state_dir / SAVED_CONFIG_FILE
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.chmod(0o600)
+    temporary.replace(path)
+    return True
+
+
+def load_saved_config(state_dir: Path) -> HostConfig:
+    """Read the config save_config wrote; the defaults when none was saved.
+
+    Options the file does not know take their defaults; keys no longer known are ignored.
+
+    Raises:
+        HostError: when the file is not JSON or holds an invalid value (named).
+
+    """
+    path = state_dir / SAVED_CONFIG_FILE
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        return HostConfig()
+    except (OSError, ValueError) as err:
+        raise HostError(f"{path} is not readable JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise HostError(f"{path} does not hold a JSON object")
+    known = {name for name, *_ in config_options()}
+    arguments = {k.replace("-", "_"): v for k, v in values.items() if k in known}
+    try:
+        return HostConfig(**arguments)
+    except ValueError as err:
+        raise HostError(f"{path}: {err}") from err
