@@ -1,0 +1,273 @@
+"""The ``container-compute`` command: configure a host and run the charm's actions without Juju.
+
+Every action is a subcommand whose flags are generated from the action's params class, so the
+command line and actions.yaml cannot disagree, and the result is exactly what the charm's
+action returns (``--format json``). Examples::
+
+    container-compute configure-host --storage-driver dir
+    container-compute build-worker-image --source busybox --alias busybox
+    container-compute launch-job --tasks 16 --image busybox --wait -- sh -c 'echo $TASK_INDEX'
+    container-compute job-status --job j0123abcd --format json
+"""
+
+import argparse
+import dataclasses
+import json
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import actions, agent
+from .config import HostConfig, config_options
+from .params import ACTION_PARAMS, is_required, schema_type
+
+EXIT_ACTION_FAILED = 1
+EXIT_BAD_PARAMS = 2
+_PROGRESS_RE = re.compile(r"(\d+)/(\d+) done")
+
+
+class UsageError(Exception):
+    """Bad parameters on the command line (exit status 2)."""
+
+
+def _integer(flag: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not an integer") from None
+
+    return convert
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="state directory (default: $CONTAINER_COMPUTE_STATE_DIR, else "
+        "/var/lib/container-compute)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="output format (json: exactly the action's result)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with one subcommand per action, plus configure-host."""
+    parser = argparse.ArgumentParser(
+        prog="container-compute",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    configure = subparsers.add_parser(
+        "configure-host", help="set up LXD on this machine for compute workers"
+    )
+    _common(configure)
+    configure.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    for name, kind, default, description in config_options():
+        dest = "opt_" + name.replace("-", "_")
+        help_text = f"{description} (default: {default!r})".replace("%", "%%")
+        if kind is bool:
+            configure.add_argument(
+                f"--{name}",
+                dest=dest,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            configure.add_argument(
+                f"--{name}",
+                dest=dest,
+                default=None,
+                help=help_text,
+                type=_integer(f"--{name}") if kind is int else str,
+            )
+    for action, (params_class, description) in ACTION_PARAMS.items():
+        sub = subparsers.add_parser(action, help=description, description=description)
+        _common(sub)
+        for f in dataclasses.fields(params_class):
+            name = f.name.replace("_", "-")
+            kind = schema_type(f)
+            dest = "param_" + f.name
+            help_text = str(f.metadata.get("description", "")).replace("%", "%%")
+            if is_required(f):
+                help_text += " (required)"
+            if kind == "boolean":
+                sub.add_argument(
+                    f"--{name}",
+                    dest=dest,
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=help_text,
+                )
+            elif kind == "array":
+                sub.add_argument(
+                    f"--{name}",
+                    dest=dest,
+                    action="append",
+                    default=None,
+                    metavar="KEY=VALUE",
+                    help=help_text + " Repeatable.",
+                )
+            elif kind == "integer":
+                sub.add_argument(
+                    f"--{name}",
+                    dest=dest,
+                    type=_integer(f"--{name}"),
+                    default=None,
+                    help=help_text,
+                )
+            else:
+                sub.add_argument(f"--{name}", dest=dest, default=None, help=help_text)
+        if action == "launch-job":
+            sub.add_argument(
+                "command_argv",
+                nargs="*",
+                metavar="-- COMMAND ARGS",
+                help="the command, as words after '--' (instead of --command)",
+            )
+    return parser
+
+
+def params_from_args(action: str, args: argparse.Namespace) -> Any:
+    """Build the action's params object from parsed arguments.
+
+    Raises:
+        UsageError: naming the parameter that is missing or wrong.
+    """
+    params_class = ACTION_PARAMS[action][0]
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(params_class):
+        value = getattr(args, "param_" + f.name)
+        if value is not None:
+            values[f.name] = value
+    words = getattr(args, "command_argv", None)
+    if words:
+        if "command" in values:
+            raise UsageError("command: give it either with --command or after '--', not both")
+        values["command"] = shlex.join(words)
+    for f in dataclasses.fields(params_class):
+        if is_required(f) and f.name not in values:
+            raise UsageError(
+                f"{f.name.replace('_', '-')}: is required (--{f.name.replace('_', '-')})"
+            )
+    try:
+        return params_class(**values)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def format_text(result: Any, indent: int = 0) -> str:
+    """Return an action result as indented ``key: value`` lines."""
+    lines: list[str] = []
+    pad = "  " * indent
+    if isinstance(result, dict):
+        for key, value in result.items():
+            if isinstance(value, dict | list):
+                lines.append(f"{pad}{key}:" + ("" if value else " (none)"))
+                if value:
+                    lines.append(format_text(value, indent + 1))
+            elif isinstance(value, str) and "\n" in value:
+                lines.append(f"{pad}{key}: |")
+                lines.extend(f"{pad}  {line}" for line in value.splitlines())
+            else:
+                lines.append(f"{pad}{key}: {_scalar(value)}")
+    elif isinstance(result, list):
+        lines.extend(f"{pad}- {_scalar(item)}" for item in result)
+    else:
+        lines.append(f"{pad}{_scalar(result)}")
+    return "\n".join(lines)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _emit(result: dict[str, Any], fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        out.write(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    else:
+        out.write(format_text(result) + "\n")
+
+
+def _progress_printer(stream: TextIO) -> Callable[[str], None] | None:
+    if not stream.isatty():
+        return None
+
+    def show(message: str) -> None:
+        match = _PROGRESS_RE.search(message)
+        bar = ""
+        if match and int(match.group(2)):
+            filled = 30 * int(match.group(1)) // int(match.group(2))
+            bar = "[" + "#" * filled + "-" * (30 - filled) + "] "
+        stream.write("\r\x1b[K" + bar + message)
+        stream.flush()
+
+    return show
+
+
+def _configure_host(args: argparse.Namespace, state_dir: Path) -> int:
+    from . import host
+
+    overrides = {
+        name.replace("-", "_"): getattr(args, "opt_" + name.replace("-", "_"))
+        for name, _kind, _default, _description in config_options()
+        if getattr(args, "opt_" + name.replace("-", "_")) is not None
+    }
+    try:
+        config = HostConfig(**overrides)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    report = host.configure_host(config, dry_run=args.dry_run)
+    _emit(report.to_dict(), args.format, sys.stdout)
+    if not report.ok:
+        for problem in report.problems:
+            sys.stderr.write(f"problem: {problem}\n")
+        return EXIT_ACTION_FAILED
+    if not args.dry_run:
+        host.save_config(config, state_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``container-compute``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir or agent.default_state_dir()
+    action = args.subcommand
+    try:
+        if action == "configure-host":
+            return _configure_host(args, state_dir)
+        params = params_from_args(action, args)
+        config = agent.load_config(state_dir)
+        progress = _progress_printer(sys.stderr)
+        result = actions.run_action(action, params, config, state_dir, progress=progress)
+        if progress is not None:
+            sys.stderr.write("\n")
+    except UsageError as err:
+        parser.exit(EXIT_BAD_PARAMS, f"container-compute {action}: error: {err}\n")
+    except actions.ActionError as err:
+        sys.stderr.write(f"container-compute {action}: {err}\n")
+        return EXIT_ACTION_FAILED
+    _emit(result, args.format, sys.stdout)
+    return 0
+
+
+def console_main() -> None:
+    """Console-script wrapper: exit with main()'s status."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,186 @@
+"""The results tree of jobs on the host, the joblog, and bounded reading of task outputs.
+
+Layout::
+
+    <state dir>/results/<job>/joblog.tsv
+    <state dir>/results/<job>/<index>/stdout|stderr|exit_code|outcome.json|files/...
+
+A task's directory is written by the backend into a temporary sibling, then renamed into
+place whole (``install_task_dir``), so readers never see half a task. The joblog is
+regenerated from the ledger, never appended to: it cannot hold a task twice.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .constants import RESULTS_SUBDIR
+from .ledger import Ledger
+
+JOBLOG_NAME = "joblog.tsv"
+OUTCOME_NAME = "outcome.json"
+JOBLOG_COLUMNS = (
+    "Seq",
+    "Host",
+    "Starttime",
+    "JobRuntime",
+    "Send",
+    "Receive",
+    "Exitval",
+    "Signal",
+    "Command",
+)
+INLINE_STREAM_BYTES = 4 << 10
+INLINE_TOTAL_BYTES = 64 << 10
+_TEMP_PREFIX = ".tmp-"
+_OLD_PREFIX = ".old-"
+
+
+def results_root(state_dir: Path) -> Path:
+    """Return the directory holding every job's results."""
+    return state_dir / RESULTS_SUBDIR
+
+
+def job_dir(state_dir: Path, job_id: str) -> Path:
+    """Return the results directory of a job."""
+    return results_root(state_dir) / job_id
+
+
+def task_dir(state_dir: Path, job_id: str, index: int) -> Path:
+    """Return the results directory of one task."""
+    return job_dir(state_dir, job_id) / str(index)
+
+
+def joblog_path(state_dir: Path, job_id: str) -> Path:
+    """Return the joblog of a job."""
+    return job_dir(state_dir, job_id) / JOBLOG_NAME
+
+
+def temp_task_dir(state_dir: Path, job_id: str, index: int, attempt: int) -> Path:
+    """Return a fresh, empty temporary directory for one attempt's results."""
+    path = job_dir(state_dir, job_id) / f"{_TEMP_PREFIX}{index}-{attempt}"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, mode=0o750)
+    return path
+
+
+def install_task_dir(temp_dir: Path, final_dir: Path) -> None:
+    """Move a complete temporary task directory into place, replacing any older one."""
+    old = final_dir.with_name(f"{_OLD_PREFIX}{final_dir.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if final_dir.exists():
+        os.rename(final_dir, old)
+    os.rename(temp_dir, final_dir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def write_outcome(directory: Path, outcome: dict[str, Any]) -> None:
+    """Write a task's outcome summary (``outcome.json``) into its results directory."""
+    (directory / OUTCOME_NAME).write_text(json.dumps(outcome, indent=1, sort_keys=True) + "\n")
+
+
+def remove_temp_dirs(state_dir: Path) -> None:
+    """Remove leftover temporary directories of every job (after a crash)."""
+    root = results_root(state_dir)
+    if not root.is_dir():
+        return
+    for job in root.iterdir():
+        if job.is_dir():
+            for child in job.iterdir():
+                if child.name.startswith((_TEMP_PREFIX, _OLD_PREFIX)):
+                    shutil.rmtree(child, ignore_errors=True)
+
+
+def delete_job_results(state_dir: Path, job_id: str) -> bool:
+    """Delete a job's results directory; return False when there was none."""
+    path = job_dir(state_dir, job_id)
+    if not path.exists():
+        return False
+    shutil.rmtree(path)
+    return True
+
+
+def _tsv_field(text: str) -> str:
+    return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+def render_joblog(ledger: Ledger, job_id: str) -> str:
+    """Return the joblog text (GNU parallel columns) of the job's finished tasks."""
+    job = ledger.job(job_id)
+    if job is None:
+        raise KeyError(job_id)
+    command = _tsv_field(str(job.params.get("command", "")))
+    lines = ["\t".join(JOBLOG_COLUMNS)]
+    for attempt in ledger.final_attempts(job_id):
+        outcome = attempt.outcome or {}
+        exit_code = outcome.get("exit-code")
+        started = outcome.get("started-at") or attempt.started
+        finished = outcome.get("finished-at") or attempt.finished or started
+        signal = outcome.get("signal", 0)
+        lines.append(
+            "\t".join(
+                (
+                    str(attempt.index + 1),
+                    attempt.worker,
+                    f"{started:.3f}",
+                    f"{max(0.0, finished - started):.3f}",
+                    str(outcome.get("send", 0)),
+                    str(outcome.get("bytes", 0)),
+                    str(exit_code if exit_code is not None else -1),
+                    str(signal),
+                    command,
+                )
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_joblog(state_dir: Path, ledger: Ledger, job_id: str) -> Path:
+    """Regenerate the job's joblog.tsv from the ledger (atomically); return its path."""
+    path = joblog_path(state_dir, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    temp = path.with_name(f"{_TEMP_PREFIX}{JOBLOG_NAME}")
+    temp.write_text(render_joblog(ledger, job_id))
+    os.replace(temp, path)
+    return path
+
+
+def read_bounded(path: Path, limit: int) -> tuple[str, bool]:
+    """Return up to ``limit`` bytes of a regular file as text, and whether it was cut.
+
+    Symlinks are not followed; a missing file reads as empty.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, OSError):
+        return "", False
+    with os.fdopen(fd, "rb") as stream:
+        data = stream.read(limit + 1)
+    return data[:limit].decode(errors="replace"), len(data) > limit
+
+
+def read_inline(
+    directory: Path,
+    budget: int,
+    per_stream: int = INLINE_STREAM_BYTES,
+) -> tuple[dict[str, Any], int]:
+    """Return a task's stdout and stderr (each at most ``per_stream`` bytes, ``budget`` in all).
+
+    Returns the entry and the bytes it used; the entry says ``truncated`` when anything was cut.
+    """
+    entry: dict[str, Any] = {}
+    used = 0
+    cut = False
+    for stream in ("stdout", "stderr"):
+        limit = max(0, min(per_stream, budget - used))
+        text, stream_cut = read_bounded(directory / stream, limit)
+        entry[stream] = text
+        used += len(text.encode())
+        cut = cut or stream_cut
+    entry["truncated"] = cut
+    return entry, used
