@@ -135,7 +135,8 @@ class HostConfig:
         "that workers cannot touch each other's files. Ignored for privileged workers.",
     )
     worker_cpu: str = _opt(
-        "1", "CPU limit of a worker (limits.cpu): a count like 2, or a CPU set like 0-3. Empty: none."
+        "1",
+        "CPU limit of a worker (limits.cpu): a count like 2, or a CPU set like 0-3. Empty: none.",
     )
     worker_memory: str = _opt(
         "1GiB", "Memory limit of a worker (limits.memory), e.g. 512MiB, 4GiB or 50%. Empty: none."
@@ -231,7 +232,9 @@ class HostConfig:
                     _fail("storage-source", f"{source!r} is neither a /dev path nor a zfs dataset")
             elif self.storage_driver == "dir":
                 if not source.startswith("/"):
-                    _fail("storage-source", f"{source!r} must be an absolute directory path for dir")
+                    _fail(
+                        "storage-source", f"{source!r} must be an absolute directory path for dir"
+                    )
             elif not source.startswith("/dev/"):
                 _fail(
                     "storage-source",
@@ -272,7 +275,9 @@ class HostConfig:
         if not _IMAGE_RE.match(self.default_image):
             _fail("default-image", f"{self.default_image!r} is not an image alias or fingerprint")
         if self.default_backend not in BACKENDS:
-            _fail("default-backend", f"{self.default_backend!r} is not one of {', '.join(BACKENDS)}")
+            _fail(
+                "default-backend", f"{self.default_backend!r} is not one of {', '.join(BACKENDS)}"
+            )
         for name in ("nova_flavor", "nova_image", "nova_network"):
             if not _PRINTABLE_RE.match(getattr(self, name)):
                 _fail(option_name(name), "contains control characters or is over 255 characters")
@@ -288,7 +293,10 @@ class HostConfig:
         if cap < MIN_RESULTS_CAP:
             _fail("task-results-cap", f"{self.task_results_cap!r} is below the minimum of 1KiB")
         if not _USER_RE.match(self.keystone_username):
-            _fail("keystone-username", f"{self.keystone_username!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)")
+            _fail(
+                "keystone-username",
+                f"{self.keystone_username!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)",
+            )
         if self.keystone_project and not _USER_RE.match(self.keystone_project):
             _fail("keystone-project", f"{self.keystone_project!r} is not a project name")
 

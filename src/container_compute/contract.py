@@ -39,7 +39,9 @@ def render_actions() -> str:
             name = f.name.replace("_", "-")
             schema: dict[str, Any] = {"type": schema_type(f), **f.metadata}
             if not is_required(f):
-                schema["default"] = f.default_factory() if callable(f.default_factory) else f.default
+                schema["default"] = (
+                    f.default_factory() if callable(f.default_factory) else f.default
+                )
             else:
                 required.append(name)
             properties[name] = schema

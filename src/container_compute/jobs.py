@@ -77,7 +77,9 @@ def parse_ranges(text: str, limit: int | None = None) -> list[int]:
         if high < low:
             raise ValueError(f"range {part.strip()!r} runs backwards")
         if limit is not None and high >= limit:
-            raise ValueError(f"index {high} is out of range (the job has {limit} tasks: 0-{limit - 1})")
+            raise ValueError(
+                f"index {high} is out of range (the job has {limit} tasks: 0-{limit - 1})"
+            )
         if high - low > 1_000_000:
             raise ValueError(f"range {part.strip()!r} is too long")
         indexes.update(range(low, high + 1))

@@ -39,8 +39,6 @@ _MIRROR_RE = re.compile(r"^(https?|file)://[^\s'\"\\]{1,250}$")
 def _param(default: Any = dataclasses.MISSING, description: str = "", **schema: Any) -> Any:
     """Declare an action parameter: default (none means required), description, JSON schema."""
     metadata = {"description": description, **schema}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -80,7 +78,7 @@ class _Params:
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 _fail(name, f"{value!r} is not {'an' if kind == 'integer' else 'a'} {kind}")
             low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
-            if low is not None and value < low or high is not None and value > high:
+            if (low is not None and value < low) or (high is not None and value > high):
                 _fail(name, f"{value} is not between {low} and {high}")
             allowed = f.metadata.get("enum")
             if allowed and value not in allowed:
@@ -98,35 +96,54 @@ class LaunchJobParams(_Params):
         "TASK_COUNT, JOB_ID, RESULTS_DIR=/results and, with inputs, TASK_INPUT.",
     )
     tasks: int = _param(
-        0, "Number of tasks. 0: one per line of inputs, or 1 without inputs.",
-        minimum=0, maximum=MAX_TASKS,
+        0,
+        "Number of tasks. 0: one per line of inputs, or 1 without inputs.",
+        minimum=0,
+        maximum=MAX_TASKS,
     )
     inputs: str = _param(
-        "", "One task per line; the line is the task's TASK_INPUT. With tasks too, the counts must agree."
+        "",
+        "One task per line; the line is the task's TASK_INPUT. "
+        "With tasks too, the counts must agree.",
     )
     parallelism: int = _param(
-        0, "Most tasks running at once. 0: the host's max-parallel-workers.",
-        minimum=0, maximum=MAX_PARALLELISM,
+        0,
+        "Most tasks running at once. 0: the host's max-parallel-workers.",
+        minimum=0,
+        maximum=MAX_PARALLELISM,
     )
     image: str = _param("", "Worker image alias or fingerprint. Empty: the default-image option.")
-    env: list[str] = _param([], "Extra environment, as KEY=VALUE entries.", items={"type": "string"})
+    env: list[str] = field(
+        default_factory=list,
+        metadata={
+            "description": "Extra environment, as KEY=VALUE entries.",
+            "items": {"type": "string"},
+        },
+    )
     input_dir: str = _param(
         "", "Absolute path of a host directory mounted read-only at /input in every worker."
     )
     timeout: str = _param("0", "Time limit of one attempt of a task (e.g. 90s, 15m). 0: none.")
     deadline: str = _param("0", "Time limit of the whole job from its launch (e.g. 2h). 0: none.")
     retries: int = _param(
-        0, "Extra attempts for a failed task, with exponential back-off.",
-        minimum=0, maximum=MAX_RETRIES,
+        0,
+        "Extra attempts for a failed task, with exponential back-off.",
+        minimum=0,
+        maximum=MAX_RETRIES,
     )
-    cpu: str = _param("", "CPU limit of each worker (count like 2, or set like 0-3). Empty: the host's.")
+    cpu: str = _param(
+        "", "CPU limit of each worker (count like 2, or set like 0-3). Empty: the host's."
+    )
     memory: str = _param("", "Memory limit of each worker (e.g. 512MiB). Empty: the host's.")
     name: str = _param("", "A name for the job, shown by job-status and list-jobs.")
     backend: str = _param(
-        "", "Where tasks run: lxd or nova. Empty: the default-backend option.",
+        "",
+        "Where tasks run: lxd or nova. Empty: the default-backend option.",
         enum=["", *BACKENDS],
     )
-    wait: bool = _param(False, "Return only when the job has finished, or wait-timeout has passed.")
+    wait: bool = _param(
+        False, "Return only when the job has finished, or wait-timeout has passed."
+    )
     wait_timeout: str = _param(
         "30m", "Longest wait with wait=true (e.g. 30m, at most 24h); the job goes on after it."
     )
@@ -138,26 +155,10 @@ class LaunchJobParams(_Params):
             _fail("command", "is empty")
         if len(self.command.encode()) > MAX_COMMAND_BYTES:
             _fail("command", f"is over {MAX_COMMAND_BYTES} bytes")
-        if len(self.inputs.encode()) > MAX_INPUT_BYTES * MAX_TASKS // 100:
-            _fail("inputs", "is too large")
-        lines = self.input_lines
-        if self.inputs and not lines:
-            _fail("inputs", "has no non-empty line")
-        if lines and self.tasks and self.tasks != len(lines):
-            _fail("tasks", f"{self.tasks} does not match the {len(lines)} lines of inputs")
-        if len(lines) > MAX_TASKS:
-            _fail("inputs", f"has {len(lines)} lines; at most {MAX_TASKS} tasks")
-        for line_number, line in enumerate(lines, 1):
-            if len(line.encode()) > MAX_INPUT_BYTES:
-                _fail("inputs", f"line {line_number} is over {MAX_INPUT_BYTES} bytes")
+        self._check_inputs()
+        self._check_env()
         if self.image and not _IMAGE_RE.match(self.image):
             _fail("image", f"{self.image!r} is not an image alias or fingerprint")
-        for entry in self.env:
-            key, sep, _value = entry.partition("=")
-            if not sep or not _ENV_KEY_RE.match(key):
-                _fail("env", f"{entry!r} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _")
-            if key in RESERVED_ENV:
-                _fail("env", f"{key} is set by container-compute for every task")
         if self.input_dir and (not self.input_dir.startswith("/") or "\n" in self.input_dir):
             _fail("input-dir", f"{self.input_dir!r} is not an absolute path")
         _check_duration("timeout", self.timeout)
@@ -169,6 +170,26 @@ class LaunchJobParams(_Params):
             check_memory_limit("memory", self.memory)
         if self.name and not _NAME_RE.match(self.name):
             _fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
+
+    def _check_inputs(self) -> None:
+        lines = self.input_lines
+        if self.inputs and not lines:
+            _fail("inputs", "has no non-empty line")
+        if lines and self.tasks and self.tasks != len(lines):
+            _fail("tasks", f"{self.tasks} does not match the {len(lines)} lines of inputs")
+        if len(lines) > MAX_TASKS:
+            _fail("inputs", f"has {len(lines)} lines; at most {MAX_TASKS} tasks")
+        for line_number, line in enumerate(lines, 1):
+            if len(line.encode()) > MAX_INPUT_BYTES:
+                _fail("inputs", f"line {line_number} is over {MAX_INPUT_BYTES} bytes")
+
+    def _check_env(self) -> None:
+        for entry in self.env:
+            key, sep, _value = entry.partition("=")
+            if not sep or not _ENV_KEY_RE.match(key):
+                _fail("env", f"{entry!r} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _")
+            if key in RESERVED_ENV:
+                _fail("env", f"{key} is set by container-compute for every task")
 
     @property
     def input_lines(self) -> list[str]:
@@ -264,7 +285,9 @@ class BuildWorkerImageParams(_Params):
             if not _PACKAGE_RE.match(package):
                 _fail("packages", f"{package!r} is not a Debian package name")
         if self.source != "debootstrap" and (self.package_list or self.mirror):
-            _fail("packages" if self.package_list else "mirror", "only applies to source=debootstrap")
+            _fail(
+                "packages" if self.package_list else "mirror", "only applies to source=debootstrap"
+            )
         if not _SUITE_RE.match(self.suite):
             _fail("suite", f"{self.suite!r} is not a Debian suite name such as bookworm")
         if self.mirror and not _MIRROR_RE.match(self.mirror):
@@ -280,7 +303,8 @@ class BuildWorkerImageParams(_Params):
 ACTION_PARAMS: dict[str, tuple[type[_Params], str]] = {
     "launch-job": (
         LaunchJobParams,
-        "Launch a job: N tasks of one command, each in its own worker. Returns the job id at once.",
+        "Launch a job: N tasks of one command, each in its own worker. "
+        "Returns the job id at once.",
     ),
     "job-status": (JobParams, "State, counts, completed and failed indexes, timings of a job."),
     "gather-results": (

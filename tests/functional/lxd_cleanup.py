@@ -3,6 +3,7 @@
 import contextlib
 
 import pylxd
+
 from container_compute.lxdclient import connect
 
 
