@@ -86,20 +86,22 @@ def run_action(
     expected = ACTION_PARAMS[action][0]
     if not isinstance(params, expected):
         raise ActionError(f"{action} takes {expected.__name__}, not {type(params).__name__}")
-    if action == "build-worker-image":
+    if isinstance(params, BuildWorkerImageParams):
         return _build_worker_image(params, config)
-    if action == "launch-job":
+    if isinstance(params, LaunchJobParams):
         return _launch_job(params, config, state_dir, progress)
     ledger = Ledger(state_dir)
     try:
+        if isinstance(params, GatherResultsParams):
+            return _gather_results(ledger, params, state_dir)
+        if isinstance(params, ListJobsParams):
+            return _list_jobs(ledger, params)
+        if not isinstance(params, JobParams):
+            raise ActionError(f"{action} cannot take {type(params).__name__}")
         if action == "job-status":
             return job_status(ledger, _job(ledger, params.job))
-        if action == "gather-results":
-            return _gather_results(ledger, params, state_dir)
         if action == "cancel-job":
             return _cancel_job(ledger, params, config, state_dir)
-        if action == "list-jobs":
-            return _list_jobs(ledger, params)
         return _delete_job(ledger, params, state_dir)
     finally:
         ledger.close()

@@ -542,7 +542,7 @@ class Engine:
         backend = self.backend("lxd")
         for worker in backend.list_workers():
             job = self.ledger.job(worker.job_id) if worker.job_id else None
-            if job is not None and not job.state.finished:
+            if job is not None and not job.state.finished and worker.task_index is not None:
                 if running.get((job.id, worker.task_index)) == worker.attempt:
                     continue
             if backend.delete(worker.name):

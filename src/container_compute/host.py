@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pylxd
+import pylxd.exceptions
 
 from . import constants
 from .config import HostConfig, config_options, option_name

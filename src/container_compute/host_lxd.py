@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pylxd
+import pylxd.exceptions
 import yaml
 
 from . import constants

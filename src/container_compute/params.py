@@ -62,11 +62,12 @@ def _check_duration(param: str, value: str, maximum: int | None = None) -> int:
     return seconds
 
 
+@dataclass(frozen=True)
 class _Params:
     """Shared checks: types and bounds from each field's metadata."""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             name = f.name.replace("_", "-")
             kind = schema_type(f)

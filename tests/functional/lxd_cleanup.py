@@ -3,6 +3,7 @@
 import contextlib
 
 import pylxd
+import pylxd.exceptions
 
 from container_compute.lxdclient import connect
 

@@ -1,10 +1,11 @@
 """The container-compute command on a fake backend: flags, JSON equality, bad parameters."""
 
+import argparse
 import dataclasses
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -37,7 +38,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 def test_every_action_and_param_has_a_flag() -> None:
     parser = cli.build_parser()
-    subcommands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    group = parser._subparsers._group_actions[0]  # type: ignore[union-attr]
+    subcommands = cast(dict[str, argparse.ArgumentParser], group.choices)
     assert set(subcommands) == {"configure-host", *ACTION_PARAMS}
     for action, (params_class, _description) in ACTION_PARAMS.items():
         flags = {o for a in subcommands[action]._actions for o in a.option_strings}
