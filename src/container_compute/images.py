@@ -3,23 +3,35 @@
 ``busybox``: a few-MiB image from the host's static busybox (Debian ``busybox-static``).
 The rootfs is assembled in a temporary directory and packed as a split LXD image
 (metadata tarball + rootfs tarball); nothing is downloaded.
+
+``debootstrap``: a Debian minbase rootfs (``/usr/sbin/debootstrap --variant=minbase``) from the
+host's own apt mirror unless one is given, with ``tini`` as init; packed the same way.
 """
 
 import gzip
 import hashlib
 import io
+import re
+import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pylxd
+import pylxd.exceptions
 
-from .constants import BUSYBOX_BIN
+from .constants import (
+    BUSYBOX_BIN,
+    DEBOOTSTRAP,
+    INPUT_DIR_IN_WORKER,
+    RESULTS_DIR_IN_WORKER,
+)
 
 _INITTAB = "::sysinit:/bin/mount -t tmpfs -o mode=1777 tmpfs /tmp\n::restart:/sbin/init\n"
-_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"  # noqa: S105
 _GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
@@ -60,8 +72,22 @@ def _metadata_tar(description: str, architecture: str, created: int) -> bytes:
 
 def _busybox_rootfs(root: Path, busybox: str) -> None:
     """Lay out a minimal rootfs: busybox with every applet linked, an init, users."""
-    for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp",
-                      "root", "results", "input", "run", "var/tmp"):
+    for directory in (
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+        "results",
+        "input",
+        "run",
+        "var/tmp",
+    ):
         (root / directory).mkdir(parents=True, exist_ok=True)
     target = root / "bin" / "busybox"
     target.write_bytes(Path(busybox).read_bytes())
@@ -136,3 +162,127 @@ def build_busybox_image(
     created = int(Path(busybox).stat().st_mtime)
     metadata = _metadata_tar("container-compute busybox worker", architecture, created)
     return import_image(client, alias, metadata, rootfs, "busybox")
+
+
+_SUITE_RE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,99}$")
+_MIRROR_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%/+-]*)?$")
+APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+DEBOOTSTRAP_TIMEOUT_SECONDS = 1800
+# tini reaps the orphans a worker's tasks leave behind; LXD force-stops workers.
+_TINI_INIT = "#!/bin/sh\nexec /usr/bin/tini -- /bin/sleep infinity\n"
+
+
+def _debian_uris(text: str, suite: str) -> list[str]:
+    """Return the URIs of apt sources (one-line or deb822) that carry ``suite``."""
+    uris: list[str] = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 3 and words[0] == "deb":
+            rest = [w for w in words[1:] if not w.startswith("[")] if "[" in line else words[1:]
+            if len(rest) >= 2 and rest[1] == suite:
+                uris.append(rest[0])
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not line.startswith((" ", "#")):
+                fields[key.strip().lower()] = value.strip()
+        if "deb" in fields.get("types", "").split() and suite in fields.get("suites", "").split():
+            uris.extend(fields.get("uris", "").split())
+    return uris
+
+
+def host_mirror(suite: str, sources: tuple[Path, ...] = APT_SOURCES) -> str:
+    """Return the first http(s) apt mirror of this host that serves ``suite``.
+
+    Raises:
+        ValueError: when no apt source of the host carries that suite.
+    """
+    files: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            files.extend(sorted(p for p in source.iterdir() if p.suffix in (".list", ".sources")))
+        elif source.is_file():
+            files.append(source)
+    for path in files:
+        for uri in _debian_uris(path.read_text(errors="replace"), suite):
+            if _MIRROR_RE.match(uri):
+                return uri
+    raise ValueError(f"mirror: no apt source of this host serves suite {suite!r}; give a mirror")
+
+
+def _check_debootstrap_args(suite: str, packages: tuple[str, ...], mirror: str) -> None:
+    if not _SUITE_RE.match(suite):
+        raise ValueError(f"suite: {suite!r} is not a Debian suite name (e.g. bookworm)")
+    for package in packages:
+        if not _PACKAGE_RE.match(package):
+            raise ValueError(f"packages: {package!r} is not a Debian package name")
+    if mirror and not _MIRROR_RE.match(mirror):
+        raise ValueError(
+            f"mirror: {mirror!r} is not an http(s) URL such as http://deb.debian.org/debian"
+        )
+
+
+def _tree_tar(root: Path) -> bytes:
+    """Pack a rootfs keeping owners and modes; /dev stays empty (LXD makes its own nodes)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for child in sorted(root.iterdir()):
+            if child.name == "dev":
+                tar.add(child, arcname="dev", recursive=False)
+                continue
+            tar.add(child, arcname=child.name)
+    return gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
+
+
+def build_debootstrap_image(
+    client: pylxd.Client,
+    alias: str,
+    suite: str = "bookworm",
+    packages: tuple[str, ...] = (),
+    mirror: str = "",
+) -> ImageReport:
+    """Build a Debian minbase worker image with debootstrap and import it under ``alias``.
+
+    ``mirror`` defaults to the host's own apt mirror for ``suite``. Takes minutes. Every
+    build makes a new image (debootstrap output is not reproducible), so ``changed`` is True.
+
+    Raises:
+        ValueError: when suite, packages or mirror are malformed (nothing is done).
+        FileNotFoundError: when debootstrap is not installed.
+        subprocess.CalledProcessError: when debootstrap fails (its output is attached).
+    """
+    _check_debootstrap_args(suite, packages, mirror)
+    if not Path(DEBOOTSTRAP).exists():
+        raise FileNotFoundError(f"{DEBOOTSTRAP} is missing: install Debian's debootstrap")
+    mirror = mirror or host_mirror(suite)
+    include = ",".join(dict.fromkeys(("tini", *packages)))
+    architecture = client.host_info["environment"]["architectures"][0]
+    with tempfile.TemporaryDirectory(prefix="cc-debootstrap-") as tmp:
+        root = Path(tmp) / "rootfs"
+        subprocess.run(
+            [DEBOOTSTRAP, "--variant=minbase", f"--include={include}", suite, str(root), mirror],
+            check=True,
+            capture_output=True,
+            timeout=DEBOOTSTRAP_TIMEOUT_SECONDS,
+        )
+        for directory in (RESULTS_DIR_IN_WORKER, INPUT_DIR_IN_WORKER, "/run"):
+            (root / directory.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for entry in (root / cache).glob("*"):
+                if entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
+        dev = root / "dev"
+        shutil.rmtree(dev, ignore_errors=True)
+        dev.mkdir(mode=0o755)
+        init = root / "sbin" / "init"
+        if init.is_symlink() or init.exists():
+            init.unlink()
+        init.write_text(_TINI_INIT)
+        init.chmod(0o755)
+        rootfs = _tree_tar(root)
+    metadata = _metadata_tar(
+        f"container-compute Debian {suite} minbase worker", architecture, int(time.time())
+    )
+    return import_image(client, alias, metadata, rootfs, f"debootstrap {suite}")
