@@ -11,6 +11,7 @@ Usage: ``python bench/run.py [--driver dir|btrfs] [--image busybox|debootstrap]`
 """
 
 import argparse
+import dataclasses
 import os
 import resource
 import secrets
@@ -22,20 +23,24 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "lib"), str(ROOT)]
 
-from container_compute.backends import WorkerSpec  # noqa: E402
-from container_compute.backends.lxd import LXDBackend  # noqa: E402
-from container_compute.config import HostConfig  # noqa: E402
-from container_compute.constants import WORKER_PROFILE  # noqa: E402
-from container_compute.host import HostPaths, configure_host  # noqa: E402
-from container_compute.images import build_busybox_image, build_debootstrap_image  # noqa: E402
-from container_compute.lxdclient import connect  # noqa: E402
-from tests.functional.lxd_cleanup import purge_run  # noqa: E402
+from container_compute import (
+    actions,
+    host,
+)
+from container_compute.backends.lxd import LXDBackend
+from container_compute.config import HostConfig
+from container_compute.constants import WORKER_PROFILE
+from container_compute.host import HostPaths, configure_host
+from container_compute.images import build_busybox_image, build_debootstrap_image
+from container_compute.lxdclient import connect
+from container_compute.params import JobParams, LaunchJobParams
+from tests.functional.lxd_cleanup import purge_run
 
 LXC = "/usr/bin/lxc"
 LXD_BENCHMARK = "/usr/bin/lxd-benchmark"
@@ -125,48 +130,31 @@ def set_up(prefix: str, driver: str, image: str, scratch: Path) -> HostConfig:
 
 
 def run_ours(config: HostConfig, tasks: int, parallel: int, scratch: Path) -> dict[str, float]:
-    """Run ``tasks`` trivial tasks through the backend, ``parallel`` at a time.
+    """Run ``tasks`` trivial tasks as one job, as a user would: ``launch-job`` with wait=true.
 
-    Like the engine, a slot is free once the results are gathered: workers are deleted off
-    the critical path. The total runs until every worker is deleted.
+    The engine runs in this process (no agent), launching, gathering every result into the
+    results tree and deleting every worker; the time ends when the last worker is deleted.
     """
-    backend = LXDBackend(config)
-    phases: dict[str, list[float]] = {"start": [], "wait": [], "delete": []}
-    job = f"b{parallel}x{secrets.token_hex(2)}"
-    out = scratch / job
-    out.mkdir()
-
-    def delete(name: str) -> None:
-        phases["delete"].append(timed(lambda: backend.delete(name)))
-
-    def all_tasks() -> None:
-        with ThreadPoolExecutor(parallel) as deleter:
-
-            def one(index: int) -> None:
-                spec = WorkerSpec(
-                    job_id=job,
-                    task_index=index,
-                    attempt=1,
-                    image=IMAGE_ALIAS,
-                    command=TASK_COMMAND,
-                    env={"TASK_COUNT": str(tasks)},
-                )
-                task_dir = out / str(index)
-                task_dir.mkdir()
-                phases["start"].append(timed(lambda: backend.start(spec)))
-                phases["wait"].append(timed(lambda: backend.wait(spec, task_dir, lambda: None)))
-                deleter.submit(delete, spec.worker_name)
-                if (task_dir / "files" / "square").read_text() != f"{index * index}\n":
-                    raise RuntimeError(f"task {index}: wrong result")
-
-            with ThreadPoolExecutor(parallel) as pool:
-                list(pool.map(one, range(tasks)))
-
-    total, cpu = cpu_used(all_tasks)
-    if backend.list_workers():
+    state = scratch / f"state-p{parallel}"
+    state.mkdir()
+    config = dataclasses.replace(config, max_parallel_workers=max(parallel, 1))
+    params = LaunchJobParams(
+        command=TASK_COMMAND, tasks=tasks, parallelism=parallel, image=IMAGE_ALIAS, wait=True
+    )
+    result: dict[str, Any] = {}
+    total, cpu = cpu_used(
+        lambda: result.update(actions.run_action("launch-job", params, config, state))
+    )
+    if result.get("state") != "succeeded":
+        raise RuntimeError(f"the job did not succeed: {result}")
+    job_dir = state / "results" / result["job"]
+    for index in range(tasks):
+        if (job_dir / str(index) / "files" / "square").read_text() != f"{index * index}\n":
+            raise RuntimeError(f"task {index}: wrong result")
+    if LXDBackend(config).list_workers():
         raise RuntimeError("workers left behind")
     print(f"    ({cpu})")
-    return {"total": total, **{k: statistics.median(v) for k, v in phases.items()}}
+    return {"total": total}
 
 
 def run_lxd_benchmark(project: str, tasks: int, parallel: int) -> float:
@@ -245,12 +233,6 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 def run_big_job(config: HostConfig, scratch: Path, tasks: int, agent_seconds: float) -> None:
     """Record a big job, time job-status, run the agent a while and read its memory."""
-    try:
-        from container_compute import actions, host
-        from container_compute.params import JobParams, LaunchJobParams
-    except ImportError as err:
-        print(f"(3) skipped: the engine/actions are not importable: {err}")
-        return
     state = scratch / "state"
     state.mkdir()
     host.save_config(config, state)
@@ -365,11 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         if "1" not in skip or "2" not in skip:
             for parallel in parallels:
                 figures = run_ours(config, args.tasks, parallel, scratch)
-                print(
-                    f"(1) container-compute P={parallel}: {figures['total']:.2f}s "
-                    f"(median start {figures['start']:.2f}s, wait {figures['wait']:.2f}s, "
-                    f"delete {figures['delete']:.2f}s)"
-                )
+                print(f"(1) container-compute launch-job P={parallel}: {figures['total']:.2f}s")
                 ours_best = min(ours_best or figures["total"], figures["total"])
         if "1" not in skip and ours_best is not None:
             bench_best = None

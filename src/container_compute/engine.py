@@ -145,6 +145,7 @@ class Engine:
         self._deleting: set[str] = set()
         self._deleted = threading.Condition()
         self._lock = threading.RLock()
+        self._wakeup = threading.Event()  # set when an attempt ends: a slot is free
         self._stop_reasons: dict[str, FailureReason] = {}
         self._deadlines: dict[str, float] = {}
         self._resumed = False
@@ -393,6 +394,7 @@ class Engine:
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
+            self._wakeup.set()
         self._delete_worker(job.backend, spec.worker_name)
 
     def _delete_worker(self, backend_name: str, name: str) -> None:
@@ -595,7 +597,9 @@ class Engine:
                 return True
             if until is not None and self._clock() >= until:
                 return False
-            if stop.wait(poll):
+            self._wakeup.wait(poll)  # the next pass starts when a slot frees, or after poll
+            self._wakeup.clear()
+            if stop.is_set():
                 return False
 
     def drain(self, timeout: float = 30.0) -> None:

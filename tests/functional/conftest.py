@@ -5,7 +5,12 @@ deletes them at the end of the session, also when tests fail. The daemon must be
 (``scripts/setup-host`` starts it); a missing daemon is an error, not a skip.
 """
 
+import contextlib
+import os
 import secrets
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +81,68 @@ def configured_host(
         pytest.fail(f"configure_host failed for the jobs project: {report.problems}")
     build_busybox_image(connect(project=config.lxd_project), "busybox")
     return config
+
+
+LXD_BIN = "/usr/bin/lxd"
+SETSID_BIN = "/usr/bin/setsid"
+
+
+def lxd_daemon_process() -> tuple[int, list[str]] | None:
+    """Return the pid and argv of the live LXD daemon (zombies do not count), or None."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
+            exe = os.readlink(entry / "exe")
+        except OSError:
+            continue
+        if exe == LXD_BIN and argv and (len(argv) == 1 or argv[1].startswith(b"--")):
+            return int(entry.name), [a.decode() for a in argv]
+    return None
+
+
+def _gone(pid: int) -> bool:
+    """True when ``pid`` has exited (a zombie has exited too; reap it if it is our child)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    if state == "Z":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def lxd_daemon_down(pause: float = 2.0) -> Iterator[int]:
+    """Stop the LXD daemon with SIGTERM, yield its old pid, then start it again.
+
+    Its instances keep running while it is away. It is started detached from this process and
+    waited for until it answers, whatever happens inside the block, so a failing test never
+    leaves the machine without LXD.
+    """
+    found = lxd_daemon_process()
+    if found is None:
+        pytest.fail("no LXD daemon process (/usr/bin/lxd) found")
+    pid, argv = found
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+        yield pid
+        time.sleep(pause)
+    finally:
+        if lxd_daemon_process() is None:
+            # setsid -f forks: the daemon is not our child, so it never lingers as our zombie.
+            subprocess.run(
+                [SETSID_BIN, "-f", LXD_BIN, *argv[1:]],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=True,
+            )
+        subprocess.run([LXD_BIN, "waitready", "--timeout=120"], check=True, capture_output=True)

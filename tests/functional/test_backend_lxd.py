@@ -1,22 +1,21 @@
 """The LXD backend against the REAL daemon: run, gather, limits, timeouts, OOM, resume, restart."""
 
-import os
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pylxd
 import pytest
 
-from container_compute.backends import LaunchError, WorkerSpec
+from container_compute.backends import LaunchError, TaskOutcome, WorkerSpec
 from container_compute.backends import lxd as lxd_backend
 from container_compute.backends.lxd import LXDBackend, image_exists
 from container_compute.config import HostConfig
 from container_compute.constants import LABEL_ATTEMPT, LABEL_JOB, LABEL_TASK
 from container_compute.jobs import FailureReason
 from container_compute.lxdclient import connect
+
+from .conftest import lxd_daemon_down, lxd_daemon_process
 
 
 @pytest.fixture(scope="module")
@@ -312,50 +311,24 @@ def test_delete_refuses_unlabelled_instances(
         client.instances.get(name).delete(wait=True)
 
 
-def _lxd_daemon_pid() -> tuple[int, list[str]]:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
-            exe = os.readlink(entry / "exe")
-        except OSError:
-            continue
-        if exe == "/usr/bin/lxd" and argv and (len(argv) == 1 or argv[1].startswith(b"--")):
-            return int(entry.name), [a.decode() for a in argv]
-    pytest.fail("no LXD daemon process (/usr/bin/lxd) found")
-
-
 def test_daemon_restart_mid_task(backend: LXDBackend, tmp_path: Path) -> None:
     spec = _spec("rst", "sleep 6; echo survived > /results/s")
     backend.start(spec)
-    pid, argv = _lxd_daemon_pid()
-    os.kill(pid, 15)
-    for _ in range(300):
-        if not Path(f"/proc/{pid}").exists():
-            break
-        time.sleep(0.1)
-
-    def restart_later() -> None:
-        time.sleep(3)
-        subprocess.Popen(
-            ["/usr/bin/lxd", *argv[1:]],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        subprocess.run(["/usr/bin/lxd", "waitready", "--timeout=120"], check=True)
-
-    restarter = threading.Thread(target=restart_later)
-    restarter.start()
     task_dir = tmp_path / "t"
     task_dir.mkdir()
-    try:
-        outcome = LXDBackend(backend.config).wait(spec, task_dir, _never)
-    finally:
-        restarter.join()
-    assert _lxd_daemon_pid()[0] != pid  # the daemon really was replaced
+    box: dict[str, object] = {}
+
+    def follow() -> None:  # a fresh backend starts following while the daemon is away
+        box["outcome"] = LXDBackend(backend.config).wait(spec, task_dir, _never)
+
+    follower = threading.Thread(target=follow)
+    with lxd_daemon_down(pause=3) as old_pid:
+        follower.start()
+    follower.join(180)
+    new = lxd_daemon_process()
+    assert new is not None and new[0] != old_pid  # the daemon really was replaced
+    outcome = box["outcome"]
+    assert isinstance(outcome, TaskOutcome)
     assert outcome.succeeded, outcome
     assert (task_dir / "files" / "s").read_text() == "survived\n"
     assert backend.delete(spec.worker_name) is True

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from container_compute.lxdclient import connect
 from container_compute.params import GatherResultsParams, JobParams, LaunchJobParams
 
 from ..unit.test_cli import INVALID, INVALID_ON_THIS_HOST
+from .conftest import lxd_daemon_down, lxd_daemon_process
 
 pytestmark = pytest.mark.functional
 
@@ -319,20 +319,6 @@ def test_agent_killed_mid_job_then_restarted_records_exactly_once(
     assert no_workers_left(configured_host, timeout=30)
 
 
-def _lxd_daemon() -> tuple[int, list[str]]:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
-            exe = os.readlink(entry / "exe")
-        except OSError:
-            continue
-        if exe == "/usr/bin/lxd" and argv and (len(argv) == 1 or argv[1].startswith(b"--")):
-            return int(entry.name), [a.decode() for a in argv]
-    pytest.fail("no LXD daemon process (/usr/bin/lxd) found")
-
-
 def test_lxd_daemon_restart_mid_job(
     configured_host: HostConfig, state_dir: Path, agents: list[Agent]
 ) -> None:
@@ -346,27 +332,10 @@ def test_lxd_daemon_restart_mid_job(
     job_id = result["job"]
     agents.append(Agent(state_dir))
     wait_for(lambda: len(worker_names(configured_host)) == 3, 120, "three workers")
-    pid, argv = _lxd_daemon()
-    os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60, "the LXD daemon to exit")
-
-    def restart() -> None:
-        time.sleep(2)
-        subprocess.Popen(
-            ["/usr/bin/lxd", *argv[1:]],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        subprocess.run(
-            ["/usr/bin/lxd", "waitready", "--timeout=120"], check=True, capture_output=True
-        )
-
-    restarter = threading.Thread(target=restart)
-    restarter.start()
-    restarter.join(180)
-    assert _lxd_daemon()[0] != pid
+    with lxd_daemon_down() as old_pid:
+        pass  # the workers and the agent carry on while the daemon is away
+    new = lxd_daemon_process()
+    assert new is not None and new[0] != old_pid
     wait_for(
         lambda: status(configured_host, state_dir, job_id)["state"] != "running",
         180,
