@@ -97,7 +97,9 @@ def lxd_daemon_process() -> tuple[int, list[str]] | None:
             exe = os.readlink(entry / "exe")
         except OSError:
             continue
-        if exe == LXD_BIN and argv and (len(argv) == 1 or argv[1].startswith(b"--")):
+        # LXC's "[lxc monitor] ..." processes run /usr/bin/lxd too, with a rewritten argv.
+        is_daemon = argv and os.path.basename(argv[0]) == b"lxd"
+        if exe == LXD_BIN and is_daemon and (len(argv) == 1 or argv[1].startswith(b"--")):
             return int(entry.name), [a.decode() for a in argv]
     return None
 
@@ -142,7 +144,8 @@ def lxd_daemon_down(pause: float = 2.0) -> Iterator[int]:
             subprocess.run(
                 [SETSID_BIN, "-f", LXD_BIN, *argv[1:]],
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 check=True,
             )
         subprocess.run([LXD_BIN, "waitready", "--timeout=120"], check=True, capture_output=True)
