@@ -49,6 +49,10 @@ class ActionError(Exception):
     """An action (or CLI command) cannot be done; the message tells the operator why."""
 
 
+# Launch errors retried without spending the task's retries, before they count.
+FREE_LAUNCH_RETRIES = 3
+
+
 def backoff_delay(
     failures: int, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS
 ) -> float:
@@ -444,6 +448,14 @@ class Engine:
             state = TaskState.FAILED
         elif vanished:
             state, charge = TaskState.PENDING, False
+        elif (
+            outcome.reason == FailureReason.LAUNCH_ERROR
+            and task.attempts - task.charged <= FREE_LAUNCH_RETRIES
+        ):
+            # The host, not the command, failed (e.g. LXD refused an idmap under load): try
+            # again soon without spending the task's retries.
+            state, charge = TaskState.PENDING, False
+            not_before = now + self._backoff_base / 5
         elif task.charged + 1 <= retries:
             state = TaskState.PENDING
             not_before = now + backoff_delay(

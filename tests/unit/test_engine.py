@@ -9,7 +9,7 @@ import pytest
 
 from container_compute import actions, results
 from container_compute.backends import WorkerSpec
-from container_compute.engine import ActionError, Engine, backoff_delay
+from container_compute.engine import FREE_LAUNCH_RETRIES, ActionError, Engine, backoff_delay
 from container_compute.jobs import FailureReason, JobState, TaskState
 from container_compute.ledger import Ledger
 from container_compute.params import JobParams, LaunchJobParams
@@ -181,7 +181,23 @@ def test_launch_error_is_a_failure_with_its_message(tmp_path: Path) -> None:
     run_until_done(engine)
     task = engine.ledger.task(job_id, 0)
     assert task is not None and (task.reason, task.detail) == ("launch-error", "pool is full")
+    assert task.attempts == 1 + FREE_LAUNCH_RETRIES and task.charged == 1
     assert engine.ledger.job(job_id).state == JobState.FAILED  # type: ignore[union-attr]
+
+
+def test_a_passing_launch_error_is_retried_without_spending_retries(tmp_path: Path) -> None:
+    def plan(spec: WorkerSpec) -> Plan:
+        if spec.task_index == 0 and spec.attempt == 1:
+            return Plan(launch_error="newuidmap: uid range not allowed")
+        return Plan(stdout="ok\n")
+
+    engine = make_engine(tmp_path, FakeBackend(plan))
+    job_id = launch(engine, tasks=2, retries=0)
+    run_until_done(engine)
+    task = engine.ledger.task(job_id, 0)
+    assert task is not None and task.state == TaskState.SUCCEEDED
+    assert (task.attempts, task.charged) == (2, 0)
+    assert engine.ledger.job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
 
 
 def test_deadline_stops_running_and_fails_pending_tasks(tmp_path: Path) -> None:
