@@ -655,6 +655,10 @@ def outcome_record(spec: WorkerSpec, outcome: TaskOutcome) -> dict[str, Any]:
 def task_summary(task: TaskRecord) -> dict[str, Any]:
     """Return one task's state as action-result data."""
     entry: dict[str, Any] = {"state": task.state.value, "attempts": task.attempts}
+    # Attempts lost to the host (launch errors, vanished workers) spend none of the retries.
+    uncharged = task.attempts - task.charged - (task.state == TaskState.SUCCEEDED)
+    if uncharged > 0:
+        entry["uncharged-attempts"] = uncharged
     if task.exit_code is not None:
         entry["exit-code"] = task.exit_code
     if task.reason:
