@@ -477,33 +477,12 @@ class Ledger:
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY job, idx, attempt"
-        return [
-            AttemptRecord(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                row[5],
-                row[6],
-                json.loads(row[7]) if row[7] else None,
-            )
-            for row in self._query(sql, args)
-        ]
+        return [_attempt_from_row(row) for row in self._query(sql, args)]
 
     def final_attempts(self, job_id: str) -> list[AttemptRecord]:
         """Return the last attempt of every finished task of the job, by index."""
         return [
-            AttemptRecord(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                row[5],
-                row[6],
-                json.loads(row[7]) if row[7] else None,
-            )
+            _attempt_from_row(row)
             for row in self._query(
                 "SELECT a.job, a.idx, a.attempt, a.worker, a.state, a.started, a.finished, "
                 "a.outcome FROM attempts a JOIN tasks t ON t.job = a.job AND t.idx = a.idx "
@@ -550,3 +529,8 @@ def _job_record(row: tuple[Any, ...]) -> JobRecord:
         finished=row[8],
         deadline=row[9],
     )
+
+
+def _attempt_from_row(row: Sequence[Any]) -> AttemptRecord:
+    """Build an AttemptRecord from a row: job, idx, attempt, worker, state, times, outcome."""
+    return AttemptRecord(*row[:7], json.loads(row[7]) if row[7] else None)
