@@ -533,4 +533,5 @@ def _job_record(row: tuple[Any, ...]) -> JobRecord:
 
 def _attempt_from_row(row: Sequence[Any]) -> AttemptRecord:
     """Build an AttemptRecord from a row: job, idx, attempt, worker, state, times, outcome."""
-    return AttemptRecord(*row[:7], json.loads(row[7]) if row[7] else None)
+    outcome = json.loads(row[7]) if row[7] else None
+    return AttemptRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], outcome)
