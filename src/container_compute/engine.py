@@ -40,7 +40,6 @@ BACKOFF_BASE_SECONDS = 10.0
 BACKOFF_CAP_SECONDS = 360.0
 DETAIL_CHARS = 500
 VANISHED = "worker vanished"
-DELETE_RETRY_DELAYS = (1.0, 3.0, None)
 LOCK_FILE = "engine.lock"
 MEMINFO = Path("/proc/meminfo")
 
@@ -403,15 +402,7 @@ class Engine:
 
     def _delete_worker(self, backend_name: str, name: str) -> None:
         try:
-            for delay in DELETE_RETRY_DELAYS:
-                try:
-                    self.backend(backend_name).delete(name)
-                    break
-                except Exception as err:  # e.g. LXD still busy with the worker
-                    if delay is None:
-                        raise
-                    logger.info("deleting worker %s: %s; trying again", name, err)
-                    time.sleep(delay)
+            self.backend(backend_name).delete(name)
         except Exception:  # the reaper will get it
             logger.exception("could not delete worker %s", name)
         finally:

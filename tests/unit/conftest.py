@@ -6,59 +6,21 @@ answer what each test sets. Until the real modules exist, an empty placeholder m
 ``charm`` be imported at all.
 """
 
-import importlib
-import sys
-import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ops import testing
 
-for _name in ("host", "actions", "agent"):
-    _module = f"container_compute.{_name}"
-    try:
-        importlib.import_module(_module)
-    except ModuleNotFoundError as _err:
-        if _err.name != _module:
-            raise
-        _placeholder = types.ModuleType(_module, "placeholder until the real module exists")
-        sys.modules[_module] = _placeholder
-        setattr(importlib.import_module("container_compute"), _name, _placeholder)
-
-import charm  # noqa: E402 - after the placeholders above
+import charm
+from container_compute.host import HostReport
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB{}\n-----END CERTIFICATE-----\n"
 
 
-@dataclass
-class FakeHostReport:
-    """The shape of host.HostReport."""
-
-    changes: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    lxd_version: str = "5.0.2"
-    project: str = "container-compute"
-    pool: str = "container-compute"
-    driver: str = "btrfs"
-    profile: str = "container-compute-worker"
-    kernel_modules_to_lxd: list[str] = field(default_factory=list)
-    kernel_modules_on_host: list[str] = field(default_factory=list)
-    summary: str = "btrfs pool container-compute; workers unprivileged, no network"
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.changes)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"changes": self.changes, "problems": self.problems, "summary": self.summary}
+SUMMARY = "btrfs pool container-compute; workers unprivileged, no network"
 
 
 @dataclass(frozen=True)
@@ -83,7 +45,7 @@ class FakeHost:
         self.calls: list[tuple[str, Any]] = []
         self.changes: list[str] = []
         self.problems: list[str] = []
-        self.summary = FakeHostReport().summary
+        self.summary = SUMMARY
         self.users: set[str] = {"nova", "root"}
         self.group_members: set[tuple[str, str]] = set()
         self.certificate = PEM.format("OURS")
@@ -94,9 +56,9 @@ class FakeHost:
 
     def configure_host(
         self, config: Any, *, paths: Any = None, dry_run: bool = False
-    ) -> FakeHostReport:
+    ) -> HostReport:
         self.calls.append(("configure_host", (config, dry_run)))
-        return FakeHostReport(
+        return HostReport(
             changes=list(self.changes), problems=list(self.problems), summary=self.summary
         )
 

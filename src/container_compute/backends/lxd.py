@@ -49,6 +49,7 @@ CC_DIR = "run/cc"
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESERVED_ENV = ("CC_COMMAND", "CC_WRAPPER")
 WRAPPER_START_CHECKS = 15  # liveness checks (2 s apart) without /run/cc/pid: never started
+BUSY_WAIT_SECONDS = 60.0  # LXD refuses to delete an instance while another operation runs on it
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{12,64}$")
 
 # Runs in the worker through exec; returns as soon as the wrapper is in the background.
@@ -693,12 +694,16 @@ class LXDBackend:
                 return True
             return True
 
-        try:
-            return self._retry(f"deleting worker {name}", remove)
-        except OperationFailedError:
-            if self._instance(name) is None:
-                return True
-            raise
+        busy_until = time.monotonic() + BUSY_WAIT_SECONDS
+        while True:
+            try:
+                return self._retry(f"deleting worker {name}", remove)
+            except OperationFailedError as err:
+                if self._instance(name) is None:
+                    return True
+                if "busy" not in str(err) or time.monotonic() >= busy_until:
+                    raise
+                time.sleep(self.poll_seconds)  # e.g. a stop still running: wait for it
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker of this backend's project that carries container-compute labels."""
