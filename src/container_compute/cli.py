@@ -59,6 +59,38 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_flag(
+    parser: argparse.ArgumentParser, name: str, dest: str, kind: str, help_text: str
+) -> None:
+    """Add ``--name`` for an option or parameter of JSON-schema type ``kind`` (unset: None)."""
+    help_text = help_text.replace("%", "%%")
+    if kind == "boolean":
+        parser.add_argument(
+            f"--{name}",
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=help_text,
+        )
+    elif kind == "array":
+        parser.add_argument(
+            f"--{name}",
+            dest=dest,
+            action="append",
+            default=None,
+            metavar="KEY=VALUE",
+            help=help_text + " Repeatable.",
+        )
+    else:
+        parser.add_argument(
+            f"--{name}",
+            dest=dest,
+            default=None,
+            help=help_text,
+            type=_integer(f"--{name}") if kind == "integer" else str,
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with one subcommand per action, plus configure-host."""
     parser = argparse.ArgumentParser(
@@ -72,62 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(configure)
     configure.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    json_kinds = {bool: "boolean", int: "integer", str: "string"}
     for name, kind, default, description in config_options():
-        dest = "opt_" + name.replace("-", "_")
-        help_text = f"{description} (default: {default!r})".replace("%", "%%")
-        if kind is bool:
-            configure.add_argument(
-                f"--{name}",
-                dest=dest,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-        else:
-            configure.add_argument(
-                f"--{name}",
-                dest=dest,
-                default=None,
-                help=help_text,
-                type=_integer(f"--{name}") if kind is int else str,
-            )
+        help_text = f"{description} (default: {default!r})"
+        _add_flag(configure, name, "opt_" + name.replace("-", "_"), json_kinds[kind], help_text)
     for action, (params_class, description) in ACTION_PARAMS.items():
         sub = subparsers.add_parser(action, help=description, description=description)
         _common(sub)
         for f in dataclasses.fields(params_class):
-            name = f.name.replace("_", "-")
-            kind = schema_type(f)
-            dest = "param_" + f.name
-            help_text = str(f.metadata.get("description", "")).replace("%", "%%")
+            help_text = str(f.metadata.get("description", ""))
             if is_required(f):
                 help_text += " (required)"
-            if kind == "boolean":
-                sub.add_argument(
-                    f"--{name}",
-                    dest=dest,
-                    action=argparse.BooleanOptionalAction,
-                    default=None,
-                    help=help_text,
-                )
-            elif kind == "array":
-                sub.add_argument(
-                    f"--{name}",
-                    dest=dest,
-                    action="append",
-                    default=None,
-                    metavar="KEY=VALUE",
-                    help=help_text + " Repeatable.",
-                )
-            elif kind == "integer":
-                sub.add_argument(
-                    f"--{name}",
-                    dest=dest,
-                    type=_integer(f"--{name}"),
-                    default=None,
-                    help=help_text,
-                )
-            else:
-                sub.add_argument(f"--{name}", dest=dest, default=None, help=help_text)
+            name = f.name.replace("_", "-")
+            _add_flag(sub, name, "param_" + f.name, schema_type(f), help_text)
         if action == "launch-job":
             sub.add_argument(
                 "command_argv",
