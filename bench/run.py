@@ -37,9 +37,9 @@ from container_compute.backends.lxd import LXDBackend
 from container_compute.config import HostConfig
 from container_compute.constants import WORKER_PROFILE
 from container_compute.host import HostPaths, configure_host
-from container_compute.images import build_busybox_image, build_debootstrap_image
+from container_compute.host.images import build_busybox_image, build_debootstrap_image
+from container_compute.jobs.params import JobParams, LaunchJobParams
 from container_compute.lxdclient import connect
-from container_compute.params import JobParams, LaunchJobParams
 from tests.functional.lxd_cleanup import purge_run
 
 LXC = "/usr/bin/lxc"

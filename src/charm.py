@@ -15,6 +15,7 @@ import uuid
 import ops
 
 from container_compute import actions, agent, host, identity
+from container_compute.actions import ACTION_PARAMS
 from container_compute.config import HostConfig
 from container_compute.constants import (
     CLUSTER_ENDPOINT,
@@ -23,7 +24,6 @@ from container_compute.constants import (
     LXD_GROUP,
     STATE_DIR,
 )
-from container_compute.params import ACTION_PARAMS
 
 logger = logging.getLogger(__name__)
 

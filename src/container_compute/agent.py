@@ -15,28 +15,19 @@ import threading
 import time
 from pathlib import Path
 
-import jinja2
-
-from . import actions
 from .config import HostConfig
-from .constants import (
-    AGENT_UNIT_NAME,
-    AGENT_UNIT_PATH,
-    LEDGER_FILE,
-    STATE_DIR,
-    STATE_DIR_ENV,
-    SYSTEMCTL,
-    TEMPLATES_DIR,
-    TEMPLATES_DIR_ENV,
-)
-from .engine import Engine, EngineLock
-from .ledger import Ledger
+from .constants import AGENT_UNIT_NAME, AGENT_UNIT_PATH, STATE_DIR, STATE_DIR_ENV, SYSTEMCTL
+from .host import load_saved_config
+from .jobs import housekeeping
+from .jobs.runner import AGENT_ROLE, agent_alive, open_engine
+from .jobs.scheduler import Engine, EngineLock
+from .rendering import render
+
+__all__ = ["agent_alive", "install_service", "main", "run_agent"]
 
 logger = logging.getLogger("container_compute.agent")
 
-HEARTBEAT_FRESH_SECONDS = 60.0
 REAP_INTERVAL_SECONDS = 60.0
-AGENT_ROLE = "agent"
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
 
 
@@ -47,37 +38,13 @@ def default_state_dir() -> Path:
 
 def load_config(state_dir: Path) -> HostConfig:
     """Return the host configuration saved by configure-host or the charm (defaults if none)."""
-    from . import host
-
-    return host.load_saved_config(state_dir)
-
-
-def agent_alive(state_dir: Path) -> bool:
-    """Return True when the agent's heartbeat in the ledger is younger than 60 s."""
-    if not (state_dir / LEDGER_FILE).exists():
-        return False
-    ledger = Ledger(state_dir)
-    try:
-        beat = ledger.last_heartbeat()
-    finally:
-        ledger.close()
-    return (
-        beat is not None
-        and beat[1] == AGENT_ROLE
-        and time.time() - beat[2] < HEARTBEAT_FRESH_SECONDS
-    )
+    return load_saved_config(state_dir)
 
 
 def render_service(state_dir: Path) -> str:
     """Return the text of the agent's systemd unit."""
-    templates = Path(os.environ.get(TEMPLATES_DIR_ENV) or TEMPLATES_DIR)
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 - a systemd unit, not HTML
-    )
-    return environment.get_template("agent.service.j2").render(
+    return render(
+        "agent.service.j2",
         python=sys.executable,
         pythonpath=str(Path(__file__).resolve().parents[1]),
         state_dir=str(state_dir),
@@ -121,10 +88,8 @@ def run_agent(
     while not lock.acquire():
         logger.info("another engine runs jobs in %s; waiting for it", state_dir)
         if stop.wait(1.0):
-            return Engine(state_dir, config, actions.backend_factory_for(config))
-    engine = Engine(
-        state_dir, config, actions.backend_factory_for(config), **actions.engine_options
-    )
+            return open_engine(config, state_dir)
+    engine = open_engine(config, state_dir)
     last_reap = 0.0
     try:
         while not stop.is_set():
@@ -150,9 +115,9 @@ def run_agent(
 
 def _housekeeping(engine: Engine) -> None:
     try:
-        for name in engine.reap():
+        for name in housekeeping.reap(engine):
             logger.info("reaped worker %s", name)
-        for job_id in engine.apply_retention():
+        for job_id in housekeeping.apply_retention(engine):
             logger.info("deleted job %s (retention)", job_id)
     except Exception:
         logger.exception("reaping failed; trying again later")

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import actions, agent
+from .actions import ACTION_PARAMS
 from .config import HostConfig, config_options
-from .params import ACTION_PARAMS, is_required, schema_type
+from .jobs.params import is_required, schema_type
 
 EXIT_ACTION_FAILED = 1
 EXIT_BAD_PARAMS = 2

@@ -19,7 +19,7 @@ import pytest
 
 from container_compute.config import HostConfig
 from container_compute.host import HostPaths, configure_host
-from container_compute.images import build_busybox_image
+from container_compute.host.images import build_busybox_image
 from container_compute.lxdclient import LXDUnavailableError, connect
 
 from .lxd_cleanup import purge_run

@@ -7,12 +7,11 @@ from pathlib import Path
 import pylxd
 import pytest
 
-from container_compute.backends import LaunchError, TaskOutcome, WorkerSpec
-from container_compute.backends import lxd as lxd_backend
+from container_compute.backends import FailureReason, LaunchError, TaskOutcome, WorkerSpec
 from container_compute.backends.lxd import LXDBackend, image_exists
+from container_compute.backends.lxd import watch as lxd_watch
 from container_compute.config import HostConfig
 from container_compute.constants import LABEL_ATTEMPT, LABEL_JOB, LABEL_TASK
-from container_compute.jobs import FailureReason
 from container_compute.lxdclient import connect
 
 from .conftest import lxd_daemon_down, lxd_daemon_process
@@ -225,13 +224,13 @@ def test_storage_pool_rootfs_path(
     backend: LXDBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[Path] = []
-    real_has_cc_dir = lxd_backend._has_cc_dir
+    real_has_cc_dir = lxd_watch.has_cc_dir
 
     def no_proc_root(root: Path) -> bool:
         seen.append(root)
         return not str(root).startswith("/proc/") and real_has_cc_dir(root)
 
-    monkeypatch.setattr(lxd_backend, "_has_cc_dir", no_proc_root)
+    monkeypatch.setattr(lxd_watch, "has_cc_dir", no_proc_root)
     outcome, task_dir = _run(backend, _spec("sto", "echo pool > /results/p"), tmp_path)
     assert outcome.succeeded
     assert (task_dir / "files" / "p").read_text() == "pool\n"

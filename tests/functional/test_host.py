@@ -28,8 +28,8 @@ from container_compute.host import (
     server_identity,
     trust_peers,
 )
-from container_compute.host_lxd import HTTPS_OWNER_KEY
-from container_compute.images import build_busybox_image
+from container_compute.host.daemon import HTTPS_OWNER_KEY
+from container_compute.host.images import build_busybox_image
 from container_compute.lxdclient import connect
 
 from .conftest import host_paths_in

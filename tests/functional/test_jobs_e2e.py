@@ -19,13 +19,15 @@ from typing import Any
 
 import pytest
 
-from container_compute import actions, cli, host, results
+from container_compute import actions, cli, host
+from container_compute.actions import job_actions
 from container_compute.backends import WorkerSpec
 from container_compute.backends.lxd import LXDBackend
 from container_compute.config import HostConfig
-from container_compute.ledger import Ledger
+from container_compute.jobs import results, runner
+from container_compute.jobs.ledger import Ledger
+from container_compute.jobs.params import GatherResultsParams, JobParams, LaunchJobParams
 from container_compute.lxdclient import connect
-from container_compute.params import GatherResultsParams, JobParams, LaunchJobParams
 
 from ..unit.test_cli import INVALID, INVALID_ON_THIS_HOST
 from .conftest import lxd_daemon_down, lxd_daemon_process
@@ -39,8 +41,8 @@ SQUARE = "echo $((TASK_INDEX * TASK_INDEX)) > /results/square; echo out-$TASK_IN
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries wait 0.5 s, 1 s, ... instead of 10 s, 20 s, ..."""
-    monkeypatch.setattr(actions, "engine_options", {"backoff_base": 0.5, "backoff_cap": 2.0})
-    monkeypatch.setattr(actions, "IN_PROCESS_POLL_SECONDS", 0.2)
+    monkeypatch.setattr(runner, "engine_options", {"backoff_base": 0.5, "backoff_cap": 2.0})
+    monkeypatch.setattr(job_actions, "IN_PROCESS_POLL_SECONDS", 0.2)
 
 
 @pytest.fixture

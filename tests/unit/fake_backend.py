@@ -7,12 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from container_compute.backends import LaunchError, TaskOutcome, WorkerInfo, WorkerSpec
-from container_compute.jobs import FailureReason
+from container_compute.backends import (
+    FailureReason,
+    LaunchError,
+    TaskOutcome,
+    WorkerInfo,
+    WorkerSpec,
+)
 
 if TYPE_CHECKING:
     from container_compute.config import HostConfig
-    from container_compute.engine import Engine
+    from container_compute.jobs.scheduler import Engine
 
 
 class Crash(SystemExit):
@@ -153,7 +158,7 @@ def make_config(**options: object) -> "HostConfig":
 
 def make_engine(state_dir: Path, backend: FakeBackend, **options: object) -> "Engine":
     """An engine on the fake backend with a fast back-off (10 ms doubling, 80 ms cap)."""
-    from container_compute.engine import Engine
+    from container_compute.jobs.scheduler import Engine
 
     return Engine(
         state_dir,

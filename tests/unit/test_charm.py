@@ -14,8 +14,8 @@ from ops import testing
 
 import charm
 from container_compute import identity
+from container_compute.actions import ACTION_PARAMS
 from container_compute.config import HostConfig
-from container_compute.params import ACTION_PARAMS
 
 from .conftest import PEM, FakeActions, FakeAgent, FakeHost, Library
 

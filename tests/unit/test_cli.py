@@ -10,9 +10,11 @@ from typing import Any, cast
 import pytest
 
 from container_compute import actions, agent, cli
+from container_compute.actions import ACTION_PARAMS, job_actions
 from container_compute.config import HostConfig, config_options
-from container_compute.ledger import Ledger
-from container_compute.params import ACTION_PARAMS, JobParams
+from container_compute.jobs import runner
+from container_compute.jobs.ledger import Ledger
+from container_compute.jobs.params import JobParams
 
 from .fake_backend import FakeBackend, Plan, make_config
 
@@ -20,9 +22,9 @@ from .fake_backend import FakeBackend, Plan, make_config
 @pytest.fixture
 def backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
     fake = FakeBackend()
-    monkeypatch.setattr(actions, "backend_factory_for", lambda config: lambda name: fake)
-    monkeypatch.setattr(actions, "engine_options", {"backoff_base": 0.01, "backoff_cap": 0.05})
-    monkeypatch.setattr(actions, "IN_PROCESS_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(runner, "backend_factory_for", lambda config: lambda name: fake)
+    monkeypatch.setattr(runner, "engine_options", {"backoff_base": 0.01, "backoff_cap": 0.05})
+    monkeypatch.setattr(job_actions, "IN_PROCESS_POLL_SECONDS", 0.01)
     monkeypatch.setattr(agent, "load_config", lambda state_dir: make_config())
     return fake
 

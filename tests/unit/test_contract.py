@@ -8,8 +8,8 @@ import tomllib
 import yaml
 
 from container_compute import constants
+from container_compute.actions import ACTION_PARAMS
 from container_compute.contract import render_actions, render_config
-from container_compute.params import ACTION_PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
 

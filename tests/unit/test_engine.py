@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from container_compute import actions, results
-from container_compute.backends import WorkerSpec
-from container_compute.engine import FREE_LAUNCH_RETRIES, ActionError, Engine, backoff_delay
-from container_compute.jobs import FailureReason, JobState, TaskState
-from container_compute.ledger import Ledger
-from container_compute.params import JobParams, LaunchJobParams
+from container_compute import actions
+from container_compute.backends import FailureReason, WorkerSpec
+from container_compute.errors import ActionError
+from container_compute.jobs import housekeeping, results, runner
+from container_compute.jobs import status as job_status_module
+from container_compute.jobs.ledger import Ledger
+from container_compute.jobs.model import JobState, TaskState
+from container_compute.jobs.outcomes import FREE_LAUNCH_RETRIES, backoff_delay
+from container_compute.jobs.params import JobParams, LaunchJobParams
+from container_compute.jobs.scheduler import Engine
 
 from .fake_backend import Crash, FakeBackend, Plan, make_engine, run_until_done, square_plan
 
@@ -153,7 +157,7 @@ def test_exhausted_retries_fail_the_job_but_others_run_to_the_end(tmp_path: Path
         (2, 2, 3, "exit-code"),
         (5, 2, 3, "exit-code"),
     ]
-    status = actions.job_status(engine.ledger, engine.ledger.job(job_id))  # type: ignore[arg-type]
+    status = job_status_module.job_status(engine.ledger, engine.ledger.job(job_id))  # type: ignore[arg-type]
     assert status["completed-indexes"] == "0-1,3-4,6-7"
     assert status["failed-indexes"] == "2,5"
     assert status["failures"]["5"]["exit-code"] == 3
@@ -227,17 +231,17 @@ def test_cancel_stops_workers_and_keeps_pending_tasks(
 ) -> None:
     backend = FakeBackend(lambda spec: Plan(hang=True))
     engine = make_engine(tmp_path, backend)
-    monkeypatch.setattr(actions, "backend_factory_for", lambda config: lambda name: backend)
+    monkeypatch.setattr(runner, "backend_factory_for", lambda config: lambda name: backend)
     job_id = launch(engine, tasks=6, parallelism=2)
     engine.step()
     assert engine.inflight_count() == 2
     stop = threading.Event()
-    runner = threading.Thread(target=engine.run, kwargs={"poll": 0.01, "stop": stop})
-    runner.start()
+    driver = threading.Thread(target=engine.run, kwargs={"poll": 0.01, "stop": stop})
+    driver.start()
     try:
         result = actions.run_action("cancel-job", JobParams(job=job_id), engine.config, tmp_path)
     finally:
-        runner.join(10)
+        driver.join(10)
         stop.set()
     assert result["state"] == "cancelled"
     assert engine.ledger.job(job_id).state == JobState.CANCELLED  # type: ignore[union-attr]
@@ -254,7 +258,7 @@ def test_cancel_without_a_running_engine_deletes_left_workers(
 ) -> None:
     backend = FakeBackend(lambda spec: Plan(crash_in_wait=True))
     engine = make_engine(tmp_path, backend)
-    monkeypatch.setattr(actions, "backend_factory_for", lambda config: lambda name: backend)
+    monkeypatch.setattr(runner, "backend_factory_for", lambda config: lambda name: backend)
     job_id = launch(engine, tasks=2)
     engine.step()
     engine.drain()
@@ -386,12 +390,12 @@ def test_reaper_deletes_workers_of_no_live_attempt(tmp_path: Path) -> None:
     backend.workers["cc-jdeadbeef-0-1"] = WorkerInfo("cc-jdeadbeef-0-1", "jdeadbeef", 0, 1, True)
     backend.workers[f"cc-{job_id}-0-7"] = WorkerInfo(f"cc-{job_id}-0-7", job_id, 0, 7, True)
     backend.workers["cc-nolabel"] = WorkerInfo("cc-nolabel", None, None, None, False)
-    deleted = engine.reap()
+    deleted = housekeeping.reap(engine)
     assert sorted(deleted) == sorted(["cc-jdeadbeef-0-1", f"cc-{job_id}-0-7", "cc-nolabel"])
     assert list(backend.workers) == [live]
     backend.release.set()
     run_until_done(engine)
-    assert engine.reap() == []
+    assert housekeeping.reap(engine) == []
 
 
 def test_retention_deletes_old_finished_jobs(tmp_path: Path) -> None:
@@ -404,9 +408,9 @@ def test_retention_deletes_old_finished_jobs(tmp_path: Path) -> None:
     clock["now"] += 1800
     young = launch(engine, tasks=1)
     run_until_done(engine)
-    assert engine.apply_retention() == []
+    assert housekeeping.apply_retention(engine) == []
     clock["now"] += 1801
-    assert engine.apply_retention() == [old]
+    assert housekeeping.apply_retention(engine) == [old]
     assert engine.ledger.job(old) is None
     assert not results.job_dir(tmp_path, old).exists()
     assert engine.ledger.job(young) is not None
@@ -457,7 +461,7 @@ def test_ten_thousand_tasks_submit_and_status_timing(tmp_path: Path) -> None:
             (job_id,),
         )
     started = time.perf_counter()
-    status = actions.job_status(ledger, ledger.job(job_id))  # type: ignore[arg-type]
+    status = job_status_module.job_status(ledger, ledger.job(job_id))  # type: ignore[arg-type]
     took = time.perf_counter() - started
     print(
         f"\n10,000-task job: recorded in {recorded * 1000:.0f} ms, "
@@ -465,5 +469,5 @@ def test_ten_thousand_tasks_submit_and_status_timing(tmp_path: Path) -> None:
     )
     assert status["tasks"] == 10_000
     assert sum(status["counts"].values()) == 10_000
-    assert len(status["failures"]) == actions.MAX_FAILURES_LISTED
+    assert len(status["failures"]) == job_status_module.MAX_FAILURES_LISTED
     assert status["failures-not-listed"] == status["counts"]["failed"] - 20

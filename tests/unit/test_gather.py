@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from container_compute.gather import gather_task, split_relative
+from container_compute.backends.gather import gather_task, split_relative
 
 
 def _worker_tree(root: Path, stdout: bytes = b"out\n", stderr: bytes = b"err\n") -> Path:

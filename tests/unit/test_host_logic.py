@@ -15,24 +15,27 @@ from container_compute.host import (
     save_config,
     summarize,
 )
-from container_compute.host_lxd import pem_to_der, render_profile
-from container_compute.host_system import (
+from container_compute.host.ids import (
+    ensure_group_member,
+    ensure_subids,
+    extend_subid_text,
+    needed_subids,
+    user_exists,
+)
+from container_compute.host.modules import (
     BUILTIN,
     LOADABLE,
     LOADED,
     MISSING,
-    HostPaths,
     apply_modules,
     classify_module,
-    ensure_group_member,
-    ensure_subids,
-    ensure_sysctl,
-    extend_subid_text,
-    needed_subids,
     plan_modules,
-    render_template,
-    user_exists,
 )
+from container_compute.host.profile import render_profile
+from container_compute.host.sysctl import ensure_sysctl
+from container_compute.host.system import HostPaths
+from container_compute.host.trust import pem_to_der
+from container_compute.rendering import render as render_template
 
 RELEASE = "6.1.0-test"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from container_compute.jobs import JobState, TaskState, format_ranges
-from container_compute.ledger import Ledger, new_job_id
+from container_compute.jobs.ledger import Ledger, new_job_id
+from container_compute.jobs.model import JobState, TaskState, format_ranges
 
 
 def record(ledger: Ledger, tasks: int = 5, inputs: tuple[str, ...] = ()) -> str:

@@ -4,9 +4,9 @@ import os
 import time
 from pathlib import Path
 
-from container_compute import results
-from container_compute.jobs import TaskState
-from container_compute.ledger import Ledger
+from container_compute.jobs import results
+from container_compute.jobs.ledger import Ledger
+from container_compute.jobs.model import TaskState
 
 
 def test_install_task_dir_replaces_a_half_written_one(tmp_path: Path) -> None:

@@ -10,10 +10,23 @@ works on a worker started by an earlier process too: that is how a restarted age
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ..jobs import FailureReason
+if TYPE_CHECKING:
+    from ..config import HostConfig
+
+
+class FailureReason(str, Enum):
+    """Why an attempt of a task failed."""
+
+    EXIT_CODE = "exit-code"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    LAUNCH_ERROR = "launch-error"
+    DEADLINE = "deadline"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -98,3 +111,16 @@ class Backend(Protocol):
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker of this backend that carries container-compute labels."""
         ...
+
+
+def open_backend(name: str, config: "HostConfig") -> Backend:
+    """Return the backend called ``name`` for this host's config (imported on first use).
+
+    Raises:
+        ValueError: for a backend this version cannot run.
+    """
+    if name == "lxd":
+        from .lxd import LXDBackend
+
+        return LXDBackend(config)
+    raise ValueError(f"backend: {name} is not available yet; use backend=lxd")

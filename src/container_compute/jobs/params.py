@@ -1,4 +1,4 @@
-"""Typed parameters of every action, shared by the charm (actions.yaml) and the CLI.
+"""Typed action parameters: the base class, and the parameters of the job actions.
 
 One frozen dataclass per action. Each field is an action parameter (dashes turned into
 underscores) and carries its schema in ``metadata``: description, bounds, allowed values.
@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import BACKENDS, check_cpu_limit, check_memory_limit
-from .jobs import JOB_STATES, parse_ranges
-from .units import parse_duration
+from ..config import BACKENDS, check_cpu_limit, check_memory_limit
+from ..units import parse_duration
+from .model import JOB_STATES, parse_ranges
 
 MAX_TASKS = 100_000
 MAX_PARALLELISM = 1024
@@ -34,45 +34,42 @@ RESERVED_ENV = (
     "CC_COMMAND",
     "CC_WRAPPER",
 )
-IMAGE_SOURCES = ("busybox", "debootstrap")
 
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
-_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,127}$")
-_SUITE_RE = re.compile(r"^[a-z]{2,20}$")
-_MIRROR_RE = re.compile(r"^(https?|file)://[^\s'\"\\]{1,250}$")
 
 
-def _param(default: Any = dataclasses.MISSING, description: str = "", **schema: Any) -> Any:
+def param(default: Any = dataclasses.MISSING, description: str = "", **schema: Any) -> Any:
     """Declare an action parameter: default (none means required), description, JSON schema."""
     metadata = {"description": description, **schema}
     return field(default=default, metadata=metadata)
 
 
-def _fail(param: str, message: str) -> None:
+def fail(param: str, message: str) -> None:
+    """Raise ValueError naming the parameter."""
     raise ValueError(f"{param}: {message}")
 
 
 def _check_job_id(value: Any) -> None:
     if not isinstance(value, str) or not JOB_ID_RE.match(value):
-        _fail("job", f"{value!r} is not a job id (as launch-job or list-jobs print it)")
+        fail("job", f"{value!r} is not a job id (as launch-job or list-jobs print it)")
 
 
 def _check_duration(param: str, value: str, maximum: int | None = None) -> int:
     try:
         seconds = parse_duration(value)
     except ValueError as err:
-        _fail(param, str(err))
+        fail(param, str(err))
         raise
     if maximum is not None and seconds > maximum:
-        _fail(param, f"{value!r} is over the maximum of {maximum}s")
+        fail(param, f"{value!r} is over the maximum of {maximum}s")
     return seconds
 
 
 @dataclass(frozen=True)
-class _Params:
+class ActionParams:
     """Shared checks: types and bounds from each field's metadata."""
 
     def __post_init__(self) -> None:
@@ -82,47 +79,47 @@ class _Params:
             kind = schema_type(f)
             if kind == "array":
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    _fail(name, f"{value!r} is not a list of strings")
+                    fail(name, f"{value!r} is not a list of strings")
                 continue
             expected = {"string": str, "integer": int, "boolean": bool}[kind]
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                _fail(name, f"{value!r} is not {'an' if kind == 'integer' else 'a'} {kind}")
+                fail(name, f"{value!r} is not {'an' if kind == 'integer' else 'a'} {kind}")
             low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
             if (low is not None and value < low) or (high is not None and value > high):
-                _fail(name, f"{value} is not between {low} and {high}")
+                fail(name, f"{value} is not between {low} and {high}")
             allowed = f.metadata.get("enum")
             if allowed and value not in allowed:
-                _fail(name, f"{value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+                fail(name, f"{value!r} is not one of {', '.join(repr(a) for a in allowed)}")
             if isinstance(value, str) and "\x00" in value:
-                _fail(name, "contains a NUL byte")
+                fail(name, "contains a NUL byte")
 
 
 @dataclass(frozen=True)
-class LaunchJobParams(_Params):
+class LaunchJobParams(ActionParams):
     """launch-job: run ``command`` once per task, each in its own worker."""
 
-    command: str = _param(
+    command: str = param(
         description="Command run with /bin/sh -c in every worker. It sees TASK_INDEX (0..N-1), "
         "TASK_COUNT, JOB_ID, RESULTS_DIR=/results and, with inputs, TASK_INPUT.",
     )
-    tasks: int = _param(
+    tasks: int = param(
         0,
         "Number of tasks. 0: one per line of inputs, or 1 without inputs.",
         minimum=0,
         maximum=MAX_TASKS,
     )
-    inputs: str = _param(
+    inputs: str = param(
         "",
         "One task per line; the line is the task's TASK_INPUT. "
         "With tasks too, the counts must agree.",
     )
-    parallelism: int = _param(
+    parallelism: int = param(
         0,
         "Most tasks running at once. 0: the host's max-parallel-workers.",
         minimum=0,
         maximum=MAX_PARALLELISM,
     )
-    image: str = _param("", "Worker image alias or fingerprint. Empty: the default-image option.")
+    image: str = param("", "Worker image alias or fingerprint. Empty: the default-image option.")
     env: list[str] = field(
         default_factory=list,
         metadata={
@@ -130,31 +127,29 @@ class LaunchJobParams(_Params):
             "items": {"type": "string"},
         },
     )
-    input_dir: str = _param(
+    input_dir: str = param(
         "", "Absolute path of a host directory mounted read-only at /input in every worker."
     )
-    timeout: str = _param("0", "Time limit of one attempt of a task (e.g. 90s, 15m). 0: none.")
-    deadline: str = _param("0", "Time limit of the whole job from its launch (e.g. 2h). 0: none.")
-    retries: int = _param(
+    timeout: str = param("0", "Time limit of one attempt of a task (e.g. 90s, 15m). 0: none.")
+    deadline: str = param("0", "Time limit of the whole job from its launch (e.g. 2h). 0: none.")
+    retries: int = param(
         0,
         "Extra attempts for a failed task, with exponential back-off.",
         minimum=0,
         maximum=MAX_RETRIES,
     )
-    cpu: str = _param(
+    cpu: str = param(
         "", "CPU limit of each worker (count like 2, or set like 0-3). Empty: the host's."
     )
-    memory: str = _param("", "Memory limit of each worker (e.g. 512MiB). Empty: the host's.")
-    name: str = _param("", "A name for the job, shown by job-status and list-jobs.")
-    backend: str = _param(
+    memory: str = param("", "Memory limit of each worker (e.g. 512MiB). Empty: the host's.")
+    name: str = param("", "A name for the job, shown by job-status and list-jobs.")
+    backend: str = param(
         "",
         "Where tasks run: lxd or nova. Empty: the default-backend option.",
         enum=["", *BACKENDS],
     )
-    wait: bool = _param(
-        False, "Return only when the job has finished, or wait-timeout has passed."
-    )
-    wait_timeout: str = _param(
+    wait: bool = param(False, "Return only when the job has finished, or wait-timeout has passed.")
+    wait_timeout: str = param(
         "30m", "Longest wait with wait=true (e.g. 30m, at most 24h); the job goes on after it."
     )
 
@@ -162,15 +157,15 @@ class LaunchJobParams(_Params):
         """Check every parameter's shape; the first bad one raises ValueError naming it."""
         super().__post_init__()
         if not self.command.strip():
-            _fail("command", "is empty")
+            fail("command", "is empty")
         if len(self.command.encode()) > MAX_COMMAND_BYTES:
-            _fail("command", f"is over {MAX_COMMAND_BYTES} bytes")
+            fail("command", f"is over {MAX_COMMAND_BYTES} bytes")
         self._check_inputs()
         self._check_env()
         if self.image and not _IMAGE_RE.match(self.image):
-            _fail("image", f"{self.image!r} is not an image alias or fingerprint")
+            fail("image", f"{self.image!r} is not an image alias or fingerprint")
         if self.input_dir and (not self.input_dir.startswith("/") or "\n" in self.input_dir):
-            _fail("input-dir", f"{self.input_dir!r} is not an absolute path")
+            fail("input-dir", f"{self.input_dir!r} is not an absolute path")
         _check_duration("timeout", self.timeout)
         _check_duration("deadline", self.deadline)
         _check_duration("wait-timeout", self.wait_timeout, MAX_WAIT_SECONDS)
@@ -179,27 +174,27 @@ class LaunchJobParams(_Params):
         if self.memory:
             check_memory_limit("memory", self.memory)
         if self.name and not _NAME_RE.match(self.name):
-            _fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
+            fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
 
     def _check_inputs(self) -> None:
         lines = self.input_lines
         if self.inputs and not lines:
-            _fail("inputs", "has no non-empty line")
+            fail("inputs", "has no non-empty line")
         if lines and self.tasks and self.tasks != len(lines):
-            _fail("tasks", f"{self.tasks} does not match the {len(lines)} lines of inputs")
+            fail("tasks", f"{self.tasks} does not match the {len(lines)} lines of inputs")
         if len(lines) > MAX_TASKS:
-            _fail("inputs", f"has {len(lines)} lines; at most {MAX_TASKS} tasks")
+            fail("inputs", f"has {len(lines)} lines; at most {MAX_TASKS} tasks")
         for line_number, line in enumerate(lines, 1):
             if len(line.encode()) > MAX_INPUT_BYTES:
-                _fail("inputs", f"line {line_number} is over {MAX_INPUT_BYTES} bytes")
+                fail("inputs", f"line {line_number} is over {MAX_INPUT_BYTES} bytes")
 
     def _check_env(self) -> None:
         for entry in self.env:
             key, sep, _value = entry.partition("=")
             if not sep or not _ENV_KEY_RE.match(key):
-                _fail("env", f"{entry!r} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _")
+                fail("env", f"{entry!r} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _")
             if key in RESERVED_ENV:
-                _fail("env", f"{key} is set by container-compute for every task")
+                fail("env", f"{key} is set by container-compute for every task")
 
     @property
     def input_lines(self) -> list[str]:
@@ -233,10 +228,10 @@ class LaunchJobParams(_Params):
 
 
 @dataclass(frozen=True)
-class JobParams(_Params):
+class JobParams(ActionParams):
     """job-status, cancel-job and delete-job: one job by id."""
 
-    job: str = _param(description="Job id, as launch-job returned it.")
+    job: str = param(description="Job id, as launch-job returned it.")
 
     def __post_init__(self) -> None:
         """Check the job id."""
@@ -245,12 +240,12 @@ class JobParams(_Params):
 
 
 @dataclass(frozen=True)
-class GatherResultsParams(_Params):
+class GatherResultsParams(ActionParams):
     """gather-results: where a finished job's results are, and small outputs inline."""
 
-    job: str = _param(description="Job id, as launch-job returned it.")
-    inline: bool = _param(False, "Also return each selected task's stdout, stderr (bounded).")
-    indexes: str = _param("", "Tasks to report, as indexes and ranges (e.g. 0-3,7). Empty: all.")
+    job: str = param(description="Job id, as launch-job returned it.")
+    inline: bool = param(False, "Also return each selected task's stdout, stderr (bounded).")
+    indexes: str = param("", "Tasks to report, as indexes and ranges (e.g. 0-3,7). Empty: all.")
 
     def __post_init__(self) -> None:
         """Check the job id and the ranges."""
@@ -260,75 +255,15 @@ class GatherResultsParams(_Params):
             try:
                 parse_ranges(self.indexes)
             except ValueError as err:
-                _fail("indexes", str(err))
+                fail("indexes", str(err))
 
 
 @dataclass(frozen=True)
-class ListJobsParams(_Params):
+class ListJobsParams(ActionParams):
     """list-jobs: the newest jobs first."""
 
-    state: str = _param("", "Only jobs in this state. Empty: all.", enum=["", *JOB_STATES])
-    limit: int = _param(50, "Most jobs listed.", minimum=1, maximum=10_000)
-
-
-@dataclass(frozen=True)
-class BuildWorkerImageParams(_Params):
-    """build-worker-image: build a worker image offline and import it under an alias."""
-
-    source: str = _param(
-        "busybox",
-        "busybox: a tiny image from the host's busybox-static. debootstrap: a Debian minbase "
-        "with the chosen packages (uses the host's Debian mirror).",
-        enum=list(IMAGE_SOURCES),
-    )
-    alias: str = _param("", "Alias of the image. Empty: the default-image option.")
-    packages: str = _param("", "debootstrap only: extra Debian packages, comma-separated.")
-    suite: str = _param("bookworm", "debootstrap only: the Debian suite.")
-    mirror: str = _param("", "debootstrap only: Debian mirror URL. Empty: the host's apt mirror.")
-
-    def __post_init__(self) -> None:
-        """Check alias, packages, suite and mirror."""
-        super().__post_init__()
-        if self.alias and not _IMAGE_RE.match(self.alias):
-            _fail("alias", f"{self.alias!r} is not a valid image alias")
-        for package in self.package_list:
-            if not _PACKAGE_RE.match(package):
-                _fail("packages", f"{package!r} is not a Debian package name")
-        if self.source != "debootstrap" and (self.package_list or self.mirror):
-            _fail(
-                "packages" if self.package_list else "mirror", "only applies to source=debootstrap"
-            )
-        if not _SUITE_RE.match(self.suite):
-            _fail("suite", f"{self.suite!r} is not a Debian suite name such as bookworm")
-        if self.mirror and not _MIRROR_RE.match(self.mirror):
-            _fail("mirror", f"{self.mirror!r} is not an http(s):// or file:// URL")
-
-    @property
-    def package_list(self) -> list[str]:
-        """The extra packages, without blanks or repeats."""
-        names = [p.strip() for p in re.split(r"[,\s]+", self.packages)]
-        return list(dict.fromkeys(n for n in names if n))
-
-
-ACTION_PARAMS: dict[str, tuple[type[_Params], str]] = {
-    "launch-job": (
-        LaunchJobParams,
-        "Launch a job: N tasks of one command, each in its own worker. "
-        "Returns the job id at once.",
-    ),
-    "job-status": (JobParams, "State, counts, completed and failed indexes, timings of a job."),
-    "gather-results": (
-        GatherResultsParams,
-        "Where a finished job's results are on the host, its joblog and a per-task summary.",
-    ),
-    "cancel-job": (JobParams, "Stop a job: its workers are stopped and deleted."),
-    "list-jobs": (ListJobsParams, "The jobs on this host, newest first."),
-    "delete-job": (JobParams, "Delete a finished job's record and results."),
-    "build-worker-image": (
-        BuildWorkerImageParams,
-        "Build a worker image offline and import it into LXD under an alias.",
-    ),
-}
+    state: str = param("", "Only jobs in this state. Empty: all.", enum=["", *JOB_STATES])
+    limit: int = param(50, "Most jobs listed.", minimum=1, maximum=10_000)
 
 
 def schema_type(f: "dataclasses.Field[Any]") -> str:

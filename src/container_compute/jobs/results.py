@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .constants import RESULTS_SUBDIR
+from ..constants import RESULTS_SUBDIR
 from .ledger import Ledger
 
 JOBLOG_NAME = "joblog.tsv"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .constants import LEDGER_FILE
-from .jobs import JobState, TaskState
+from ..constants import LEDGER_FILE
+from .model import JobState, TaskState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -133,8 +133,8 @@ def new_job_id() -> str:
     return "j" + secrets.token_hex(4)
 
 
-class Ledger:
-    """The job ledger of one state directory; safe to share between threads."""
+class _Store:
+    """The SQLite connection of one state directory, shared by threads under one lock."""
 
     def __init__(self, state_dir: Path) -> None:
         """Open (creating if needed) ``state_dir/ledger.sqlite3``."""
@@ -173,7 +173,9 @@ class Ledger:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    # Jobs -------------------------------------------------------------------------------
+
+class _JobRows(_Store):
+    """The jobs table."""
 
     def create_job(
         self,
@@ -286,7 +288,9 @@ class Ledger:
             for table in ("jobs", "tasks", "attempts")
         }
 
-    # Tasks ------------------------------------------------------------------------------
+
+class _TaskRows(_Store):
+    """The tasks table."""
 
     def task_counts(self, job_id: str) -> dict[str, int]:
         """Return the number of tasks of the job in each task state (all states present)."""
@@ -384,7 +388,9 @@ class Ledger:
                 (TaskState.FAILED.value, reason, detail, now, job_id, TaskState.PENDING.value),
             ).rowcount
 
-    # Attempts ---------------------------------------------------------------------------
+
+class _AttemptRows(_Store):
+    """The attempts table: every attempt, recorded before its worker starts."""
 
     def start_attempt(self, job_id: str, index: int, worker_of: Any, now: float) -> int | None:
         """Record the next attempt of a pending task as running; return its number.
@@ -492,7 +498,9 @@ class Ledger:
             )
         ]
 
-    # Agent ------------------------------------------------------------------------------
+
+class Ledger(_JobRows, _TaskRows, _AttemptRows):
+    """The job ledger of one state directory; safe to share between threads."""
 
     def heartbeat(self, pid: int, role: str, now: float | None = None) -> None:
         """Record that an engine (the agent, or an in-process one) is alive."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import pylxd
 import pylxd.exceptions
 
-from .constants import (
+from ..constants import (
     BUSYBOX_BIN,
     DEBOOTSTRAP,
     INPUT_DIR_IN_WORKER,

@@ -1,4 +1,7 @@
-"""The job model's vocabulary: states, failure reasons, and index ranges like ``0-3,7``."""
+"""The job model's vocabulary: job and task states, and index ranges like ``0-3,7``.
+
+Why an attempt failed (``FailureReason``) is the backends' vocabulary: see ``backends``.
+"""
 
 import re
 from collections.abc import Iterable
@@ -27,17 +30,6 @@ class TaskState(str, Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-
-
-class FailureReason(str, Enum):
-    """Why an attempt of a task failed."""
-
-    EXIT_CODE = "exit-code"
-    TIMEOUT = "timeout"
-    OOM = "oom"
-    LAUNCH_ERROR = "launch-error"
-    DEADLINE = "deadline"
-    CANCELLED = "cancelled"
 
 
 JOB_STATES = tuple(s.value for s in JobState)

@@ -1,12 +1,15 @@
-"""Configure LXD on this machine for compute workers, idempotently, and report what changed.
+"""The host: LXD on this machine configured for compute workers, idempotently.
+
+``configure_host`` orchestrates the steps of this package — ``daemon`` (install, start, HTTPS),
+``project``, ``storage`` (pool), ``profile`` (worker profile), ``modules`` (kernel modules),
+``ids`` (subuid/subgid, groups), ``sysctl``, ``trust`` (peers' certificates) — and ``images``
+builds worker images offline. Nothing here knows about jobs.
 
 ``configure_host`` is the one entry point for the charm, the CLI and the tests; with
 ``dry_run=True`` the very same steps run and only the changes are skipped, so a status check
 and a real run can never disagree. Anticipated failures become ``problems`` that name the
 config option and say what to do; steps that depend on a failed one are skipped.
 
-The steps live in ``host_lxd`` (daemon, project, pool, profile, trust) and ``host_system``
-(kernel modules, subuid/subgid, sysctl, groups); this module orchestrates them.
 """
 
 import dataclasses
@@ -19,33 +22,18 @@ from typing import Any
 import pylxd
 import pylxd.exceptions
 
-from . import constants
-from .config import HostConfig, config_options, option_name
-from .host_lxd import (
-    StepLog,
-    ensure_daemon,
-    ensure_https,
-    ensure_pool,
-    ensure_profile,
-    ensure_project,
-    network_problem,
-    render_profile,
-    restart_daemon,
-    sync_trust,
-)
-from .host_system import (
-    HostError,
-    HostPaths,
-    ModulePlan,
-    apply_modules,
-    ensure_group_member,
-    ensure_subids,
-    ensure_sysctl,
-    needed_subids,
-    plan_modules,
-    user_exists,
-)
-from .lxdclient import LXDUnavailableError, connect
+from .. import constants
+from ..config import HostConfig, config_options, option_name
+from ..lxdclient import LXDUnavailableError, connect
+from .daemon import ensure_daemon, ensure_https, restart_daemon
+from .ids import ensure_group_member, ensure_subids, needed_subids, user_exists
+from .modules import ModulePlan, apply_modules, plan_modules
+from .profile import ensure_profile, network_problem, render_profile
+from .project import ensure_project
+from .storage import ensure_pool
+from .sysctl import ensure_sysctl
+from .system import HostError, HostPaths, StepLog
+from .trust import sync_trust
 
 __all__ = [
     "HostConfig",

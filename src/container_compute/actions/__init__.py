@@ -1,0 +1,96 @@
+"""The actions, shared by the charm and the ``container-compute`` command.
+
+``run_action(name, params, config, state_dir)`` returns a dict of JSON-able values whose keys
+are lowercase and dashed (Juju action result keys), or raises ``ActionError`` with a message
+for the operator; a failed action changes nothing. ``ACTION_PARAMS`` names every action's
+typed parameters: actions.yaml and the CLI's flags are generated from it.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from ..config import HostConfig
+from ..errors import ActionError
+from ..jobs import housekeeping
+from ..jobs.ledger import Ledger
+from ..jobs.params import (
+    ActionParams,
+    GatherResultsParams,
+    JobParams,
+    LaunchJobParams,
+    ListJobsParams,
+)
+from ..jobs.runner import open_engine
+from ..jobs.status import job_status
+from . import job_actions
+from .images import BuildWorkerImageParams, build_worker_image
+from .job_actions import Progress, find_job
+
+__all__ = ["ACTION_PARAMS", "ActionError", "reap", "run_action"]
+
+ACTION_PARAMS: dict[str, tuple[type[ActionParams], str]] = {
+    "launch-job": (
+        LaunchJobParams,
+        "Launch a job: N tasks of one command, each in its own worker. "
+        "Returns the job id at once.",
+    ),
+    "job-status": (JobParams, "State, counts, completed and failed indexes, timings of a job."),
+    "gather-results": (
+        GatherResultsParams,
+        "Where a finished job's results are on the host, its joblog and a per-task summary.",
+    ),
+    "cancel-job": (JobParams, "Stop a job: its workers are stopped and deleted."),
+    "list-jobs": (ListJobsParams, "The jobs on this host, newest first."),
+    "delete-job": (JobParams, "Delete a finished job's record and results."),
+    "build-worker-image": (
+        BuildWorkerImageParams,
+        "Build a worker image offline and import it into LXD under an alias.",
+    ),
+}
+
+
+def run_action(
+    action: str,
+    params: Any,
+    config: HostConfig,
+    state_dir: Path,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run one action with its typed params; return its results.
+
+    Raises:
+        ActionError: with a message for the operator; nothing was changed.
+    """
+    if action not in ACTION_PARAMS:
+        raise ActionError(f"unknown action {action!r}; known: {', '.join(ACTION_PARAMS)}")
+    expected = ACTION_PARAMS[action][0]
+    if not isinstance(params, expected):
+        raise ActionError(f"{action} takes {expected.__name__}, not {type(params).__name__}")
+    if isinstance(params, BuildWorkerImageParams):
+        return build_worker_image(params, config)
+    if isinstance(params, LaunchJobParams):
+        return job_actions.launch_job(params, config, state_dir, progress)
+    ledger = Ledger(state_dir)
+    try:
+        if isinstance(params, GatherResultsParams):
+            return job_actions.gather_results(ledger, params, state_dir)
+        if isinstance(params, ListJobsParams):
+            return job_actions.list_jobs(ledger, params)
+        if not isinstance(params, JobParams):
+            raise ActionError(f"{action} cannot take {type(params).__name__}")
+        if action == "job-status":
+            return job_status(ledger, find_job(ledger, params.job))
+        if action == "cancel-job":
+            return job_actions.cancel_job(ledger, params, config, state_dir)
+        return job_actions.delete_job(ledger, params, state_dir)
+    finally:
+        ledger.close()
+
+
+def reap(config: HostConfig, state_dir: Path) -> list[str]:
+    """Delete workers that belong to no running attempt of a live job; return their names."""
+    engine = open_engine(config, state_dir)
+    try:
+        return housekeeping.reap(engine)
+    finally:
+        engine.ledger.close()

@@ -1,0 +1,85 @@
+"""The build-worker-image action: a worker image built offline and imported into LXD."""
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import HostConfig
+from ..errors import ActionError
+from ..jobs.params import ActionParams, fail, param
+
+IMAGE_SOURCES = ("busybox", "debootstrap")
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,127}$")
+_SUITE_RE = re.compile(r"^[a-z]{2,20}$")
+_MIRROR_RE = re.compile(r"^(https?|file)://[^\s'\"\\]{1,250}$")
+
+
+@dataclass(frozen=True)
+class BuildWorkerImageParams(ActionParams):
+    """build-worker-image: build a worker image offline and import it under an alias."""
+
+    source: str = param(
+        "busybox",
+        "busybox: a tiny image from the host's busybox-static. debootstrap: a Debian minbase "
+        "with the chosen packages (uses the host's Debian mirror).",
+        enum=list(IMAGE_SOURCES),
+    )
+    alias: str = param("", "Alias of the image. Empty: the default-image option.")
+    packages: str = param("", "debootstrap only: extra Debian packages, comma-separated.")
+    suite: str = param("bookworm", "debootstrap only: the Debian suite.")
+    mirror: str = param("", "debootstrap only: Debian mirror URL. Empty: the host's apt mirror.")
+
+    def __post_init__(self) -> None:
+        """Check alias, packages, suite and mirror."""
+        super().__post_init__()
+        if self.alias and not _IMAGE_RE.match(self.alias):
+            fail("alias", f"{self.alias!r} is not a valid image alias")
+        for package in self.package_list:
+            if not _PACKAGE_RE.match(package):
+                fail("packages", f"{package!r} is not a Debian package name")
+        if self.source != "debootstrap" and (self.package_list or self.mirror):
+            fail(
+                "packages" if self.package_list else "mirror", "only applies to source=debootstrap"
+            )
+        if not _SUITE_RE.match(self.suite):
+            fail("suite", f"{self.suite!r} is not a Debian suite name such as bookworm")
+        if self.mirror and not _MIRROR_RE.match(self.mirror):
+            fail("mirror", f"{self.mirror!r} is not an http(s):// or file:// URL")
+
+    @property
+    def package_list(self) -> list[str]:
+        """The extra packages, without blanks or repeats."""
+        names = [p.strip() for p in re.split(r"[,\s]+", self.packages)]
+        return list(dict.fromkeys(n for n in names if n))
+
+
+def build_worker_image(params: BuildWorkerImageParams, config: HostConfig) -> dict[str, Any]:
+    """Build the image the params ask for and import it; return the image report."""
+    from .. import lxdclient
+    from ..host import images
+
+    alias = params.alias or config.default_image
+    try:
+        client = lxdclient.connect(project=config.lxd_project)
+        if params.source == "busybox":
+            report = images.build_busybox_image(client, alias)
+        else:
+            build = getattr(images, "build_debootstrap_image", None)
+            if build is None:
+                raise ActionError("source: debootstrap images are not available in this version")
+            report = build(
+                client,
+                alias,
+                suite=params.suite,
+                packages=tuple(params.package_list),
+                mirror=params.mirror,
+            )
+    except ActionError:
+        raise
+    except Exception as err:
+        raise ActionError(
+            f"build-worker-image ({params.source}) failed in LXD project "
+            f"{config.lxd_project!r}: {err}"
+        ) from err
+    return report.to_dict()

@@ -1,0 +1,206 @@
+"""The job actions: launch-job, job-status, gather-results, cancel-job, list-jobs, delete-job.
+
+Each takes its typed params and returns JSON-able results with dashed keys, or raises
+``ActionError``; a failed action changes nothing.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import HostConfig
+from ..errors import ActionError
+from ..jobs import housekeeping, results
+from ..jobs.ledger import JobRecord, Ledger
+from ..jobs.model import JobState, parse_ranges
+from ..jobs.params import GatherResultsParams, JobParams, LaunchJobParams, ListJobsParams
+from ..jobs.runner import agent_alive, open_engine
+from ..jobs.scheduler import Engine, EngineLock
+from ..jobs.status import iso_time, job_status, progress_line, task_summary
+
+Progress = Callable[[str], None]
+MAX_SUMMARY_TASKS = 100
+CANCEL_WAIT_SECONDS = 60.0
+POLL_SECONDS = 1.0
+IN_PROCESS_POLL_SECONDS = 0.5
+
+
+def find_job(ledger: Ledger, job_id: str) -> JobRecord:
+    """Return the job, or raise ActionError naming it."""
+    job = ledger.job(job_id)
+    if job is None:
+        raise ActionError(f"job {job_id} does not exist (see list-jobs)")
+    return job
+
+
+def launch_job(
+    params: LaunchJobParams, config: HostConfig, state_dir: Path, progress: Progress | None
+) -> dict[str, Any]:
+    """Record a job; with ``wait``, run it (or follow the agent running it) until it ends."""
+    engine = open_engine(config, state_dir)
+    job = engine.submit(params)
+    result: dict[str, Any] = {
+        "job": job.id,
+        "tasks": job.task_count,
+        "state": job.state.value,
+        "backend": job.backend,
+        "image": job.params["image"],
+        "results-dir": str(results.job_dir(state_dir, job.id)),
+    }
+    if not params.wait:
+        if not agent_alive(state_dir):
+            result["note"] = (
+                "no agent is running: the job starts when container-compute-agent runs"
+            )
+        return result
+    until = time.time() + params.wait_timeout_seconds
+    report = (lambda: progress(progress_line(engine.ledger, job))) if progress else None
+    lock = EngineLock(state_dir)
+    if not agent_alive(state_dir) and lock.acquire():
+        done = engine.run(
+            job_id=job.id,
+            until=until,
+            role="in-process",
+            on_tick=report,
+            poll=IN_PROCESS_POLL_SECONDS,
+        )
+        if done:
+            lock.release()
+        else:
+            engine.launching = False
+            threading.Thread(target=_release_after_drain, args=(engine, lock), daemon=True).start()
+    else:
+        while time.time() < until:
+            current = engine.ledger.job(job.id)
+            if current is None or current.state.finished:
+                break
+            if report:
+                report()
+            time.sleep(min(POLL_SECONDS, IN_PROCESS_POLL_SECONDS * 2))
+    status = job_status(engine.ledger, find_job(engine.ledger, job.id))
+    result.update(
+        {key: status[key] for key in ("state", "counts", "completed-indexes", "failed-indexes")}
+    )
+    if status.get("failures"):
+        result["failures"] = status["failures"]
+    result["waited"] = "finished" if JobState(status["state"]).finished else "wait-timeout passed"
+    return result
+
+
+def _release_after_drain(engine: Engine, lock: EngineLock) -> None:
+    engine.drain(timeout=float(24 * 3600))
+    lock.release()
+
+
+def gather_results(ledger: Ledger, params: GatherResultsParams, state_dir: Path) -> dict[str, Any]:
+    """Return where a finished job's results are, a per-task summary and optional inline output."""
+    job = find_job(ledger, params.job)
+    if not job.state.finished:
+        raise ActionError(
+            f"job {job.id} is still {job.state.value}: {progress_line(ledger, job)}; "
+            "see job-status, or cancel-job"
+        )
+    indexes = None
+    if params.indexes:
+        try:
+            indexes = parse_ranges(params.indexes, limit=job.task_count)
+        except ValueError as err:
+            raise ActionError(f"indexes: {err}") from err
+    joblog = results.write_joblog(state_dir, ledger, job.id)
+    tasks = ledger.tasks(job.id, indexes=indexes, limit=MAX_SUMMARY_TASKS)
+    selected = len(indexes) if indexes is not None else job.task_count
+    summary = {}
+    for task in tasks:
+        entry = task_summary(task)
+        entry["dir"] = str(results.task_dir(state_dir, job.id, task.index))
+        summary[str(task.index)] = entry
+    result: dict[str, Any] = {
+        "job": job.id,
+        "state": job.state.value,
+        "results-dir": str(results.job_dir(state_dir, job.id)),
+        "joblog": str(joblog),
+        "tasks": job.task_count,
+        "summary": summary,
+    }
+    if selected > len(summary):
+        result["summary-not-listed"] = selected - len(summary)
+    if params.inline:
+        inline: dict[str, Any] = {}
+        budget = results.INLINE_TOTAL_BYTES
+        cut = False
+        for task in tasks:
+            if budget <= 0:
+                cut = True
+                break
+            entry, used = results.read_inline(
+                results.task_dir(state_dir, job.id, task.index), budget
+            )
+            budget -= used
+            cut = cut or entry["truncated"]
+            inline[str(task.index)] = entry
+        result["inline"] = inline
+        result["inline-truncated"] = cut or len(tasks) < selected
+    return result
+
+
+def cancel_job(
+    ledger: Ledger, params: JobParams, config: HostConfig, state_dir: Path
+) -> dict[str, Any]:
+    """Cancel an unfinished job: pending tasks never start, running workers are deleted."""
+    job = find_job(ledger, params.job)
+    if job.state.finished:
+        raise ActionError(
+            f"job {job.id} has already finished ({job.state.value}); nothing to cancel"
+        )
+    if not ledger.set_job_state(job.id, JobState.CANCELLED):
+        raise ActionError(f"job {job.id} finished meanwhile; nothing to cancel")
+    deleted: list[str] = []
+    lock = EngineLock(state_dir)
+    end = time.time() + CANCEL_WAIT_SECONDS
+    while True:
+        if lock.acquire():
+            engine = open_engine(config, state_dir, ledger=ledger)
+            try:
+                deleted = housekeeping.cancel_stale(engine, job.id)
+            finally:
+                lock.release()
+            break
+        if not ledger.attempts(job.id, state="running") or time.time() >= end:
+            break
+        time.sleep(0.2)
+    counts = ledger.task_counts(job.id)
+    return {
+        "job": job.id,
+        "state": JobState.CANCELLED.value,
+        "previous-state": job.state.value,
+        "counts": counts,
+        "workers-deleted": len(deleted),
+    }
+
+
+def list_jobs(ledger: Ledger, params: ListJobsParams) -> dict[str, Any]:
+    """Return the newest jobs with their state and counts."""
+    jobs = {}
+    for job in ledger.jobs(params.state, params.limit):
+        counts = ledger.task_counts(job.id)
+        jobs[job.id] = {
+            "name": job.name,
+            "state": job.state.value,
+            "tasks": job.task_count,
+            "succeeded": counts["succeeded"],
+            "failed": counts["failed"],
+            "created": iso_time(job.created),
+        }
+    return {"count": len(jobs), "jobs": jobs}
+
+
+def delete_job(ledger: Ledger, params: JobParams, state_dir: Path) -> dict[str, Any]:
+    """Delete a finished job's record and results."""
+    job = find_job(ledger, params.job)
+    if not job.state.finished:
+        raise ActionError(f"job {job.id} is still {job.state.value}: cancel it first (cancel-job)")
+    removed_results = results.delete_job_results(state_dir, job.id)
+    ledger.delete_job(job.id)
+    return {"job": job.id, "deleted": True, "results-deleted": removed_results}

@@ -1,0 +1,309 @@
+"""Worker containers on an LXD daemon: the lifecycle of a task attempt's worker.
+
+A worker is created from an image with only the worker profile, labelled with its job, task
+and attempt, started, and given its command through the exec API without a websocket: a tiny
+launcher (``mkdir /run/cc`` is its lock, so the command never runs twice) puts the wrapper in
+the background, where it runs the user's command (passed in the environment, never spliced
+into a string) with stdout, stderr and finally the exit code in ``/run/cc``. Nothing depends
+on a connection or on the daemon staying up: the task is a child of the worker's init.
+Following the worker and gathering its results is ``watch``'s job.
+"""
+
+import contextlib
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pylxd
+
+from ...config import HostConfig, check_cpu_limit, check_memory_limit
+from ...constants import (
+    INPUT_DIR_IN_WORKER,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_TASK,
+    RESULTS_DIR_IN_WORKER,
+    WORKER_PROFILE,
+)
+from .. import FailureReason, LaunchError, TaskOutcome, WorkerInfo, WorkerSpec
+from ..gather import safe_name
+from .api import LXDApi, OperationFailedError, image_source, is_transient
+from .watch import LABEL_STARTED, AttemptWatcher
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_RESERVED_ENV = ("CC_COMMAND", "CC_WRAPPER")
+BUSY_WAIT_SECONDS = 60.0  # LXD refuses to delete an instance while another operation runs on it
+
+# Runs in the worker through exec; returns as soon as the wrapper is in the background.
+_LAUNCHER = (
+    "mkdir -p /run " + RESULTS_DIR_IN_WORKER + " || exit 1\n"
+    "mkdir /run/cc 2>/dev/null || { test -d /run/cc && exit 0; exit 1; }\n"
+    # A session of its own: no controlling terminal inherited from however LXD was started,
+    # so no SIGHUP reaches the task when the daemon goes away.
+    "cc_setsid=; command -v setsid >/dev/null 2>&1 && cc_setsid=setsid\n"
+    'exec $cc_setsid /bin/sh -c "$CC_WRAPPER" </dev/null >/dev/null 2>&1 &\n'
+)
+# The wrapper: the user's command comes from the environment, its output goes to files.
+_WRAPPER = (
+    "trap '' HUP\n"
+    "cd /\n"
+    "echo $$ >/run/cc/pid\n"
+    "cc_command=$CC_COMMAND\n"
+    "unset CC_COMMAND CC_WRAPPER\n"
+    '/bin/sh -c "$cc_command" </dev/null >/run/cc/stdout 2>/run/cc/stderr\n'
+    "echo $? >/run/cc/exit_code.tmp && mv /run/cc/exit_code.tmp /run/cc/exit_code\n"
+)
+
+
+class LXDBackend:
+    """Run task attempts in worker containers of ``config.lxd_project`` on an LXD daemon."""
+
+    def __init__(
+        self,
+        config: HostConfig,
+        client: pylxd.Client | None = None,
+        retry_seconds: float = 120.0,
+        poll_seconds: float = 0.5,
+        host_access: bool = True,
+    ) -> None:
+        """Set up the backend; ``host_access=False`` reads workers through the files API only."""
+        self.config = config
+        self.api = LXDApi(config.lxd_project, client, retry_seconds, poll_seconds)
+        self.watcher = AttemptWatcher(self.api, host_access)
+        self._images: dict[str, dict[str, str]] = {}
+
+    @property
+    def client(self) -> pylxd.Client:
+        """A client of the workers' project."""
+        return self.api.client
+
+    @property
+    def poll_seconds(self) -> float:
+        """Longest pause between two polls of a worker."""
+        return self.api.poll_seconds
+
+    def _check_spec(self, spec: WorkerSpec) -> dict[str, str]:
+        """Validate a spec and return the worker's environment; LaunchError names the fault."""
+        if not safe_name(spec.worker_name) or not re.match(
+            r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$", spec.worker_name
+        ):
+            raise LaunchError(f"worker name {spec.worker_name!r} is not a valid LXD name")
+        try:
+            if spec.cpu:
+                check_cpu_limit("cpu", spec.cpu)
+            if spec.memory:
+                check_memory_limit("memory", spec.memory)
+        except ValueError as err:
+            raise LaunchError(str(err)) from err
+        if spec.input_dir is not None:
+            path = Path(spec.input_dir)
+            if not path.is_absolute() or not path.is_dir():
+                raise LaunchError(
+                    f"input-dir {spec.input_dir!r} is not an existing absolute directory"
+                )
+        env = {
+            "JOB_ID": spec.job_id,
+            "TASK_INDEX": str(spec.task_index),
+            "RESULTS_DIR": RESULTS_DIR_IN_WORKER,
+        }
+        for key, value in spec.env.items():
+            if not _ENV_NAME_RE.match(key) or key in _RESERVED_ENV:
+                raise LaunchError(f"environment variable name {key!r} is not allowed")
+            if "\0" in value:
+                raise LaunchError(f"environment variable {key} contains a NUL byte")
+            env[key] = value
+        if "\0" in spec.command or not spec.command.strip():
+            raise LaunchError("the command is empty or contains a NUL byte")
+        return env
+
+    def _source(self, image: str) -> dict[str, str]:
+        cached = self._images.get(image)
+        if cached is not None:
+            return cached
+        source = self.api.retry(
+            f"looking up image {image}", lambda: image_source(self.client, image)
+        )
+        if source is None:
+            raise LaunchError(
+                f"image {image!r} not found in LXD project {self.config.lxd_project!r} "
+                "(build one with the build-worker-image action)"
+            )
+        self._images[image] = source
+        return source
+
+    def _create(self, spec: WorkerSpec, source: dict[str, str]) -> None:
+        config = {
+            LABEL_JOB: spec.job_id,
+            LABEL_TASK: str(spec.task_index),
+            LABEL_ATTEMPT: str(spec.attempt),
+            LABEL_STARTED: f"{time.time():.3f}",
+        }
+        if spec.cpu:
+            config["limits.cpu"] = spec.cpu
+        if spec.memory:
+            config["limits.memory"] = spec.memory
+        devices: dict[str, dict[str, str]] = {}
+        if spec.input_dir is not None:
+            devices["input"] = {
+                "type": "disk",
+                "source": spec.input_dir,
+                "path": INPUT_DIR_IN_WORKER,
+                "readonly": "true",
+            }
+        body = {
+            "name": spec.worker_name,
+            "type": "container",
+            "source": source,
+            "profiles": [WORKER_PROFILE],
+            "config": config,
+            "devices": devices,
+        }
+
+        def create() -> None:
+            try:
+                self.api.wait_operation(self.client.api.instances.post(json=body))
+            except (pylxd.exceptions.LXDAPIException, OperationFailedError) as err:
+                if is_transient(err):
+                    raise
+                # A create retried over a daemon restart, or start() called twice: reuse it.
+                existing = self.api.instance(spec.worker_name)
+                if existing is None or not _labels_match(existing["config"], spec):
+                    raise LaunchError(f"creating worker {spec.worker_name} failed: {err}") from err
+
+        self.api.retry(f"creating worker {spec.worker_name}", create)
+
+    def start(self, spec: WorkerSpec) -> str:
+        """Create, label and start the worker and start the command; return the worker's name.
+
+        Raises:
+            LaunchError: when the spec is invalid (nothing is changed), the image is missing,
+                or the worker cannot be created, started or given its command (the half-made
+                worker is deleted).
+
+        """
+        env = self._check_spec(spec)
+        source = self._source(spec.image)
+        name = spec.worker_name
+        self._create(spec, source)
+        try:
+            self._start_and_exec(name, spec, env)
+        except (LaunchError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+            with contextlib.suppress(Exception):
+                self.delete(name)
+            if isinstance(err, LaunchError):
+                raise
+            raise LaunchError(f"starting worker {name} failed: {err}") from err
+        return name
+
+    def _start_and_exec(self, name: str, spec: WorkerSpec, env: dict[str, str]) -> None:
+        def start() -> None:
+            try:
+                self.api.wait_operation(
+                    self.client.api.instances[name].state.put(json={"action": "start"})
+                )
+            except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+                record = None if is_transient(err) else self.api.instance(name)
+                if record is None or record.get("status") != "Running":
+                    raise  # start() called twice or retried over a restart finds it running
+
+        self.api.retry(f"starting worker {name}", start)
+        environment = {**env, "CC_COMMAND": spec.command, "CC_WRAPPER": _WRAPPER}
+
+        def execute() -> dict[str, Any]:
+            response = self.client.api.instances[name].exec.post(
+                json={
+                    "command": ["/bin/sh", "-c", _LAUNCHER],
+                    "environment": environment,
+                    "wait-for-websocket": False,
+                    "interactive": False,
+                    "record-output": False,
+                }
+            )
+            return self.api.wait_operation(response)
+
+        result = self.api.retry(f"starting the command in worker {name}", execute)
+        if result.get("return", 0) != 0:
+            raise LaunchError(
+                f"the launcher in worker {name} exited {result.get('return')} "
+                "(does the image have /bin/sh and a writable /run?)"
+            )
+
+    def wait(
+        self,
+        spec: WorkerSpec,
+        task_dir: Path,
+        should_stop: Callable[[], FailureReason | None],
+    ) -> TaskOutcome:
+        """Follow the worker until its command ends or it must stop; gather results to task_dir."""
+        return self.watcher.wait(spec, task_dir, should_stop)
+
+    def delete(self, name: str) -> bool:
+        """Stop and delete a worker; return False when it did not exist.
+
+        Raises:
+            ValueError: when the instance carries no container-compute labels (not a worker).
+
+        """
+        record = self.api.instance(name)
+        if record is None:
+            return False
+        if LABEL_JOB not in record.get("config", {}):
+            raise ValueError(f"instance {name!r} is not a container-compute worker (no labels)")
+        if record.get("status") != "Stopped":
+            self.api.force_stop(name, known_running=True)
+
+        def remove() -> bool:
+            try:
+                self.api.wait_operation(self.client.api.instances[name].delete())
+            except pylxd.exceptions.NotFound:
+                return True
+            return True
+
+        busy_until = time.monotonic() + BUSY_WAIT_SECONDS
+        while True:
+            try:
+                return self.api.retry(f"deleting worker {name}", remove)
+            except OperationFailedError as err:
+                if self.api.instance(name) is None:
+                    return True
+                if "busy" not in str(err) or time.monotonic() >= busy_until:
+                    raise
+                time.sleep(self.poll_seconds)  # e.g. a stop still running: wait for it
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every worker of this backend's project that carries container-compute labels."""
+        records = self.api.retry(
+            "listing workers",
+            lambda: self.client.api.instances.get(params={"recursion": 1}).json()["metadata"],
+        )
+        workers = []
+        for record in records:
+            config = record.get("config", {})
+            if LABEL_JOB not in config:
+                continue
+            workers.append(
+                WorkerInfo(
+                    name=record["name"],
+                    job_id=config.get(LABEL_JOB),
+                    task_index=_int_or_none(config.get(LABEL_TASK)),
+                    attempt=_int_or_none(config.get(LABEL_ATTEMPT)),
+                    running=record.get("status") == "Running",
+                )
+            )
+        return sorted(workers, key=lambda w: w.name)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    with contextlib.suppress(TypeError, ValueError):
+        return int(text)  # type: ignore[arg-type]
+    return None
+
+
+def _labels_match(config: dict[str, str], spec: WorkerSpec) -> bool:
+    return (
+        config.get(LABEL_JOB) == spec.job_id
+        and config.get(LABEL_TASK) == str(spec.task_index)
+        and config.get(LABEL_ATTEMPT) == str(spec.attempt)
+    )

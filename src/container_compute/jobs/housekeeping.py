@@ -1,0 +1,136 @@
+"""Housekeeping of a state directory: resume after a crash, cancel, reap, retention.
+
+These run with the state directory's ``EngineLock`` held (by the agent, or by an in-process
+engine), so no other engine follows the attempts they touch.
+"""
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from ..backends import Backend, FailureReason, TaskOutcome, WorkerSpec
+from ..config import HostConfig
+from . import results
+from .ledger import ATTEMPT_RUNNING, JobRecord, Ledger
+from .outcomes import VANISHED, failed
+
+logger = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What housekeeping needs of the engine (``scheduler.Engine``)."""
+
+    state_dir: Path
+    config: HostConfig
+    ledger: Ledger
+    clock: Callable[[], float]
+
+    def backend(self, name: str) -> Backend:
+        """Return the backend called ``name``."""
+        ...
+
+    def is_inflight(self, job_id: str, index: int) -> bool:
+        """Tell whether the engine follows an attempt of this task."""
+        ...
+
+    def inflight_count(self, job_id: str | None = None) -> int:
+        """Return how many attempts the engine follows."""
+        ...
+
+    def spec(self, job: JobRecord, index: int, task_input: str | None, attempt: int) -> WorkerSpec:
+        """Return the WorkerSpec of an attempt."""
+        ...
+
+    def spawn(self, job: JobRecord, spec: WorkerSpec, adopt: bool) -> None:
+        """Follow an attempt in a thread."""
+        ...
+
+    def commit(
+        self,
+        job: JobRecord,
+        spec: WorkerSpec,
+        outcome: TaskOutcome,
+        temp: Path | None,
+        vanished: bool = False,
+    ) -> bool:
+        """Commit an attempt's outcome exactly once."""
+        ...
+
+
+def resume(engine: Engine) -> bool:
+    """Adopt attempts a previous engine left running, or retry those whose worker is gone.
+
+    Returns False when a backend could not be asked (try again on the next pass).
+    """
+    ledger = engine.ledger
+    if not engine.inflight_count():
+        results.remove_temp_dirs(engine.state_dir)
+    workers: dict[str, set[str]] = {}
+    try:
+        for attempt in ledger.attempts(state=ATTEMPT_RUNNING):
+            job = ledger.job(attempt.job)
+            if job is None or engine.is_inflight(attempt.job, attempt.index):
+                continue
+            if job.backend not in workers:
+                listed = engine.backend(job.backend).list_workers()
+                workers[job.backend] = {worker.name for worker in listed}
+            task = ledger.task(attempt.job, attempt.index)
+            spec = engine.spec(job, attempt.index, task.input if task else None, attempt.attempt)
+            if attempt.worker in workers[job.backend]:
+                logger.info("adopting worker %s", attempt.worker)
+                engine.spawn(job, spec, adopt=True)
+            else:
+                logger.info("worker %s vanished: retrying", attempt.worker)
+                outcome = failed(FailureReason.LAUNCH_ERROR, VANISHED)
+                engine.commit(job, spec, outcome, None, vanished=True)
+    except Exception:
+        logger.exception("cannot resume yet (backend unavailable?)")
+        return False
+    return True
+
+
+def cancel_stale(engine: Engine, job_id: str) -> list[str]:
+    """Stop a cancelled job's attempts that no engine follows; return deleted workers."""
+    job = engine.ledger.job(job_id)
+    if job is None:
+        return []
+    deleted = []
+    for attempt in engine.ledger.attempts(job_id, state=ATTEMPT_RUNNING):
+        if engine.is_inflight(job_id, attempt.index):
+            continue
+        if engine.backend(job.backend).delete(attempt.worker):
+            deleted.append(attempt.worker)
+        spec = engine.spec(job, attempt.index, None, attempt.attempt)
+        engine.commit(job, spec, failed(FailureReason.CANCELLED, "the job was cancelled"), None)
+    return deleted
+
+
+def reap(engine: Engine) -> list[str]:
+    """Delete labelled workers that belong to no running attempt; return their names."""
+    running = {(a.job, a.index): a.attempt for a in engine.ledger.attempts(state=ATTEMPT_RUNNING)}
+    deleted: list[str] = []
+    backend = engine.backend("lxd")
+    for worker in backend.list_workers():
+        job = engine.ledger.job(worker.job_id) if worker.job_id else None
+        if job is not None and not job.state.finished and worker.task_index is not None:
+            if running.get((job.id, worker.task_index)) == worker.attempt:
+                continue
+        if backend.delete(worker.name):
+            deleted.append(worker.name)
+    return deleted
+
+
+def apply_retention(engine: Engine) -> list[str]:
+    """Delete finished jobs (record and results) older than job-retention; return ids."""
+    keep = engine.config.job_retention_seconds
+    if not keep:
+        return []
+    cutoff = engine.clock() - keep
+    deleted = []
+    for job in engine.ledger.jobs():
+        if job.state.finished and job.finished is not None and job.finished < cutoff:
+            results.delete_job_results(engine.state_dir, job.id)
+            engine.ledger.delete_job(job.id)
+            deleted.append(job.id)
+    return deleted

@@ -1,0 +1,84 @@
+"""A job's status as the actions and the CLI report it: counts, index ranges, failures.
+
+Counts and index lists are computed in SQL, so the status of a 10,000-task job stays cheap.
+"""
+
+import datetime
+import time
+from typing import Any
+
+from .ledger import JobRecord, Ledger, TaskRecord
+from .model import TaskState, format_ranges
+
+MAX_FAILURES_LISTED = 20
+
+
+def iso_time(timestamp: float | None) -> str:
+    """Return a timestamp as ISO 8601 UTC; '' for None."""
+    if timestamp is None:
+        return ""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(
+        timespec="seconds"
+    )
+
+
+def progress_line(ledger: Ledger, job: JobRecord) -> str:
+    """Return one line of progress: done, running and failed tasks."""
+    counts = ledger.task_counts(job.id)
+    done = counts["succeeded"] + counts["failed"]
+    return (
+        f"job {job.id}: {done}/{job.task_count} done, {counts['running']} running, "
+        f"{counts['failed']} failed"
+    )
+
+
+def task_summary(task: TaskRecord) -> dict[str, Any]:
+    """Return one task's state as action-result data."""
+    entry: dict[str, Any] = {"state": task.state.value, "attempts": task.attempts}
+    # Attempts lost to the host (launch errors, vanished workers) spend none of the retries.
+    uncharged = task.attempts - task.charged - (task.state == TaskState.SUCCEEDED)
+    if uncharged > 0:
+        entry["uncharged-attempts"] = uncharged
+    if task.exit_code is not None:
+        entry["exit-code"] = task.exit_code
+    if task.reason:
+        entry["reason"] = task.reason
+    if task.detail:
+        entry["detail"] = task.detail
+    if task.state in (TaskState.SUCCEEDED, TaskState.FAILED):
+        entry["bytes"] = task.bytes
+        entry["truncated"] = task.truncated
+    return entry
+
+
+def job_status(ledger: Ledger, job: JobRecord) -> dict[str, Any]:
+    """Return the status of a job as action results (counts and ranges computed in SQL)."""
+    counts = ledger.task_counts(job.id)
+    done = counts["succeeded"] + counts["failed"]
+    failures = {
+        str(task.index): task_summary(task)
+        for task in ledger.tasks(job.id, state=TaskState.FAILED, limit=MAX_FAILURES_LISTED)
+    }
+    end = job.finished or time.time()
+    status: dict[str, Any] = {
+        "job": job.id,
+        "name": job.name,
+        "state": job.state.value,
+        "tasks": job.task_count,
+        "counts": counts,
+        "completed-indexes": format_ranges(ledger.task_indexes(job.id, TaskState.SUCCEEDED)),
+        "failed-indexes": format_ranges(ledger.task_indexes(job.id, TaskState.FAILED)),
+        "progress": f"{100.0 * done / job.task_count:.1f}%",
+        "created": iso_time(job.created),
+        "started": iso_time(job.started),
+        "finished": iso_time(job.finished),
+        "elapsed-seconds": round(end - (job.started or job.created), 3),
+        "command": job.params.get("command", ""),
+    }
+    if job.deadline is not None:
+        status["deadline"] = iso_time(job.deadline)
+    if failures:
+        status["failures"] = failures
+        if counts["failed"] > len(failures):
+            status["failures-not-listed"] = counts["failed"] - len(failures)
+    return status

@@ -1,0 +1,135 @@
+"""Submitting a job: check it against this host, then record it — nothing else.
+
+Checks that need the host (the backend answers, the image exists, the input directory, CPU and
+memory limits within the host) run here, before one transaction records the job; a refused job
+leaves no trace.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from ..backends import Backend
+from ..config import HostConfig
+from ..errors import ActionError
+from ..units import parse_size
+from .ledger import JobRecord, Ledger
+from .params import LaunchJobParams
+
+MEMINFO = Path("/proc/meminfo")
+ImageCheck = Callable[[str, str], bool]
+
+
+def host_cpu_count() -> int:
+    """Return the number of CPUs of this host."""
+    return os.cpu_count() or 1
+
+
+def host_memory_bytes(meminfo: Path = MEMINFO) -> int:
+    """Return the host's total memory in bytes (from /proc/meminfo)."""
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no MemTotal in {meminfo}")
+
+
+class JobSubmitter:
+    """Validate and record jobs for one host."""
+
+    def __init__(
+        self,
+        config: HostConfig,
+        ledger: Ledger,
+        backend: Callable[[str], Backend],
+        image_exists: ImageCheck | None = None,
+    ) -> None:
+        """Check jobs against ``config`` and the backends ``backend(name)`` returns."""
+        self.config = config
+        self.ledger = ledger
+        self.backend = backend
+        self._image_exists = image_exists
+
+    def _check_image(self, backend_name: str, image: str) -> bool:
+        if self._image_exists is not None:
+            return self._image_exists(backend_name, image)
+        backend = self.backend(backend_name)
+        method = getattr(backend, "image_exists", None)
+        if callable(method):
+            return bool(method(image))
+        from ..backends.lxd import image_exists
+
+        return image_exists(self.config, image)
+
+    def validate(self, params: LaunchJobParams) -> tuple[str, str]:
+        """Check a job against this host; return (backend, image).
+
+        Raises:
+            ActionError: naming the parameter that cannot work here.
+        """
+        backend_name = params.backend or self.config.default_backend
+        if backend_name == "nova":
+            raise ActionError(
+                "backend: nova is not available yet (it needs the identity-credentials "
+                "relation and the nova backend); use backend=lxd"
+            )
+        image = params.image or self.config.default_image
+        try:
+            self.backend(backend_name)
+            found = self._check_image(backend_name, image)
+        except ActionError:
+            raise
+        except Exception as err:
+            raise ActionError(f"backend: {backend_name} does not answer: {err}") from err
+        if not found:
+            source = "image" if params.image else "image (the default-image option)"
+            raise ActionError(
+                f"{source}: {image!r} does not exist in LXD project "
+                f"{self.config.lxd_project!r}; build it with build-worker-image"
+            )
+        if params.input_dir:
+            path = Path(params.input_dir)
+            if not path.exists():
+                raise ActionError(f"input-dir: {params.input_dir} does not exist")
+            if not path.is_dir():
+                raise ActionError(f"input-dir: {params.input_dir} is not a directory")
+        if params.cpu:
+            self._check_cpu(params.cpu)
+        if params.memory and not params.memory.endswith("%"):
+            memory, total = parse_size(params.memory), host_memory_bytes()
+            if memory > total:
+                raise ActionError(
+                    f"memory: {params.memory} is more than this host's {total >> 20} MiB"
+                )
+        return backend_name, image
+
+    @staticmethod
+    def _check_cpu(cpu: str) -> None:
+        cpus = host_cpu_count()
+        if cpu.isdigit():
+            if int(cpu) > cpus:
+                raise ActionError(f"cpu: {cpu} is more than this host's {cpus} CPUs")
+            return
+        highest = max(int(bound) for part in cpu.split(",") for bound in part.split("-"))
+        if highest >= cpus:
+            raise ActionError(
+                f"cpu: CPU {highest} in {cpu!r} does not exist (this host has CPUs 0-{cpus - 1})"
+            )
+
+    def submit(self, params: LaunchJobParams, now: float) -> JobRecord:
+        """Validate the job against the host, record it (one transaction) and return it."""
+        backend_name, image = self.validate(params)
+        recorded = asdict(params)
+        recorded.update(image=image, backend=backend_name)
+        job_id = self.ledger.create_job(
+            recorded,
+            name=params.name,
+            backend=backend_name,
+            task_count=params.task_count,
+            inputs=params.input_lines,
+            deadline_seconds=params.deadline_seconds,
+            now=now,
+        )
+        job = self.ledger.job(job_id)
+        assert job is not None
+        return job
