@@ -9,8 +9,6 @@ the storage pool), ``cluster`` (hosts share LXD server certificates and trust ea
 """
 
 import logging
-import re
-import uuid
 
 import ops
 
@@ -24,21 +22,10 @@ from container_compute.constants import (
     LXD_GROUP,
     STATE_DIR,
 )
+from relations import ClusterPeers, IdentityRequirer, LxdProvider
 
 logger = logging.getLogger(__name__)
 
-# Keys of our unit databag on each relation.
-NONCE_KEY = "nonce"
-POOL_KEY = "pool"
-USER_KEY = "user"
-CERTIFICATE_KEY = "certificate"
-FINGERPRINT_KEY = "fingerprint"
-ADDRESS_KEY = "address"
-USERNAME_KEY = "username"
-PROJECT_KEY = "project"
-
-# A user name another charm may ask us to add to the lxd group (POSIX portable, no leading '-').
-_USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Longest status message; the rest of the host's problems are in the debug log.
 MAX_STATUS_LENGTH = 240
 AGENT_DOWN_MESSAGE = "job agent is not running: see journalctl -u container-compute-agent"
@@ -49,6 +36,9 @@ class ContainerComputeCharm(ops.CharmBase):
 
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
+        self._lxd = LxdProvider(self)
+        self._peers = ClusterPeers(self)
+        self._identity = IdentityRequirer(self)
         for host_event in (
             self.on.install,
             self.on.start,
@@ -87,7 +77,7 @@ class ContainerComputeCharm(ops.CharmBase):
         host.save_config(config, STATE_DIR)
         if agent.install_service(STATE_DIR):
             logger.info("job agent service installed or updated")
-        for relation in self.model.relations[LXD_ENDPOINT]:
+        for relation in self._lxd.relations:
             self._serve_lxd_relation(relation, config, host_changed=report.changed)
         self._publish_cluster_identity(config)
         self._request_identity(config)
@@ -121,11 +111,7 @@ class ContainerComputeCharm(ops.CharmBase):
         if not config.lxd_listen_https:
             return
         departing = event.departing_unit if isinstance(event, ops.RelationDepartedEvent) else None
-        certificates = {
-            unit.name: event.relation.data[unit][CERTIFICATE_KEY]
-            for unit in event.relation.units
-            if unit != departing and event.relation.data[unit].get(CERTIFICATE_KEY)
-        }
+        certificates = self._peers.certificates(departing)
         try:
             changes = host.trust_peers(config, certificates)
         except host.HostError as err:
@@ -140,7 +126,7 @@ class ContainerComputeCharm(ops.CharmBase):
         if config is None:
             return
         self._request_identity(config)
-        credentials = self._keystone_credentials(event.relation)
+        credentials = self._identity.credentials(event.relation)
         if credentials is None:
             logger.info("waiting for keystone's credentials on %s", IDENTITY_ENDPOINT)
             return
@@ -196,84 +182,42 @@ class ContainerComputeCharm(ops.CharmBase):
     def _serve_lxd_relation(
         self, relation: ops.Relation, config: HostConfig, *, host_changed: bool
     ) -> None:
-        """Add the remote user to the lxd group; publish a fresh nonce when that changed, and pool.
+        """Add the remote user to the lxd group; publish the pool, and a new nonce on change.
 
         The nonce is kept while nothing changes, so nova-compute's hook does not loop; a new
         one tells nova-compute to re-check its access to LXD.
         """
-        databag = relation.data[self.unit]
-        databag[POOL_KEY] = config.storage_pool
-        user = self._lxd_user(relation)
+        self._lxd.publish_pool(relation, config.storage_pool)
+        user = self._lxd.requested_user(relation)
         if user is None or not host.user_exists(user):
             return
         group_changed = host.ensure_group_member(user, LXD_GROUP)
         if group_changed:
             logger.info("added user %s to group %s", user, LXD_GROUP)
-        if group_changed or host_changed or not databag.get(NONCE_KEY):
-            databag[NONCE_KEY] = str(uuid.uuid4())
-
-    def _lxd_user(self, relation: ops.Relation) -> str | None:
-        """Return the user the remote unit asks to be in the lxd group; None if none or invalid."""
-        for unit in relation.units:
-            user = relation.data[unit].get(USER_KEY)
-            if not user:
-                continue
-            if _USER_NAME_RE.match(user):
-                return user
-            logger.error("%s sent an invalid user name %r on %s", unit.name, user, LXD_ENDPOINT)
-        return None
+        self._lxd.renew_nonce(relation, force=group_changed or host_changed)
 
     def _publish_cluster_identity(self, config: HostConfig) -> None:
         """Publish our LXD certificate, fingerprint and address to peers (if listening)."""
-        relation = self.model.get_relation(CLUSTER_ENDPOINT)
-        if relation is None:
+        if self._peers.relation is None:
             return
-        databag = relation.data[self.unit]
         if not config.lxd_listen_https:
-            for key in (CERTIFICATE_KEY, FINGERPRINT_KEY, ADDRESS_KEY):
-                databag.pop(key, None)
+            self._peers.withdraw()
             return
-        binding = self.model.get_binding(relation)
-        ingress = binding.network.ingress_address if binding is not None else None
         try:
-            server = host.server_identity(config, str(ingress) if ingress else None)
+            server = host.server_identity(config, self._peers.ingress_address())
         except host.HostError as err:
             logger.error("cannot publish this host's LXD certificate to peers: %s", err)
             return
-        databag.update(
-            {
-                CERTIFICATE_KEY: server.certificate,
-                FINGERPRINT_KEY: server.fingerprint,
-                ADDRESS_KEY: server.address,
-            }
-        )
+        self._peers.publish(server.certificate, server.fingerprint, server.address)
 
     def _request_identity(self, config: HostConfig) -> None:
         """Ask Keystone for the configured service user (and project) on every relation."""
-        for relation in self.model.relations[IDENTITY_ENDPOINT]:
-            databag = relation.data[self.unit]
-            databag[USERNAME_KEY] = config.keystone_username
-            if config.keystone_project:
-                databag[PROJECT_KEY] = config.keystone_project
-            else:
-                databag.pop(PROJECT_KEY, None)
-
-    def _keystone_credentials(self, relation: ops.Relation) -> identity.KeystoneCredentials | None:
-        """Return the credentials the keystone leader published, or None while incomplete."""
-        for unit in relation.units:
-            try:
-                credentials = identity.from_relation_data(relation.data[unit])
-            except ValueError as err:
-                logger.error("keystone unit %s sent bad credentials: %s", unit.name, err)
-                continue
-            if credentials is not None:
-                return credentials
-        return None
+        self._identity.request(config.keystone_username, config.keystone_project)
 
     def _lxd_user_missing(self) -> tuple[str, str] | None:
         """Return (user, remote application) of an lxd relation whose user is not on the host."""
-        for relation in self.model.relations[LXD_ENDPOINT]:
-            user = self._lxd_user(relation)
+        for relation in self._lxd.relations:
+            user = self._lxd.requested_user(relation)
             if user is not None and not host.user_exists(user):
                 return user, relation.app.name if relation.app else "the principal"
         return None
