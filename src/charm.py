@@ -47,6 +47,8 @@ class ContainerComputeCharm(ops.CharmBase):
         ):
             framework.observe(host_event, self._on_host_event)
         framework.observe(self.on.update_status, self._on_update_status)
+        framework.observe(self.on.stop, self._on_stop)
+        framework.observe(self.on.remove, self._on_remove)
         lxd = self.on[LXD_ENDPOINT]
         framework.observe(lxd.relation_joined, self._on_lxd_relation)
         framework.observe(lxd.relation_changed, self._on_lxd_relation)
@@ -74,6 +76,8 @@ class ContainerComputeCharm(ops.CharmBase):
             logger.info("host: %s", change)
         for problem in report.problems:
             logger.error("host problem: %s", problem)
+        if report.lxd_version:
+            self.unit.set_workload_version(report.lxd_version)
         host.save_config(config, STATE_DIR)
         if agent.install_service(STATE_DIR):
             logger.info("job agent service installed or updated")
@@ -94,6 +98,22 @@ class ContainerComputeCharm(ops.CharmBase):
             return
         if reaped:
             logger.info("reaped %d orphaned workers: %s", len(reaped), ", ".join(reaped))
+
+    def _on_stop(self, _: ops.StopEvent) -> None:
+        """Stop and remove the job agent: nothing launches once the unit is going away."""
+        if agent.remove_service():
+            logger.info("job agent service stopped and removed")
+
+    def _on_remove(self, _: ops.RemoveEvent) -> None:
+        """Remove what configure_host made; log what is kept and why."""
+        config = self._load_config()
+        if config is None:
+            return
+        report = host.teardown_host(config)
+        for change in report.changes:
+            logger.info("teardown: %s", change)
+        for kept in report.left:
+            logger.warning("teardown left %s", kept)
 
     def _on_lxd_relation(self, event: ops.RelationEvent) -> None:
         """nova-compute's lxd endpoint: its user joins the lxd group; answer nonce and pool."""

@@ -23,7 +23,7 @@ from .jobs.runner import AGENT_ROLE, agent_alive, open_engine
 from .jobs.scheduler import Engine, EngineLock
 from .rendering import render
 
-__all__ = ["agent_alive", "install_service", "main", "run_agent"]
+__all__ = ["agent_alive", "install_service", "main", "remove_service", "run_agent"]
 
 logger = logging.getLogger("container_compute.agent")
 
@@ -72,6 +72,23 @@ def install_service(state_dir: Path, unit_path: Path = AGENT_UNIT_PATH) -> bool:
     if changed:
         subprocess.run([SYSTEMCTL, "restart", AGENT_UNIT_NAME], check=True, capture_output=True)
     return changed
+
+
+def remove_service(unit_path: Path = AGENT_UNIT_PATH) -> bool:
+    """Stop, disable and remove the agent's systemd unit; return True when there was one.
+
+    Running workers are left to the reaper of whoever runs jobs next (or to teardown_host).
+    """
+    if not unit_path.exists():
+        return False
+    if SYSTEMD_RUN_DIR.is_dir():
+        subprocess.run(
+            [SYSTEMCTL, "disable", "--now", AGENT_UNIT_NAME], check=False, capture_output=True
+        )
+    unit_path.unlink()
+    if SYSTEMD_RUN_DIR.is_dir():
+        subprocess.run([SYSTEMCTL, "daemon-reload"], check=True, capture_output=True)
+    return True
 
 
 def run_agent(

@@ -48,6 +48,9 @@ DEBOOTSTRAP = "/usr/sbin/debootstrap"
 # LXD objects.
 LXD_GROUP = "lxd"
 WORKER_PROFILE = "container-compute-worker"
+# They mark the project and pool container-compute created: teardown deletes only those.
+PROJECT_DESCRIPTION = "container-compute workers"
+POOL_DESCRIPTION = "container-compute workers"
 TRUST_NAME_PREFIX = "container-compute:"
 CONFIG_KEY_PREFIX = "user.container-compute."
 LABEL_JOB = CONFIG_KEY_PREFIX + "job"

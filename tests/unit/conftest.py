@@ -15,7 +15,7 @@ import pytest
 from ops import testing
 
 import charm
-from container_compute.host import HostReport
+from container_compute.host import HostReport, TeardownReport
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB{}\n-----END CERTIFICATE-----\n"
 
@@ -49,6 +49,7 @@ class FakeHost:
         self.users: set[str] = {"nova", "root"}
         self.group_members: set[tuple[str, str]] = set()
         self.certificate = PEM.format("OURS")
+        self.lxd_version = "5.0.2"
 
     def named(self, name: str) -> list[Any]:
         """Return the arguments of every call to ``name``."""
@@ -59,7 +60,10 @@ class FakeHost:
     ) -> HostReport:
         self.calls.append(("configure_host", (config, dry_run)))
         return HostReport(
-            changes=list(self.changes), problems=list(self.problems), summary=self.summary
+            changes=list(self.changes),
+            problems=list(self.problems),
+            summary=self.summary,
+            lxd_version=self.lxd_version,
         )
 
     def ensure_group_member(self, user: str, group: str = "lxd") -> bool:
@@ -83,6 +87,12 @@ class FakeHost:
     def save_config(self, config: Any, state_dir: Path) -> bool:
         self.calls.append(("save_config", (config, state_dir)))
         return True
+
+    def teardown_host(
+        self, config: Any, *, paths: Any = None, dry_run: bool = False
+    ) -> TeardownReport:
+        self.calls.append(("teardown_host", (config, dry_run)))
+        return TeardownReport(changes=["deleted profile x"], left=["project p: it still holds y"])
 
 
 class FakeActionError(Exception):
@@ -135,6 +145,10 @@ class FakeAgent:
 
     def agent_alive(self, state_dir: Path) -> bool:
         return self.alive
+
+    def remove_service(self) -> bool:
+        self.calls.append(("remove_service", None))
+        return True
 
 
 @dataclass

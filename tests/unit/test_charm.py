@@ -577,3 +577,25 @@ def test_status_message_cuts_one_overlong_problem() -> None:
     assert len(message) <= charm.MAX_STATUS_LENGTH
     assert message.startswith("yyy")
     assert message.endswith("… (+1 more: see juju debug-log)")
+
+
+def test_workload_version_is_lxds(ctx: testing.Context, library: Library) -> None:
+    out = ctx.run(ctx.on.install(), testing.State())
+    assert out.workload_version == "5.0.2"
+
+
+def test_stop_removes_the_agent_service(ctx: testing.Context, library: Library) -> None:
+    ctx.run(ctx.on.stop(), testing.State())
+    assert ("remove_service", None) in library.agent.calls
+    assert library.host.named("teardown_host") == []
+
+
+def test_remove_tears_the_host_down_and_logs_what_is_left(
+    ctx: testing.Context, library: Library
+) -> None:
+    ctx.run(ctx.on.remove(), testing.State())
+    (call,) = library.host.named("teardown_host")
+    assert call[1] is False  # a real teardown, not a dry run
+    logged = [record.message for record in ctx.juju_log]
+    assert any("teardown: deleted profile x" in line for line in logged)
+    assert any("teardown left project p: it still holds y" in line for line in logged)

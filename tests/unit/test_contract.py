@@ -53,12 +53,23 @@ def test_every_action_refuses_unknown_params_and_has_a_params_class() -> None:
         assert spec["description"], name
 
 
-def test_requirements_txt_equals_pyproject_dependencies() -> None:
+def test_requirements_txt_equals_the_charms_dependencies() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     lines = (ROOT / "requirements.txt").read_text().splitlines()
     requirements = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    charm = pyproject["project"]["dependencies"] + pyproject["dependency-groups"]["charm"]
 
-    assert requirements == pyproject["project"]["dependencies"]
+    assert sorted(requirements) == sorted(charm)
+
+
+def test_uv_lock_pins_every_direct_dependency() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    locked = {package["name"].lower(): package["version"] for package in lock["package"]}
+    charm = pyproject["project"]["dependencies"] + pyproject["dependency-groups"]["charm"]
+    for requirement in charm:
+        name, version = requirement.split("==")
+        assert locked.get(name.lower().replace("_", "-")) == version, requirement
 
 
 def test_metadata_endpoints_are_as_designed(metadata: dict[str, Any]) -> None:

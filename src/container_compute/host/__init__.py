@@ -33,6 +33,7 @@ from .project import ensure_project
 from .storage import ensure_pool
 from .sysctl import ensure_sysctl
 from .system import HostError, HostPaths, StepLog
+from .teardown import TeardownReport, teardown_host
 from .trust import sync_trust
 
 __all__ = [
@@ -41,11 +42,13 @@ __all__ = [
     "HostPaths",
     "HostReport",
     "ServerIdentity",
+    "TeardownReport",
     "configure_host",
     "ensure_group_member",
     "load_saved_config",
     "save_config",
     "server_identity",
+    "teardown_host",
     "trust_peers",
     "user_exists",
 ]

@@ -3,6 +3,7 @@
 import pylxd
 import pylxd.exceptions
 
+from .. import constants
 from ..config import HostConfig
 from .system import StepLog
 
@@ -24,7 +25,7 @@ def ensure_project(client: pylxd.Client, config: HostConfig, log: StepLog) -> bo
             client.api.projects.post(
                 json={
                     "name": name,
-                    "description": "container-compute workers",
+                    "description": constants.PROJECT_DESCRIPTION,
                     "config": dict(PROJECT_FEATURES),
                 }
             )

@@ -59,7 +59,7 @@ def _pool_request(config: HostConfig) -> dict[str, Any]:
     return {
         "name": config.storage_pool,
         "driver": config.storage_driver,
-        "description": "container-compute workers",
+        "description": constants.POOL_DESCRIPTION,
         "config": pool_config,
     }
 
