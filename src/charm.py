@@ -9,6 +9,7 @@ the storage pool), ``cluster`` (hosts share LXD server certificates and trust ea
 """
 
 import logging
+from typing import Any
 
 import ops
 
@@ -22,7 +23,7 @@ from container_compute.constants import (
     LXD_GROUP,
     STATE_DIR,
 )
-from relations import ClusterPeers, IdentityRequirer, LxdProvider
+from relations import ClusterPeers, ComputeJobsServer, IdentityRequirer, LxdProvider
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ContainerComputeCharm(ops.CharmBase):
         self._lxd = LxdProvider(self)
         self._peers = ClusterPeers(self)
         self._identity = IdentityRequirer(self)
+        self._jobs = ComputeJobsServer(self)
         for host_event in (
             self.on.install,
             self.on.start,
@@ -60,6 +62,7 @@ class ContainerComputeCharm(ops.CharmBase):
         framework.observe(keystone.relation_joined, self._on_identity_relation)
         framework.observe(keystone.relation_changed, self._on_identity_relation)
         framework.observe(keystone.relation_broken, self._on_identity_relation_broken)
+        framework.observe(self._jobs.provides.on.jobs_requested, self._on_jobs_requested)
         for action in ACTION_PARAMS:
             framework.observe(self.on[action].action, self._on_action)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
@@ -98,6 +101,8 @@ class ContainerComputeCharm(ops.CharmBase):
             return
         if reaped:
             logger.info("reaped %d orphaned workers: %s", len(reaped), ", ".join(reaped))
+        if self.unit.is_leader():
+            self._serve_compute_jobs(config)
 
     def _on_stop(self, _: ops.StopEvent) -> None:
         """Stop and remove the job agent: nothing launches once the unit is going away."""
@@ -162,6 +167,12 @@ class ContainerComputeCharm(ops.CharmBase):
         """Keystone went away: forget its credentials."""
         if identity.forget(identity.credentials_path(STATE_DIR)):
             logger.info("keystone credentials removed")
+
+    def _on_jobs_requested(self, _: ops.RelationEvent) -> None:
+        """A requirer changed its compute-jobs requests: run the new ones, report on all."""
+        config = self._load_config()
+        if config is not None:
+            self._serve_compute_jobs(config)
 
     def _on_action(self, event: ops.ActionEvent) -> None:
         """Every action: typed params and config to the library's run_action, results back."""
@@ -233,6 +244,14 @@ class ContainerComputeCharm(ops.CharmBase):
     def _request_identity(self, config: HostConfig) -> None:
         """Ask Keystone for the configured service user (and project) on every relation."""
         self._identity.request(config.keystone_username, config.keystone_project)
+
+    def _serve_compute_jobs(self, config: HostConfig) -> None:
+        """Launch compute-jobs requests not yet run; refresh unfinished jobs' reports (leader)."""
+
+        def run(action: str, params: object) -> dict[str, Any]:
+            return actions.run_action(action, params, config, STATE_DIR)
+
+        self._jobs.serve(run, actions.ActionError)
 
     def _lxd_user_missing(self) -> tuple[str, str] | None:
         """Return (user, remote application) of an lxd relation whose user is not on the host."""

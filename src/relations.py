@@ -8,16 +8,27 @@ sent, what we publish. The charm passes that data to the library; nothing here c
 - ``ClusterPeers`` (``cluster``): each unit publishes its LXD certificate and address.
 - ``IdentityRequirer`` (``identity-credentials``, interface ``keystone-credentials``): we ask
   for a service user; the keystone leader answers credentials in its unit databag.
+- ``compute-jobs`` is served by the charm library ``charms.container_compute.v0.compute_jobs``
+  (lib/); ``launch_params`` turns a request into the launch-job action's own params class.
 """
 
 import logging
 import re
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import ops
+from charms.container_compute.v0.compute_jobs import ComputeJobsProvides, JobReport, JobRequest
 
 from container_compute import identity
-from container_compute.constants import CLUSTER_ENDPOINT, IDENTITY_ENDPOINT, LXD_ENDPOINT
+from container_compute.constants import (
+    CLUSTER_ENDPOINT,
+    COMPUTE_JOBS_ENDPOINT,
+    IDENTITY_ENDPOINT,
+    LXD_ENDPOINT,
+)
+from container_compute.jobs.params import JobParams, LaunchJobParams
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +159,75 @@ class IdentityRequirer:
             if found is not None:
                 return found
         return None
+
+
+def launch_params(raw: object) -> LaunchJobParams:
+    """Validate a compute-jobs request exactly as the launch-job action's params.
+
+    Raises:
+        ValueError: naming the field that is wrong.
+    """
+    request = JobRequest.from_dict(raw)
+    return LaunchJobParams(
+        command=request.command,
+        tasks=request.tasks,
+        inputs="\n".join(request.inputs),
+        parallelism=request.parallelism,
+        image=request.image,
+        cpu=request.cpu,
+        memory=request.memory,
+        timeout=request.timeout,
+        deadline=request.deadline,
+        retries=request.retries,
+        name=request.name,
+    )
+
+
+RunAction = Callable[[str, Any], dict[str, Any]]
+
+
+class ComputeJobsServer:
+    """Our side of ``compute-jobs``: requests launched as jobs, their reports kept current."""
+
+    def __init__(self, charm: ops.CharmBase) -> None:
+        """Serve the charm's compute-jobs relations through the charm library."""
+        self._charm = charm
+        self.provides = ComputeJobsProvides(charm, COMPUTE_JOBS_ENDPOINT)
+
+    def serve(self, run_action: RunAction, refused: type[Exception]) -> None:
+        """Launch requests not yet run and refresh unfinished jobs, with ``run_action``.
+
+        ``refused`` is the exception ``run_action`` raises when it cannot do something; it
+        becomes the request's error entry, like an invalid request.
+        """
+        for relation in self.provides.relations:
+            reports = self.provides.published(relation)
+            for request_id, raw in self.provides.requests(relation).items():
+                known = reports.get(request_id)
+                if known is not None and known.finished:
+                    continue
+                try:
+                    reports[request_id] = self._report(run_action, raw, known)
+                except (ValueError, refused) as err:
+                    reports[request_id] = JobReport(error=str(err))
+            self.provides.publish(relation, reports)
+
+    def _report(self, run_action: RunAction, raw: object, known: JobReport | None) -> JobReport:
+        """Launch a new request, or read the state of its job."""
+        if known is None:
+            launched = run_action("launch-job", launch_params(raw))
+            logger.info("compute-jobs: launched job %s", launched["job"])
+            job, results_dir = launched["job"], launched["results-dir"]
+        else:
+            job, results_dir = known.job, known.results_dir
+        status = run_action("job-status", JobParams(job=job))
+        return JobReport(
+            job=job,
+            state=status["state"],
+            tasks=status["tasks"],
+            counts=status["counts"],
+            completed_indexes=status["completed-indexes"],
+            failed_indexes=status["failed-indexes"],
+            results_dir=results_dir,
+            host=self._charm.unit.name,
+        )
