@@ -93,7 +93,7 @@ def test_submit_refusals(
     ("data", "message"),
     [
         ({"tasks": 2}, "command: missing"),
-        ({"command": "x", "comand": "y"}, "unknown field(s): comand"),
+        ({"command": "x", "cmd": "y"}, "unknown field(s): cmd"),
         ({"command": "x", "tasks": "2"}, "tasks: '2' has the wrong type"),
         ({"command": "x", "inputs": "a\nb"}, "inputs: 'a\\nb' has the wrong type"),
         ({"command": "  "}, "command: must not be empty"),
@@ -143,7 +143,7 @@ def test_provider_launches_valid_requests_and_refuses_invalid_ones(
     requests = {
         "good": {"command": "echo hi", "tasks": 2},
         "bad": {"command": "echo hi", "tasks": -1},
-        "typo": {"comand": "echo hi"},
+        "typo": {"cmd": "echo hi"},
     }
     relation = testing.Relation(
         "compute-jobs",
@@ -158,7 +158,7 @@ def test_provider_launches_valid_requests_and_refuses_invalid_ones(
     assert published["good"]["host"] == "container-compute/0"
     assert published["good"]["results-dir"] == "/var/lib/container-compute/results/j-1"
     assert published["bad"] == {"error": "tasks: -1 is not between 0 and 100000"}
-    assert published["typo"] == {"error": "unknown field(s): comand"}
+    assert published["typo"] == {"error": "unknown field(s): cmd"}
     launched = [args for name, args in library.actions.calls if args[0] == "launch-job"]
     assert len(launched) == 1 and launched[0][1].command == "echo hi"
 
