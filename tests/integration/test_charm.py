@@ -1,79 +1,62 @@
-"""Deploy the packed charm on a real Juju controller and drive it (skips where juju is absent).
+"""The packed charm on a real controller: deploy on a principal, configure, run a job.
 
-Run with a controller and a packed charm: ``CHARM_PATH=./container-compute_amd64.charm
-tox -e integration``. The charm is a subordinate: it rides on an ``ubuntu`` principal through
-``juju-info``.
+container-compute is a subordinate: it rides on an ``ubuntu`` principal through ``juju-info``.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("juju") is None,
-    reason="no juju binary on PATH: integration tests need a real Juju controller",
-)
-
 APP = "container-compute"
 PRINCIPAL = "host"
+UNIT = f"{APP}/0"
+SQUARE = "echo $((TASK_INDEX * TASK_INDEX)) > /results/square"
 
 
-@pytest.fixture(scope="module")
-def juju():
-    """A temporary model on the current controller, destroyed afterwards."""
-    import jubilant
-
-    with jubilant.temp_model() as juju_model:
-        juju_model.wait_timeout = 30 * 60
-        yield juju_model
-
-
-@pytest.fixture(scope="module")
-def charm_path() -> Path:
-    """The packed charm: CHARM_PATH, or the single *.charm in the repository's root."""
-    if "CHARM_PATH" in os.environ:
-        return Path(os.environ["CHARM_PATH"])
-    charms = sorted(Path(__file__).resolve().parents[2].glob("*.charm"))
-    if len(charms) != 1:
-        pytest.fail("pack the charm first (charmcraft pack) or set CHARM_PATH")
-    return charms[0]
+async def run_action(ops_test, action: str, **params: object) -> dict:
+    """Run an action on the unit; return its results (fails the test when the action fails)."""
+    unit = ops_test.model.units[UNIT]
+    action_run = await unit.run_action(action, **params)
+    action_run = await action_run.wait()
+    assert action_run.status == "completed", action_run.results
+    return action_run.results
 
 
-def test_deploy_configures_the_host(juju, charm_path: Path):
-    """Deployed on a principal, the unit configures LXD and goes active with its summary."""
-    import jubilant
-
-    juju.deploy("ubuntu", PRINCIPAL, base="ubuntu@24.04")
-    juju.deploy(charm_path, APP, config={"storage-driver": "dir"})
-    juju.integrate(f"{APP}:juju-info", f"{PRINCIPAL}:juju-info")
-    status = juju.wait(jubilant.all_active)
-    message = status.apps[APP].units[f"{APP}/0"].workload_status.message
-    assert "dir pool container-compute" in message
-
-
-def test_invalid_config_blocks_and_names_the_option(juju):
-    """A bad value blocks the unit with the option's name; fixing it returns to active."""
-    import jubilant
-
-    juju.config(APP, {"storage-driver": "ext4"})
-    status = juju.wait(jubilant.all_blocked)
-    assert "storage-driver" in status.apps[APP].units[f"{APP}/0"].workload_status.message
-    juju.config(APP, reset=["storage-driver"])
-    juju.config(APP, {"storage-driver": "dir"})
-    juju.wait(jubilant.all_active)
-
-
-def test_job_runs_through_actions(juju):
-    """build-worker-image, launch-job with wait, then gather-results with inline output."""
-    juju.run(f"{APP}/0", "build-worker-image")
-    launched = juju.run(
-        f"{APP}/0",
-        "launch-job",
-        {"command": "echo $((TASK_INDEX * TASK_INDEX))", "tasks": 4, "wait": True},
+@pytest.mark.abort_on_fail
+async def test_deploy_configures_the_host(ops_test, charm_path: Path) -> None:
+    await ops_test.model.deploy("ubuntu", application_name=PRINCIPAL, base="ubuntu@24.04")
+    await ops_test.model.deploy(
+        charm_path, application_name=APP, num_units=0, config={"storage-driver": "dir"}
     )
-    job = launched.results["job"]
-    assert launched.results["state"] == "succeeded"
-    gathered = juju.run(f"{APP}/0", "gather-results", {"job": job, "inline": True})
-    assert gathered.results["summary"]
+    await ops_test.model.integrate(f"{APP}:juju-info", f"{PRINCIPAL}:juju-info")
+    await ops_test.model.wait_for_idle(apps=[PRINCIPAL, APP], status="active", timeout=1800)
+    unit = ops_test.model.units[UNIT]
+    assert "dir pool container-compute" in unit.workload_status_message
+    assert unit.workload_version  # LXD's version
+
+
+async def test_invalid_config_blocks_naming_the_option(ops_test) -> None:
+    app = ops_test.model.applications[APP]
+    await app.set_config({"storage-driver": "ext4"})
+    await ops_test.model.wait_for_idle(apps=[APP], status="blocked", timeout=600)
+    assert "storage-driver" in ops_test.model.units[UNIT].workload_status_message
+    await app.set_config({"storage-driver": "dir"})
+    await ops_test.model.wait_for_idle(apps=[APP], status="active", timeout=600)
+
+
+async def test_a_job_through_the_actions(ops_test) -> None:
+    image = await run_action(ops_test, "build-worker-image", source="busybox")
+    assert image["alias"]
+    launched = await run_action(ops_test, "launch-job", command=SQUARE, tasks=4, wait=True)
+    assert launched["state"] == "succeeded"
+    assert launched["completed-indexes"] == "0-3"
+    status = await run_action(ops_test, "job-status", job=launched["job"])
+    assert status["state"] == "succeeded"
+    gathered = await run_action(ops_test, "gather-results", job=launched["job"])
+    results_dir = gathered["results-dir"]
+    for index in range(4):
+        code, out, err = await ops_test.juju(
+            "ssh", UNIT, "sudo", "cat", f"{results_dir}/{index}/files/square"
+        )
+        assert code == 0, err
+        assert out.strip() == str(index * index)
