@@ -8,6 +8,16 @@ action returns (``--format json``). Examples::
     container-compute build-worker-image --source busybox --alias busybox
     container-compute launch-job --tasks 16 --image busybox --wait -- sh -c 'echo $TASK_INDEX'
     container-compute job-status --job j0123abcd --format json
+
+Exit status (``launch-job --wait`` and ``wait-job`` answer with the job's outcome, like
+``sbatch --wait``)::
+
+    0  done; after waiting: every task of the job succeeded
+    1  the command could not be done (the message says why; nothing was changed)
+    2  bad parameters or usage
+    3  the job finished with failed tasks
+    4  the job was cancelled
+    5  the wait-timeout passed while the job was still running
 """
 
 import argparse
@@ -25,8 +35,19 @@ from .actions import ACTION_PARAMS
 from .config import HostConfig, config_options
 from .jobs.params import is_required, schema_type
 
+EXIT_OK = 0
 EXIT_ACTION_FAILED = 1
 EXIT_BAD_PARAMS = 2
+EXIT_TASKS_FAILED = 3
+EXIT_CANCELLED = 4
+EXIT_STILL_RUNNING = 5
+EXIT_FOR_STATE = {
+    "succeeded": EXIT_OK,
+    "failed": EXIT_TASKS_FAILED,
+    "cancelled": EXIT_CANCELLED,
+    "queued": EXIT_STILL_RUNNING,
+    "running": EXIT_STILL_RUNNING,
+}
 _PROGRESS_RE = re.compile(r"(\d+)/(\d+) done")
 
 
@@ -251,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"container-compute {action}: {err}\n")
         return EXIT_ACTION_FAILED
     _emit(result, args.format, sys.stdout)
-    return 0
+    return exit_status(action, params, result)
+
+
+def exit_status(action: str, params: Any, result: dict[str, Any]) -> int:
+    """Return the exit status of a command that succeeded: the job's outcome after a wait."""
+    if action == "launch-job" and getattr(params, "wait", False):
+        return EXIT_FOR_STATE[result["state"]]
+    return EXIT_OK
 
 
 def console_main() -> None:

@@ -170,7 +170,7 @@ def test_failing_job_reports_failures(
         "false",
     )
     result = json.loads(out)
-    assert code == 0
+    assert code == cli.EXIT_TASKS_FAILED == 3
     assert (result["state"], result["failed-indexes"], result["completed-indexes"]) == (
         "failed",
         "1,3",
@@ -397,3 +397,38 @@ def test_agent_once_runs_queued_jobs_and_reaps(
     assert backend.workers == {}
     assert "cc-jdeadbeef-0-1" in backend.deleted
     assert agent.agent_alive(tmp_path) is False  # a clean exit clears the heartbeat
+
+
+def test_wait_timeout_exits_still_running(
+    tmp_path: Path, backend: FakeBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend.plan = lambda spec: Plan(hang=True)
+    code, out, _err = run_cli(
+        capsys,
+        "launch-job",
+        "--state-dir",
+        str(tmp_path),
+        "--tasks",
+        "2",
+        "--wait",
+        "--wait-timeout",
+        "1s",
+        "--format",
+        "json",
+        "--",
+        "sleep",
+        "600",
+    )
+    result = json.loads(out)
+    assert result["waited"] == "wait-timeout passed"
+    assert code == cli.EXIT_STILL_RUNNING == 5
+
+
+def test_without_wait_a_launch_exits_zero_whatever_the_tasks_do(
+    tmp_path: Path, backend: FakeBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend.plan = lambda spec: Plan(exit_code=1)
+    code, out, _err = run_cli(
+        capsys, "launch-job", "--state-dir", str(tmp_path), "--format", "json", "--", "false"
+    )
+    assert code == 0 and json.loads(out)["state"] == "queued"
