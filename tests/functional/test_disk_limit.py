@@ -4,6 +4,7 @@
 from the run prefix, purged at the end of the session with everything else of the run).
 """
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -163,7 +164,11 @@ def jobs_state(configured_host: HostConfig) -> Iterator[Path]:
 
 
 def test_a_dir_pool_reports_that_worker_disk_is_not_enforced(
-    configured_host: HostConfig, jobs_state: Path, lxd_client: pylxd.Client, tmp_path: Path
+    configured_host: HostConfig,
+    jobs_state: Path,
+    lxd_client: pylxd.Client,
+    tmp_path: Path,
+    run_prefix: str,
 ) -> None:
     pool = lxd_client.api.storage_pools[configured_host.storage_pool].get().json()["metadata"]
     if size_unenforced("dir", pool["config"]["source"]) is None:
@@ -173,6 +178,11 @@ def test_a_dir_pool_reports_that_worker_disk_is_not_enforced(
     note = next(n for n in report.notes if n.startswith("worker-disk is NOT enforced"))
     assert f"dir pool {configured_host.storage_pool}" in note and "10GiB" in note
     assert report.summary.endswith("; worker-disk 10GiB NOT enforced on this dir pool")
+    # A status check of a dir pool not created yet says the same (nothing is created).
+    new_pool = dataclasses.replace(configured_host, storage_pool=f"{run_prefix}-dirnew")
+    planned = configure_host(new_pool, paths=host_paths_in(tmp_path), dry_run=True)
+    assert any(n.startswith("worker-disk is NOT enforced on dir pool") for n in planned.notes)
+    assert f"{run_prefix}-dirnew" not in [p.name for p in lxd_client.storage_pools.all()]
     # LXD really ignores the size there: 100MB written under a 64MiB limit succeed.
     command = "dd if=/dev/zero of=/results/big bs=1M count=100"
     result = launch(configured_host, jobs_state, command=command, disk="64MiB")

@@ -226,6 +226,23 @@ def test_configure_host_notes_a_dir_pool_that_ignores_worker_disk(
     assert unlimited.notes == []
 
 
+def test_a_dir_pool_not_created_yet_is_judged_by_its_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def unenforced(driver: str, source: str) -> str:
+        seen.append((driver, source))
+        return "no project quotas"
+
+    monkeypatch.setattr(storage, "size_unenforced", unenforced)
+    log = StepLog(dry_run=True)
+    config = HostConfig(storage_driver="dir", storage_source="/srv/workers", storage_pool="p")
+    storage._note_disk_enforcement(None, config, log)
+    assert seen == [("dir", "/srv/workers")]
+    assert log.notes[0].startswith("worker-disk is NOT enforced on dir pool p here")
+
+
 def test_configure_host_has_no_disk_note_for_btrfs() -> None:
     log = StepLog(dry_run=True)
     storage._note_disk_enforcement(

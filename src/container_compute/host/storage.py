@@ -97,6 +97,7 @@ def ensure_pool(client: pylxd.Client, config: HostConfig, paths: HostPaths, log:
     )
     log.changes.append(f"created {driver} storage pool {name} on {where}")
     if log.dry_run:
+        _note_disk_enforcement(None, config, log)
         return True
     try:
         client.api.storage_pools.post(json=_pool_request(config))
