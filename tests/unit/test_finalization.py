@@ -223,3 +223,46 @@ def test_everything_a_job_leaves_is_private(tmp_path: Path) -> None:
     assert reader.job(job_id).params["env"] == [f"TOKEN={ENV_REDACTED}"]  # type: ignore[union-attr]
     assert SECRET.encode() not in database_bytes(state_dir)
     assert json.loads((results.task_dir(state_dir, job_id, 0) / "outcome.json").read_text())
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from container_compute.jobs.ledger import Ledger
+ledger = Ledger(Path(sys.argv[1]))
+ledger.heartbeat(int(sys.argv[2]), "agent")
+if sys.argv[3] == "stay":
+    print("ready", flush=True)
+    sys.stdin.read()
+ledger.close()
+"""
+
+
+def test_opening_a_ledger_keeps_the_locks_of_the_others_in_the_process(tmp_path: Path) -> None:
+    """Other processes' writes stay visible while this one opens and closes ledgers."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+
+    def writer(pid: int, stay: bool) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), str(pid), "stay" if stay else "go"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    kept = Ledger(tmp_path)
+    kept.heartbeat(1, "agent")
+    Ledger(tmp_path).close()  # another client in this process comes and goes
+    first = writer(2, stay=False)
+    assert first.wait(30) == 0  # the last connection closing would checkpoint and delete the WAL
+    second = writer(3, stay=True)
+    try:
+        assert second.stdout is not None and second.stdout.readline() == "ready\n"
+        assert kept.last_heartbeat()[0] == 3  # type: ignore[index]
+        assert Ledger(tmp_path).last_heartbeat()[0] == 3  # type: ignore[index]
+    finally:
+        second.communicate("", timeout=30)

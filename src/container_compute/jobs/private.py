@@ -35,10 +35,17 @@ def private_dir(path: Path) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Create ``path`` empty mode 0600 unless it exists; tighten it to 0600; return it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-    os.close(fd)
-    _tighten(path)
+    """Create ``path`` empty mode 0600 unless it exists; tighten it to 0600; return it.
+
+    An existing file is never opened: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, such as those of SQLite connections to a database.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    except FileExistsError:
+        _tighten(path)
+    else:
+        os.close(fd)
     return path
 
 
