@@ -160,7 +160,7 @@ def test_a_parked_engine_leaves_its_attempts_to_the_next_one(tmp_path: Path) -> 
     assert len(first.ledger.attempts(job_id, state="running")) == 3
     assert sorted(backend.workers) == [f"cc-{job_id}-0-1", f"cc-{job_id}-1-1"]
     first.step()
-    assert backend.started == [f"cc-{job_id}-0-1", f"cc-{job_id}-1-1"]  # parked: no launch
+    assert sorted(backend.started) == [f"cc-{job_id}-0-1", f"cc-{job_id}-1-1"]  # parked: no launch
     second = make_engine(tmp_path, backend)
     wait_until(lambda: not second.step(), 20)
     assert second.wait_deletions(10)
