@@ -87,6 +87,9 @@ def wait_for_job(
     """
     lock = EngineLock(engine.state_dir)
     while time.time() < until:
+        current = engine.ledger.job(job_id)
+        if current is None or current.state.finished:
+            return
         if lock.acquire():
             done = engine.run(
                 job_id=job_id,
@@ -98,9 +101,6 @@ def wait_for_job(
             if not done:
                 logger.info("job %s: wait-timeout passed; leaving it to the next engine", job_id)
             hand_over(engine, lock)
-            return
-        current = engine.ledger.job(job_id)
-        if current is None or current.state.finished:
             return
         if report:
             report()

@@ -99,11 +99,6 @@ class EngineLock:
         self.path = state_dir / LOCK_FILE
         self._file: IO[str] | None = None
 
-    @property
-    def held(self) -> bool:
-        """True while this object holds the lock."""
-        return self._file is not None
-
     def acquire(self, blocking: bool = False) -> bool:
         """Take the lock; return False when another engine holds it (``blocking=False``)."""
         if self._file is not None:
@@ -485,15 +480,13 @@ class Engine:
         stop = stop or threading.Event()
         while True:
             self.ledger.heartbeat(os.getpid(), role, self.clock())
+            if job_id is not None and self._over(job_id):  # checked first: launch no more
+                self.wait_deletions(job_id=job_id)
+                return True
             active = self.step()
             if on_tick is not None:
                 on_tick()
-            if job_id is not None:
-                job = self.ledger.job(job_id)
-                if job is None or (job.state.finished and not self.inflight_count(job_id)):
-                    self.wait_deletions(job_id=job_id)
-                    return True
-            elif not active:
+            if job_id is None and not active:
                 self.wait_deletions()
                 return True
             if until is not None and self.clock() >= until:
@@ -502,6 +495,11 @@ class Engine:
             self.threads.wakeup.clear()
             if stop.is_set():
                 return False
+
+    def _over(self, job_id: str) -> bool:
+        """True when the job is finished (or gone) and none of its attempts is followed."""
+        job = self.ledger.job(job_id)
+        return job is None or (job.state.finished and not self.inflight_count(job_id))
 
     def drain(self, timeout: float = 30.0) -> None:
         """Wait (bounded) for this engine's attempt threads to end."""
