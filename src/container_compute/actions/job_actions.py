@@ -17,7 +17,13 @@ from ..errors import ActionError
 from ..jobs import housekeeping, results
 from ..jobs.ledger import JobRecord, Ledger
 from ..jobs.model import JobState, parse_ranges
-from ..jobs.params import GatherResultsParams, JobParams, LaunchJobParams, ListJobsParams
+from ..jobs.params import (
+    GatherResultsParams,
+    JobParams,
+    LaunchJobParams,
+    ListJobsParams,
+    WaitJobParams,
+)
 from ..jobs.runner import agent_alive, open_engine
 from ..jobs.scheduler import Engine, EngineLock
 from ..jobs.status import iso_time, job_status, progress_line, task_summary
@@ -65,13 +71,36 @@ def launch_job(
                 "no agent is running: the job starts when container-compute-agent runs"
             )
         return result
-    until = time.time() + params.wait_timeout_seconds
+    result.update(_wait_and_report(engine, job, params.wait_timeout_seconds, progress))
+    return result
+
+
+def wait_job(
+    params: WaitJobParams, config: HostConfig, state_dir: Path, progress: Progress | None
+) -> dict[str, Any]:
+    """Follow a recorded job until it ends or the wait times out; return its final status."""
+    engine = open_engine(config, state_dir)
+    try:
+        job = find_job(engine.ledger, params.job)
+        result: dict[str, Any] = {"job": job.id, "tasks": job.task_count}
+        result.update(_wait_and_report(engine, job, params.wait_timeout_seconds, progress))
+        result["results-dir"] = str(results.job_dir(state_dir, job.id))
+        return result
+    finally:
+        if not engine.inflight_count():
+            engine.ledger.close()
+
+
+def _wait_and_report(
+    engine: Engine, job: JobRecord, wait_seconds: int, progress: Progress | None
+) -> dict[str, Any]:
+    """Wait for the job (see wait_for_job); return its state, counts, indexes, failures."""
     report = (lambda: progress(progress_line(engine.ledger, job))) if progress else None
-    wait_for_job(engine, job.id, until, report)
+    wait_for_job(engine, job.id, time.time() + wait_seconds, report)
     status = job_status(engine.ledger, find_job(engine.ledger, job.id))
-    result.update(
-        {key: status[key] for key in ("state", "counts", "completed-indexes", "failed-indexes")}
-    )
+    result = {
+        key: status[key] for key in ("state", "counts", "completed-indexes", "failed-indexes")
+    }
     if status.get("failures"):
         result["failures"] = status["failures"]
     result["waited"] = "finished" if JobState(status["state"]).finished else "wait-timeout passed"
