@@ -54,13 +54,11 @@ def postgres_bin(name: str) -> str:
 
 def database_url(layout: Layout, name: str) -> str:
     """SQLAlchemy URL of database ``name`` over our PostgreSQL's unix socket."""
-    return (
-        f"postgresql+psycopg2://root@/{name}?host={layout.run}&port={layout.ports['postgres']}"
-    )
+    return f"postgresql+psycopg2://root@/{name}?host={layout.run}&port={layout.ports['postgres']}"
 
 
 def start_postgres(layout: Layout, supervisor: Supervisor) -> None:
-    """initdb a private cluster, serve it on a unix socket only, create the databases."""
+    """Initdb a private cluster, serve it on a unix socket only, create the databases."""
     data = layout.data / "pg"
     data.mkdir()
     shutil.chown(data, "postgres", "postgres")
@@ -139,7 +137,16 @@ def start_rabbit(layout: Layout, supervisor: Supervisor) -> None:
             raise StartupError("rabbitmq wrote no pid file")
         time.sleep(0.2)
     run(
-        [RABBITMQCTL, "-n", node, "-q", "wait", "--timeout", "120", str(layout.run / "rabbit.pid")],
+        [
+            RABBITMQCTL,
+            "-n",
+            node,
+            "-q",
+            "wait",
+            "--timeout",
+            "120",
+            str(layout.run / "rabbit.pid"),
+        ],
         env,
     )
 

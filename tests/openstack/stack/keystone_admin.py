@@ -63,7 +63,9 @@ class KeystoneAdmin:
             body["default_project_id"] = project_id
         return self._ensure("users", body, name=name, domain_id=domain_id)
 
-    def grant(self, role_id: str, user_id: str, *, project_id: str = "", domain_id: str = "") -> None:
+    def grant(
+        self, role_id: str, user_id: str, *, project_id: str = "", domain_id: str = ""
+    ) -> None:
         """Grant a role to a user on a project or a domain."""
         target = f"projects/{project_id}" if project_id else f"domains/{domain_id}"
         self.session.put(f"{self.base}/{target}/users/{user_id}/roles/{role_id}")

@@ -24,7 +24,7 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Log to stderr (the stack's log file)."""
         sys.stderr.write("neutron-standin " + format % args + "\n")
 
@@ -72,7 +72,7 @@ class Handler(BaseHTTPRequestHandler):
         """Nothing can be created here."""
         self._send({"NeutronError": {"type": "BadRequest", "message": "read-only stand-in"}}, 400)
 
-    do_PUT = do_POST
+    do_PUT = do_POST  # noqa: N815 - the name http.server looks up
 
     def do_DELETE(self) -> None:
         """Deleting anything succeeds."""

@@ -65,7 +65,7 @@ class Supervisor:
         while True:
             self.check_alive(name)
             try:
-                with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - 127.0.0.1 only
+                with urllib.request.urlopen(url, timeout=5):
                     return
             except urllib.error.HTTPError:
                 return

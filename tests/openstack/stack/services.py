@@ -37,7 +37,10 @@ def _service_auth(layout: Layout, user: str, password: str) -> dict[str, str]:
 
 
 def _authtoken(layout: Layout, user: str, password: str) -> dict[str, str]:
-    return {"www_authenticate_uri": layout.url("keystone", "/v3"), **_service_auth(layout, user, password)}
+    return {
+        "www_authenticate_uri": layout.url("keystone", "/v3"),
+        **_service_auth(layout, user, password),
+    }
 
 
 def serve_wsgi(layout: Layout, supervisor: Supervisor, name: str, env: dict[str, str]) -> None:
@@ -136,7 +139,10 @@ def glance(layout: Layout, supervisor: Supervisor, password: str) -> None:
         },
     )
     env = {"OS_GLANCE_CONFIG_DIR": str(etc)}
-    run([layout.bin("glance-manage"), "--config-file", str(etc / "glance-api.conf"), "db_sync"], env)
+    run(
+        [layout.bin("glance-manage"), "--config-file", str(etc / "glance-api.conf"), "db_sync"],
+        env,
+    )
     serve_wsgi(layout, supervisor, "glance", env)
     supervisor.wait_http("glance", layout.url("glance", "/"))
 
@@ -154,7 +160,16 @@ def placement(layout: Layout, supervisor: Supervisor, password: str) -> None:
         },
     )
     env = {"OS_PLACEMENT_CONFIG_DIR": str(etc)}
-    run([layout.bin("placement-manage"), "--config-file", str(etc / "placement.conf"), "db", "sync"], env)
+    run(
+        [
+            layout.bin("placement-manage"),
+            "--config-file",
+            str(etc / "placement.conf"),
+            "db",
+            "sync",
+        ],
+        env,
+    )
     serve_wsgi(layout, supervisor, "placement", env)
 
 
@@ -231,7 +246,15 @@ def nova_databases(layout: Layout, conf: Path) -> None:
     """Create Nova's API and cell databases and map cell0 and cell1."""
     manage = [layout.bin("nova-manage"), "--config-file", str(conf)]
     run([*manage, "api_db", "sync"])
-    run([*manage, "cell_v2", "map_cell0", "--database_connection", database_url(layout, "nova_cell0")])
+    run(
+        [
+            *manage,
+            "cell_v2",
+            "map_cell0",
+            "--database_connection",
+            database_url(layout, "nova_cell0"),
+        ]
+    )
     run([*manage, "cell_v2", "create_cell", "--name", "cell1"])
     run([*manage, "db", "sync"])
 
