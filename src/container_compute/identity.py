@@ -318,7 +318,7 @@ def keystone_session(
         arguments: dict[str, Any] = credentials.auth_arguments()
     else:
         arguments = dict(credentials)
-    return ks_session.Session(auth=v3.Password(**arguments), timeout=timeout)
+    return ks_session.Session(auth=v3.Password(**arguments), timeout=int(timeout))
 
 
 def session_from_clouds_yaml(path: Path, cloud: str = CLOUD_NAME) -> tuple[Any, str]:

@@ -49,6 +49,8 @@ def launch_job(
         "image": job.params["image"],
         "results-dir": str(results.job_dir(state_dir, job.id)),
     }
+    if job.params.get("notes"):
+        result["notes"] = list(job.params["notes"])
     if not params.wait:
         if not agent_alive(state_dir):
             result["note"] = (

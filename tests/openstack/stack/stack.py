@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
@@ -118,7 +119,7 @@ class OpenStackStack:
         )
         return ks_session.Session(auth=auth, timeout=60)
 
-    def nova_admin(self) -> nova_client.Client:
+    def nova_admin(self) -> Any:
         """A novaclient of the bootstrap admin."""
         return nova_client.Client(NOVA_MICROVERSION, session=self.admin_session())
 
