@@ -54,3 +54,94 @@ def test_sixteen_squares(stack: OpenStackStack, nova_host: NovaHost) -> None:
     )
     assert status["completed-indexes"] == "0-15"
     assert our_servers(stack) == []
+
+
+def test_inputs_reach_their_tasks(nova_host: NovaHost) -> None:
+    inputs = "alpha one\n'quoted' $HOME\nthird;line"
+    result = launch(
+        nova_host, command='printf %s "$TASK_INPUT" > /results/input', inputs=inputs, wait=True
+    )
+
+    assert result["state"] == "succeeded", result
+    job_dir = Path(result["results-dir"])
+    for index, line in enumerate(inputs.splitlines()):
+        assert (job_dir / str(index) / "files" / "input").read_text() == line
+
+
+def test_failing_task_keeps_exit_code_and_stderr(
+    stack: OpenStackStack, nova_host: NovaHost
+) -> None:
+    result = launch(nova_host, command="echo broken >&2; exit 3", tasks=1, retries=1, wait=True)
+
+    assert result["state"] == "failed"
+    task = Path(result["results-dir"]) / "0"
+    assert (task / "exit_code").read_text() == "3\n"
+    assert (task / "stderr").read_text() == "broken\n"
+    assert result["failures"]["0"]["attempts"] == 2
+    assert our_servers(stack) == []
+
+
+def test_timeout_stops_and_deletes_the_server(stack: OpenStackStack, nova_host: NovaHost) -> None:
+    result = launch(nova_host, command="sleep 600", timeout="15s", wait=True)
+
+    assert result["state"] == "failed"
+    assert result["failures"]["0"]["reason"] == "timeout"
+    assert our_servers(stack) == []
+
+
+def test_output_over_the_console_cap_is_cut_and_said(nova_host: NovaHost) -> None:
+    command = (
+        "head -c 300000 /dev/urandom | base64 > /results/big; head -c 200000 /dev/urandom | base64"
+    )
+    result = launch(nova_host, command=command, wait=True)
+
+    assert result["state"] == "succeeded", result
+    task = Path(result["results-dir"]) / "0"
+    outcome = (task / "outcome.json").read_text()
+    assert '"truncated": true' in outcome
+    assert "nova-console-cap" in outcome
+    assert not (task / "files" / "big").exists()
+    assert 0 < len((task / "stdout").read_bytes()) < 100_000
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"flavor": "nosuch"}, "flavor: flavor 'nosuch' does not exist in Nova"),
+        ({"image": "nosuch"}, "image: 'nosuch' does not exist in Glance"),
+        ({"network": "nosuch"}, "network: network 'nosuch' does not exist in Neutron"),
+        ({"availability_zone": "nosuch"}, "availability-zone: availability zone 'nosuch'"),
+    ],
+)
+def test_unknown_names_are_refused_before_anything_runs(
+    nova_host: NovaHost, params: dict[str, str], message: str
+) -> None:
+    with pytest.raises(actions.ActionError, match=message.replace("(", r"\(")):
+        launch(nova_host, command="true", **params)
+
+
+def test_error_server_reports_novas_fault(stack: OpenStackStack, nova_host: NovaHost) -> None:
+    stack.nova_admin().flavors.create(
+        "cc.huge", ram=4 << 20, vcpus=1, disk=1, flavorid="cc-huge", is_public=True
+    )
+
+    result = launch(nova_host, command="true", flavor="cc.huge", wait=True)
+
+    assert result["state"] == "failed"
+    failure = result["failures"]["0"]
+    assert failure["reason"] == "launch-error"
+    assert "is in ERROR" in failure["detail"] and "No valid host" in failure["detail"]
+    assert our_servers(stack) == []
+
+
+def test_quota_exceeded_is_said(stack: OpenStackStack, nova_host: NovaHost) -> None:
+    nova = stack.nova_admin()
+    project = nova_host.credentials.project_id
+    nova.quotas.update(project, instances=0)
+    try:
+        result = launch(nova_host, command="true", wait=True)
+    finally:
+        nova.quotas.update(project, instances=200)
+
+    assert result["state"] == "failed"
+    assert "Nova quota exceeded" in result["failures"]["0"]["detail"]
