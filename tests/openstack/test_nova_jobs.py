@@ -122,7 +122,13 @@ def test_unknown_names_are_refused_before_anything_runs(
 
 def test_error_server_reports_novas_fault(stack: OpenStackStack, nova_host: NovaHost) -> None:
     stack.nova_admin().flavors.create(
-        "cc.huge", ram=4 << 20, vcpus=1, disk=1, flavorid="cc-huge", is_public=True
+        # Within the project's quota, far beyond the host: the scheduler finds no host.
+        "cc.huge",
+        ram=300_000,
+        vcpus=1,
+        disk=1,
+        flavorid="cc-huge",
+        is_public=True,
     )
 
     result = launch(nova_host, command="true", flavor="cc.huge", wait=True)

@@ -6,10 +6,12 @@ network or zone is unknown, that a quota is exhausted, a server's fault.
 """
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from keystoneauth1 import exceptions as ks_exceptions
+from keystoneauth1 import session as ks_session
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exceptions
 
@@ -48,12 +50,27 @@ class NovaApi:
     def __init__(self, session: Any, region: str = "") -> None:
         """Talk to Nova through a keystoneauth1 session."""
         self.session = session
-        self.client = nova_client.Client(
-            MICROVERSION, session=session, region_name=region or None, timeout=60
-        )
+        self.region = region
+        self._local = threading.local()
         self._flavors: dict[str, Any] = {}
         self._images: dict[str, str] = {}
         self._networks: dict[str, str] = {}
+
+    @property
+    def client(self) -> Any:
+        """This thread's novaclient: concurrent calls on one client (one HTTP session) were
+        seen to get each other's answers, so every thread has its own, sharing the token.
+        """
+        client = getattr(self._local, "client", None)
+        if client is None:
+            session = ks_session.Session(
+                auth=self.session.auth, timeout=getattr(self.session, "timeout", None) or 60
+            )
+            client = nova_client.Client(
+                MICROVERSION, session=session, region_name=self.region or None, timeout=60
+            )
+            self._local.client = client
+        return client
 
     def call(self, what: str, function: Callable[[], T]) -> T:
         """Run one API call; raise LaunchError saying what failed and Nova's reason."""
