@@ -58,8 +58,9 @@ class NovaApi:
 
     @property
     def client(self) -> Any:
-        """This thread's novaclient: concurrent calls on one client (one HTTP session) were
-        seen to get each other's answers, so every thread has its own, sharing the token.
+        """This thread's novaclient (each thread has its own HTTP session; one token).
+
+        Concurrent calls through one client were seen to get each other's answers.
         """
         client = getattr(self._local, "client", None)
         if client is None:
