@@ -30,6 +30,17 @@ logger = logging.getLogger(__name__)
 # Longest status message; the rest of the host's problems are in the debug log.
 MAX_STATUS_LENGTH = 240
 AGENT_DOWN_MESSAGE = "job agent is not running: see journalctl -u container-compute-agent"
+IDENTITY_WAITING_MESSAGE = f"waiting for keystone's credentials on {IDENTITY_ENDPOINT}"
+
+
+def check_identity(credentials: identity.KeystoneCredentials) -> str:
+    """Prove keystone's credentials by getting a token; return who they authenticate.
+
+    Raises:
+        identity.IdentityError: why not (never with the password).
+    """
+    session = identity.keystone_session(credentials)
+    return identity.verify(session, credentials.describe(), credentials.password)
 
 
 class ContainerComputeCharm(ops.CharmBase):
@@ -162,11 +173,13 @@ class ContainerComputeCharm(ops.CharmBase):
                 credentials.project,
                 credentials.auth_url,
             )
+        accept_credentials(credentials)
 
     def _on_identity_relation_broken(self, _: ops.RelationBrokenEvent) -> None:
-        """Keystone went away: forget its credentials."""
-        if identity.forget(identity.credentials_path(STATE_DIR)):
-            logger.info("keystone credentials removed")
+        """Keystone went away: forget its credentials and every file made from them."""
+        removed = identity.forget_all(STATE_DIR)
+        if removed:
+            logger.info("keystone credentials removed (%s)", ", ".join(removed))
 
     def _on_jobs_requested(self, _: ops.RelationEvent) -> None:
         """A requirer changed its compute-jobs requests: run the new ones, report on all."""
@@ -253,6 +266,10 @@ class ContainerComputeCharm(ops.CharmBase):
 
         self._jobs.serve(run, actions.ActionError)
 
+    def _identity_status(self) -> ops.StatusBase | None:
+        """The identity-credentials relation's part of the status (None: nothing to say)."""
+        return identity_status(bool(self.model.relations[IDENTITY_ENDPOINT]))
+
     def _lxd_user_missing(self) -> tuple[str, str] | None:
         """Return (user, remote application) of an lxd relation whose user is not on the host."""
         for relation in self._lxd.relations:
@@ -269,6 +286,9 @@ class ContainerComputeCharm(ops.CharmBase):
         report = host.configure_host(config, dry_run=True)
         if report.problems:
             return ops.BlockedStatus(_join_problems(report.problems))
+        keystone = self._identity_status()
+        if keystone is not None:
+            return keystone
         missing = self._lxd_user_missing()
         if missing is not None:
             user, application = missing
@@ -276,6 +296,32 @@ class ContainerComputeCharm(ops.CharmBase):
         if not agent.agent_alive(STATE_DIR):
             return ops.BlockedStatus(AGENT_DOWN_MESSAGE)
         return ops.ActiveStatus(report.summary)
+
+
+def accept_credentials(credentials: identity.KeystoneCredentials) -> None:
+    """Write keystone's credentials as clouds.yaml and remember whether they get a token."""
+    identity.save_clouds_yaml(credentials, STATE_DIR / identity.CLOUDS_FILE_NAME)
+    try:
+        who = check_identity(credentials)
+    except identity.IdentityError as err:
+        logger.error("keystone credentials do not work: %s", err)
+        identity.record_check(STATE_DIR, False, str(err))
+        return
+    logger.info("keystone credentials work: got a token for %s", who)
+    identity.record_check(STATE_DIR, True, who)
+
+
+def identity_status(related: bool) -> ops.StatusBase | None:
+    """Blocked when keystone's credentials failed their token check; waiting while incomplete."""
+    if not related:
+        return None
+    check = identity.last_check(STATE_DIR)
+    if check is None:
+        return ops.WaitingStatus(IDENTITY_WAITING_MESSAGE)
+    ok, message = check
+    if ok:
+        return None
+    return ops.BlockedStatus(f"keystone: {message}"[:MAX_STATUS_LENGTH])
 
 
 def _join_problems(problems: list[str], limit: int = MAX_STATUS_LENGTH) -> str:

@@ -37,6 +37,7 @@ MIN_WORKER_MEMORY = 32 << 20
 MIN_WORKER_DISK = 32 << 20
 MIN_RESULTS_CAP = 1 << 10
 MAX_PARALLEL_WORKERS = 1024
+MAX_NOVA_CONSOLE_CAP = 96 << 10  # Nova's console-log API serves only the last 100 KiB
 
 
 def _opt(default: Any, description: str) -> Any:
@@ -203,14 +204,24 @@ class HostConfig:
     keystone_project: str = _opt(
         "", "Project asked of Keystone with the credentials. Empty: Keystone's default."
     )
+    nova_availability_zone: str = _opt(
+        "", "Nova availability zone for task instances. Empty: Nova's default."
+    )
+    nova_console_cap: str = _opt(
+        "90KiB",
+        "Most bytes of a Nova task's encoded output (stdout, stderr, /results compressed) sent "
+        "back through the console log, which Nova serves only its last 100 KiB of: 1KiB-96KiB. "
+        "Over it, /results are dropped, stdout and stderr cut, and the task's record says so.",
+    )
 
     def __post_init__(self) -> None:
         """Validate every option; the first bad one raises ValueError naming it."""
         self._check_types()
         self._check_lxd()
-        self._check_storage()
+        _check_storage(self)
         self._check_worker()
-        self._check_jobs()
+        _check_jobs(self)
+        check_nova_options(self)
 
     def _check_types(self) -> None:
         for name, kind, _default, _description in config_options():
@@ -236,39 +247,6 @@ class HostConfig:
                     "':8443' or '10.0.0.5:8443' (port 1-65535); empty for no listener",
                 )
 
-    def _check_storage(self) -> None:
-        if self.storage_driver not in STORAGE_DRIVERS:
-            _fail(
-                "storage-driver",
-                f"{self.storage_driver!r} is not one of {', '.join(STORAGE_DRIVERS)}",
-            )
-        _require_lxd_name("storage-pool", self.storage_pool)
-        source = self.storage_source
-        if source:
-            if not _PRINTABLE_RE.match(source) or " " in source:
-                _fail("storage-source", f"{source!r} contains spaces or control characters")
-            if self.storage_driver == "zfs" and not source.startswith("/"):
-                if not _ZFS_DATASET_RE.match(source):
-                    _fail("storage-source", f"{source!r} is neither a /dev path nor a zfs dataset")
-            elif self.storage_driver == "dir":
-                if not source.startswith("/"):
-                    _fail(
-                        "storage-source", f"{source!r} must be an absolute directory path for dir"
-                    )
-            elif not source.startswith("/dev/"):
-                _fail(
-                    "storage-source",
-                    f"{source!r} must be a block device under /dev/ for {self.storage_driver}"
-                    + (" (or a zfs dataset)" if self.storage_driver == "zfs" else ""),
-                )
-        try:
-            size = parse_size(self.storage_size)
-        except ValueError as err:
-            _fail("storage-size", str(err))
-            raise
-        if size < MIN_LOOP_SIZE:
-            _fail("storage-size", f"{self.storage_size!r} is below the minimum of 1GiB")
-
     def _check_worker(self) -> None:
         for module in self.kernel_modules:
             if not _MODULE_RE.match(module):
@@ -292,35 +270,6 @@ class HostConfig:
                 "max-parallel-workers",
                 f"{self.max_parallel_workers} is not between 1 and {MAX_PARALLEL_WORKERS}",
             )
-
-    def _check_jobs(self) -> None:
-        if not _IMAGE_RE.match(self.default_image):
-            _fail("default-image", f"{self.default_image!r} is not an image alias or fingerprint")
-        if self.default_backend not in BACKENDS:
-            _fail(
-                "default-backend", f"{self.default_backend!r} is not one of {', '.join(BACKENDS)}"
-            )
-        for name in ("nova_flavor", "nova_image", "nova_network"):
-            if not _PRINTABLE_RE.match(getattr(self, name)):
-                _fail(option_name(name), "contains control characters or is over 255 characters")
-        try:
-            parse_duration(self.job_retention)
-        except ValueError as err:
-            _fail("job-retention", str(err))
-        try:
-            cap = parse_size(self.task_results_cap)
-        except ValueError as err:
-            _fail("task-results-cap", str(err))
-            raise
-        if cap < MIN_RESULTS_CAP:
-            _fail("task-results-cap", f"{self.task_results_cap!r} is below the minimum of 1KiB")
-        if not _USER_RE.match(self.keystone_username):
-            _fail(
-                "keystone-username",
-                f"{self.keystone_username!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)",
-            )
-        if self.keystone_project and not _USER_RE.match(self.keystone_project):
-            _fail("keystone-project", f"{self.keystone_project!r} is not a project name")
 
     @property
     def kernel_modules(self) -> tuple[str, ...]:
@@ -347,6 +296,79 @@ class HostConfig:
     def task_results_cap_bytes(self) -> int:
         """Most bytes gathered from one task."""
         return parse_size(self.task_results_cap)
+
+
+def check_nova_options(config: HostConfig) -> None:
+    """Check the Nova backend's options (raise ValueError naming the option)."""
+    if not _PRINTABLE_RE.match(config.nova_availability_zone):
+        _fail("nova-availability-zone", "contains control characters or is over 255 characters")
+    try:
+        cap = parse_size(config.nova_console_cap)
+    except ValueError as err:
+        _fail("nova-console-cap", str(err))
+        raise
+    if not MIN_RESULTS_CAP <= cap <= MAX_NOVA_CONSOLE_CAP:
+        _fail("nova-console-cap", f"{config.nova_console_cap!r} is not between 1KiB and 96KiB")
+
+
+def _check_storage(config: "HostConfig") -> None:
+    if config.storage_driver not in STORAGE_DRIVERS:
+        _fail(
+            "storage-driver",
+            f"{config.storage_driver!r} is not one of {', '.join(STORAGE_DRIVERS)}",
+        )
+    _require_lxd_name("storage-pool", config.storage_pool)
+    source = config.storage_source
+    if source:
+        if not _PRINTABLE_RE.match(source) or " " in source:
+            _fail("storage-source", f"{source!r} contains spaces or control characters")
+        if config.storage_driver == "zfs" and not source.startswith("/"):
+            if not _ZFS_DATASET_RE.match(source):
+                _fail("storage-source", f"{source!r} is neither a /dev path nor a zfs dataset")
+        elif config.storage_driver == "dir":
+            if not source.startswith("/"):
+                _fail("storage-source", f"{source!r} must be an absolute directory path for dir")
+        elif not source.startswith("/dev/"):
+            _fail(
+                "storage-source",
+                f"{source!r} must be a block device under /dev/ for {config.storage_driver}"
+                + (" (or a zfs dataset)" if config.storage_driver == "zfs" else ""),
+            )
+    try:
+        size = parse_size(config.storage_size)
+    except ValueError as err:
+        _fail("storage-size", str(err))
+        raise
+    if size < MIN_LOOP_SIZE:
+        _fail("storage-size", f"{config.storage_size!r} is below the minimum of 1GiB")
+
+
+def _check_jobs(config: "HostConfig") -> None:
+    if not _IMAGE_RE.match(config.default_image):
+        _fail("default-image", f"{config.default_image!r} is not an image alias or fingerprint")
+    if config.default_backend not in BACKENDS:
+        _fail("default-backend", f"{config.default_backend!r} is not one of {', '.join(BACKENDS)}")
+    for name in ("nova_flavor", "nova_image", "nova_network"):
+        if not _PRINTABLE_RE.match(getattr(config, name)):
+            _fail(option_name(name), "contains control characters or is over 255 characters")
+    try:
+        parse_duration(config.job_retention)
+    except ValueError as err:
+        _fail("job-retention", str(err))
+    try:
+        cap = parse_size(config.task_results_cap)
+    except ValueError as err:
+        _fail("task-results-cap", str(err))
+        raise
+    if cap < MIN_RESULTS_CAP:
+        _fail("task-results-cap", f"{config.task_results_cap!r} is below the minimum of 1KiB")
+    if not _USER_RE.match(config.keystone_username):
+        _fail(
+            "keystone-username",
+            f"{config.keystone_username!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)",
+        )
+    if config.keystone_project and not _USER_RE.match(config.keystone_project):
+        _fail("keystone-project", f"{config.keystone_project!r} is not a project name")
 
 
 def option_name(field_name: str) -> str:
