@@ -25,8 +25,15 @@ _TRANSIENT_ERRORS = (
 _T = TypeVar("_T")
 
 
+OPERATION_TIMEOUT_SECONDS = 120.0
+
+
 class OperationFailedError(RuntimeError):
     """An LXD background operation ended in failure."""
+
+
+class OperationTimeoutError(OperationFailedError):
+    """An LXD background operation did not end in time (it may still be running)."""
 
 
 def is_transient(err: Exception) -> bool:
@@ -105,16 +112,34 @@ class LXDApi:
                 time.sleep(delay)
                 delay = min(delay * 2, 3.0)
 
-    def wait_operation(self, response: requests.Response) -> dict[str, Any]:
-        """Wait for the background operation a request started; return its metadata."""
+    def wait_operation(
+        self, response: requests.Response, timeout: float = OPERATION_TIMEOUT_SECONDS
+    ) -> dict[str, Any]:
+        """Wait (at most ``timeout`` seconds) for the operation a request started.
+
+        Returns:
+            the operation's metadata.
+
+        Raises:
+            OperationFailedError: when it failed.
+            OperationTimeoutError: when it is still running after ``timeout`` seconds.
+
+        """
         body = response.json()
         if body.get("type") != "async":
             return body.get("metadata") or {}
         operation_id = body["operation"].rsplit("/", 1)[-1]
+        end = time.monotonic() + timeout
         while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise OperationTimeoutError(
+                    f"LXD operation {operation_id} still running after {timeout:.0f}s"
+                )
+            step = max(1, min(30, int(left)))
             metadata = (
                 self.client.api.operations[operation_id]
-                .wait.get(params={"timeout": 30})
+                .wait.get(params={"timeout": step}, timeout=step + 30)
                 .json()["metadata"]
             )
             if metadata["status"] == "Success":
@@ -133,25 +158,31 @@ class LXDApi:
 
         return self.retry(f"reading worker {name}", get)
 
-    def force_stop(self, name: str, known_running: bool = False) -> None:
-        """Force-stop an instance; nothing when it is stopped or gone (survives restarts)."""
-        for _ in range(5):
+    def force_stop(self, name: str, known_running: bool = False, within: float = 60.0) -> bool:
+        """Force-stop an instance until LXD says it is stopped (a rebooting one starts again).
+
+        Nothing when it is stopped or gone (survives daemon restarts). Returns False when it
+        still was not stopped after ``within`` seconds.
+        """
+        end = time.monotonic() + within
+        while True:
             if not known_running:
                 record = self.instance(name)
                 if record is None or record.get("status") == "Stopped":
-                    return
+                    return True
             known_running = False
+            if time.monotonic() >= end:
+                return False
 
             def stop() -> None:
                 response = self.client.api.instances[name].state.put(
                     json={"action": "stop", "force": True, "timeout": -1}
                 )
-                self.wait_operation(response)
+                self.wait_operation(response, timeout=max(5.0, end - time.monotonic()))
 
             try:
                 self.retry(f"stopping worker {name}", stop)
             except pylxd.exceptions.NotFound:
-                return
-            except OperationFailedError:
-                continue  # look again: stopped meanwhile, or try once more
-            return
+                return True
+            except (OperationFailedError, pylxd.exceptions.LXDAPIException):
+                time.sleep(min(self.poll_seconds, 0.5))  # stopped meanwhile, busy, rebooting
