@@ -17,7 +17,7 @@ from ...config import HostConfig
 from ...lxdclient import LXDUnavailableError, connect
 
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{12,64}$")
-_TRANSIENT_ERRORS = (
+TRANSIENT_ERRORS = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
     requests.exceptions.ChunkedEncodingError,
@@ -38,7 +38,7 @@ class OperationTimeoutError(OperationFailedError):
 
 def is_transient(err: Exception) -> bool:
     """Tell whether an error means "the daemon is away or restarting", not a real refusal."""
-    if isinstance(err, _TRANSIENT_ERRORS):
+    if isinstance(err, TRANSIENT_ERRORS):
         return True
     if isinstance(err, pylxd.exceptions.LXDAPIException):
         response = getattr(err, "response", None)
@@ -99,7 +99,7 @@ class LXDApi:
             except (
                 LXDUnavailableError,
                 pylxd.exceptions.LXDAPIException,
-                *_TRANSIENT_ERRORS,
+                *TRANSIENT_ERRORS,
             ) as err:
                 transient = isinstance(err, LXDUnavailableError) or is_transient(err)
                 if not transient or time.monotonic() + delay > deadline:

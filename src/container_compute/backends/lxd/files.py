@@ -6,12 +6,14 @@ read up to the remaining byte cap; every request has a timeout.
 LXD 5.0's files API cannot tell a fifo, a socket or a device from a regular file: ``HEAD``
 and ``GET`` both say ``X-LXD-Type: file`` and ``X-LXD-Mode`` carries the permission bits
 only. A socket fails at once (``ENXIO``), but a ``GET`` of a fifo leaves LXD's ``forkfile``
-helper blocked in ``open`` until someone opens the fifo for writing, and while it is
-blocked the instance cannot be deleted. So a ``GET`` that gets no answer within
-``READ_TIMEOUT`` is taken for a fifo: it is skipped, and the helper is set free by opening the
-same path for writing through the API (an append of zero bytes, which changes nothing in a
-regular file). Read workers only once they are stopped: then no process of the task holds a
-fifo open and a read can no longer block either.
+helper blocked in ``open`` until someone opens that fifo for writing, and while it is blocked
+the instance cannot be stopped or deleted. Hence:
+
+* a running worker is only ever looked at with ``HEAD`` (``head``), which never opens;
+* a ``GET`` (``pull``) is only for a stopped worker, whose files no process can rename or
+  hold open any more; one that gets no answer within ``READ_TIMEOUT`` is taken for a fifo,
+  skipped, and the helper is set free by opening the same path for writing through the API
+  (an append of zero bytes, which changes nothing in a regular file).
 """
 
 import contextlib
@@ -31,6 +33,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 10.0
 _TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
 NO_ANSWER = "fifo (no answer)"
+MAX_NO_ANSWERS = 3  # then the rest of /results is skipped: each costs READ_TIMEOUT
 _READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, ValueError, OSError)
 
 
@@ -47,6 +50,30 @@ class Pulled:
     names: list[str] = field(default_factory=list)
 
 
+def head(client: pylxd.Client, worker: str, path: str) -> str:
+    """Return what ``HEAD`` says ``path`` is ("file", "directory", "symlink", "missing").
+
+    Never opens the path (safe on a running worker). Raises FilesUnavailableError when the
+    daemon does not answer.
+    """
+    node = client.api.instances[worker].files
+    params = {"path": path}
+    if getattr(client, "project", None):
+        params["project"] = client.project
+    try:
+        response = node.session.head(node._api_endpoint, params=params, timeout=_TIMEOUT)
+    except requests.RequestException as err:
+        raise FilesUnavailableError(f"looking at {path} in {worker}: {err}") from err
+    with contextlib.closing(response):
+        if response.status_code == 404:
+            return "missing"
+        if response.status_code >= 500:
+            raise FilesUnavailableError(f"looking at {path} in {worker}: {response.status_code}")
+        if response.status_code != 200:
+            return f"unreadable: HTTP {response.status_code}"
+        return response.headers.get("X-LXD-type") or "unknown"
+
+
 def _unblock(client: pylxd.Client, worker: str, path: str) -> None:
     """Set free a forkfile helper blocked opening the fifo ``path`` (open it for writing)."""
     with contextlib.suppress(pylxd.exceptions.LXDAPIException, requests.RequestException):
@@ -59,7 +86,7 @@ def _unblock(client: pylxd.Client, worker: str, path: str) -> None:
 
 
 def pull(client: pylxd.Client, worker: str, path: str, limit: int) -> Pulled:
-    """``GET`` ``path`` in the worker: up to ``limit`` bytes of a file, or a directory's names.
+    """``GET`` ``path`` in a stopped worker: up to ``limit`` bytes of a file, or a dir's names.
 
     Raises:
         FilesUnavailableError: when the daemon does not answer at all.
@@ -117,10 +144,15 @@ def pull_tree(client: pylxd.Client, worker: str, root: Path, cap_bytes: int) -> 
             skipped.append(f"{name} ({pulled.kind})")
     pending = [("results", root / "results")]
     entries = 0
+    silent = 0
     while pending:
         relative, target = pending.pop(0)
-        pulled = pull(client, worker, "/" + relative, max(budget, 0))
         shown = "files" + relative[len("results") :]
+        if silent >= MAX_NO_ANSWERS:
+            skipped.append(f"{shown} (not read: {silent} paths gave no answer)")
+            continue
+        pulled = pull(client, worker, "/" + relative, max(budget, 0))
+        silent += pulled.kind == NO_ANSWER
         if pulled.kind == "directory":
             target.mkdir()
             for child in sorted(pulled.names):

@@ -179,6 +179,7 @@ class WorkerView:
         self.wrapper_pid: int | None = None
         self.refused_forks = 0
         self.oom_killed = 0
+        self.stopped = False  # stopped by the watcher (to read it through the files API)
         self.rootfs: Path | None = None  # the host view of its root in use (None: files API)
 
     def init_alive(self) -> bool:

@@ -24,7 +24,7 @@ from ...lxdclient import socket_path
 from .. import FailureReason, TaskOutcome, WorkerSpec
 from ..gather import GatherReport, gather_task
 from . import files
-from .api import LXDApi
+from .api import TRANSIENT_ERRORS, LXDApi, OperationFailedError
 from .hostside import (
     CC_DIR,
     Found,
@@ -39,6 +39,13 @@ from .parsing import parse_exit_status, parse_pid
 LABEL_STARTED = "user.container-compute.started"
 WRAPPER_START_CHECKS = 15  # liveness checks (2 s apart) without /run/cc/pid: never started
 LIVENESS_SECONDS = 2.0
+CHECK_TIMEOUT_SECONDS = 10.0
+# Exits 0 while the wrapper lives, 1 once it is gone, 3 when its pid cannot be read safely.
+_WRAPPER_CHECK = (
+    "[ -f /run/cc/pid ] && [ ! -L /run/cc/pid ] || exit 3\n"
+    "read -r cc_pid < /run/cc/pid || exit 3\n"
+    'kill -0 "$cc_pid" 2>/dev/null || exit 1\n'
+)
 _OOM_DETAIL = "killed: out of memory (the worker's memory cgroup counted an OOM kill)"
 
 
@@ -115,10 +122,14 @@ class AttemptWatcher:
             candidates.append(view.pool_root)
         return next((c for c in candidates if has_cc_dir(c)), next(iter(candidates), None))
 
-    def read_cc(self, view: WorkerView, name: str, limit: int = 64) -> Found | None:
-        """Look at ``/run/cc/<name>`` host side when possible, else through the files API.
+    def read_cc(
+        self, view: WorkerView, name: str, limit: int = 64, content: bool = True
+    ) -> Found | None:
+        """Look at ``/run/cc/<name>``: host side when possible, else through the files API.
 
-        None when nothing can be said now (the root went away, the daemon is away).
+        Through the API a running worker is only looked at with ``HEAD``; to read a file's
+        content (``content``) the worker is stopped first (see ``files``): only do that when
+        the command is over. None when nothing can be said now (root gone, daemon away).
         """
         if view.rootfs is not None:
             found = read_cc_file(view.rootfs, name, limit)
@@ -126,19 +137,46 @@ class AttemptWatcher:
                 view.rootfs = self.root(view)
                 found = None if view.rootfs is None else read_cc_file(view.rootfs, name, limit)
             return found
+        client = self.api.client
         try:
-            pulled = files.pull(self.api.client, view.name, f"/{CC_DIR}/{name}", limit)
-            if pulled.kind != "missing":
-                return Found(pulled.kind, pulled.data)
-            directory = files.pull(self.api.client, view.name, f"/{CC_DIR}", 0)
+            kind = files.head(client, view.name, f"/{CC_DIR}/{name}")
+            if kind == "missing":
+                directory = files.head(client, view.name, f"/{CC_DIR}")
+                if directory == "missing":
+                    return Found("missing", cc_problem="the task removed /run/cc")
+                if directory != "directory":
+                    problem = f"the task replaced /run/cc with a {directory}"
+                    return Found("missing", cc_problem=problem)
+                return Found("missing")
+            if kind != "file" or not content:
+                return Found(kind)
+            if not view.stopped:
+                self.api.force_stop(view.name)  # nothing may swap or hold the file any more
+                view.stopped = True
+            pulled = files.pull(client, view.name, f"/{CC_DIR}/{name}", limit)
         except files.FilesUnavailableError:
             return None
-        if directory.kind == "missing":
-            return Found("missing", cc_problem="the task removed /run/cc")
-        if directory.kind != "directory":
-            problem = f"the task replaced /run/cc with a {directory.kind}"
-            return Found("missing", cc_problem=problem)
-        return Found("missing")
+        return Found(pulled.kind, pulled.data)
+
+    def wrapper_alive_in_worker(self, name: str) -> bool:
+        """Ask inside a running worker whether its wrapper lives (for the files API path).
+
+        The answer comes from the task's own /bin/sh, so it is only trusted about the task's
+        own attempt; anything but a clear "gone" counts as alive.
+        """
+        try:
+            response = self.api.client.api.instances[name].exec.post(
+                json={
+                    "command": ["/bin/sh", "-c", _WRAPPER_CHECK],
+                    "wait-for-websocket": False,
+                    "interactive": False,
+                    "record-output": False,
+                }
+            )
+            result = self.api.wait_operation(response, timeout=CHECK_TIMEOUT_SECONDS)
+        except (OperationFailedError, pylxd.exceptions.LXDAPIException, *TRANSIENT_ERRORS):
+            return True
+        return result.get("return") != 1
 
     def _never_ran(self, name: str, record: dict[str, Any]) -> bool:
         """Tell whether a stopped worker shows no trace of its launcher (no /run/cc)."""
@@ -270,6 +308,8 @@ class AttemptJudge:
         code, problem = parse_exit_status(found.data)
         if problem is not None:
             return TaskOutcome(None, FailureReason.EXIT_CODE, detail=problem)
+        if code is None and view.stopped:
+            return TaskOutcome(None, FailureReason.EXIT_CODE, detail="the exit code file is empty")
         if code is None:
             return None  # empty: being written
         if code == 0:
@@ -329,27 +369,43 @@ class AttemptJudge:
         view.forks_refused()
         view.oom_kills()
         if view.wrapper_pid is None:
-            found = self.watcher.read_cc(view, "pid")
-            if found is None:
-                return None
-            if found.cc_problem:
-                return self.failed(view, f"{found.cc_problem}: the command's exit code is lost")
-            pid, problem = parse_pid(found.data) if found.kind == "file" else (None, None)
-            if problem is not None or found.kind not in ("file", "missing"):
-                what = problem or f"the task left a {found.kind} at /run/cc/pid"
-                return self.failed(view, f"{what}: the command cannot be followed")
-            if pid is None:
-                view.checks_without_wrapper += 1
-                if view.checks_without_wrapper > WRAPPER_START_CHECKS:
-                    return self.failed(
-                        view, "the command's wrapper never started (no /run/cc/pid)"
-                    )
-                return None
-            view.wrapper_pid = pid
-        if not view.wrapper_alive(view.wrapper_pid):
+            problem = self._find_wrapper(view)
+            if problem is not None or view.wrapper_pid is None:
+                return problem
+        alive = (
+            view.wrapper_alive(view.wrapper_pid)
+            if view.rootfs is not None
+            else self.watcher.wrapper_alive_in_worker(view.name)
+        )
+        if not alive:
             if self.exit_status(view) is not None:
                 return None  # finished just now: the next poll reads it
             return self.failed(view, "the task's shell ended without an exit code")
+        return None
+
+    def _find_wrapper(self, view: WorkerView) -> TaskOutcome | None:
+        """Learn the wrapper's pid (``view.wrapper_pid``); an outcome if it cannot be followed."""
+        found = self.watcher.read_cc(view, "pid", content=view.rootfs is not None)
+        if found is None:
+            return None
+        if found.cc_problem:
+            return self.failed(view, f"{found.cc_problem}: the command's exit code is lost")
+        if found.kind not in ("file", "missing"):
+            what = f"the task left a {found.kind} at /run/cc/pid"
+            return self.failed(view, f"{what}: the command cannot be followed")
+        pid, problem = (None, None)
+        if found.kind == "file" and view.rootfs is not None:
+            pid, problem = parse_pid(found.data)
+            if problem is not None:
+                return self.failed(view, f"{problem}: the command cannot be followed")
+        elif found.kind == "file":
+            pid = 0  # through the API only its existence is known: ask the worker
+        if pid is None:
+            view.checks_without_wrapper += 1
+            if view.checks_without_wrapper > WRAPPER_START_CHECKS:
+                return self.failed(view, "the command's wrapper never started (no /run/cc/pid)")
+            return None
+        view.wrapper_pid = pid
         return None
 
 
