@@ -24,6 +24,7 @@ from container_compute import actions, host
 from container_compute.backends import FailureReason, TaskOutcome, WorkerSpec
 from container_compute.backends.lxd import LXDBackend
 from container_compute.config import HostConfig
+from container_compute.constants import LABEL_ATTEMPT, LABEL_JOB, LABEL_TASK, WORKER_PROFILE
 from container_compute.jobs import results, runner
 from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import JobParams, LaunchJobParams
@@ -287,27 +288,35 @@ def test_task_that_replaces_run_cc_with_a_symlink(either: LXDBackend, tmp_path: 
     assert took < 8
 
 
-class _CrashedBeforeCommand(LXDBackend):
-    """A backend whose process 'dies' after starting the worker, before the launcher runs."""
+def _start_without_command(config: HostConfig, spec: WorkerSpec, boot: bool = True) -> None:
+    """Create (and start) a labelled worker as ``start`` would, but never run its command.
 
-    boot = True
-
-    def _boot(self, name: str) -> None:
-        if self.boot:
-            super()._boot(name)
-
-    def _exec_launcher(self, name: str, spec: WorkerSpec, env: dict[str, str]) -> None:
-        return None
+    What an agent that died right after starting the worker leaves behind.
+    """
+    client = connect(project=config.lxd_project)
+    labels = {
+        LABEL_JOB: spec.job_id,
+        LABEL_TASK: str(spec.task_index),
+        LABEL_ATTEMPT: str(spec.attempt),
+        "user.container-compute.started": f"{time.time():.3f}",
+    }
+    body = {
+        "name": spec.worker_name,
+        "source": {"type": "image", "alias": spec.image},
+        "profiles": [WORKER_PROFILE],
+        "config": labels,
+    }
+    client.instances.create(body, wait=True)
+    if boot:
+        client.instances.get(spec.worker_name).start(wait=True)
 
 
 @pytest.mark.parametrize("booted", [True, False])
 def test_adopted_attempt_that_never_ran_its_command_runs_it_in_seconds(
     either: LXDBackend, tmp_path: Path, booted: bool
 ) -> None:
-    crashed = _CrashedBeforeCommand(either.config)
-    crashed.boot = booted
     spec = _spec(_job(either, "adopt" + ("b" if booted else "c")), "echo run >> /results/count")
-    crashed.start(spec)
+    _start_without_command(either.config, spec, boot=booted)
     record = connect(project=either.config.lxd_project).instances.get(spec.worker_name)
     assert record.status == ("Running" if booted else "Stopped")
     fresh = LXDBackend(either.config, host_access=either.watcher.host_access)
@@ -321,8 +330,12 @@ class _EngineCrash(BaseException):
     """Ends an attempt's thread like the death of its agent (nothing is recorded)."""
 
 
-class _DiesAfterStart(_CrashedBeforeCommand):
-    def wait(self, *args: Any, **kwargs: Any) -> TaskOutcome:
+class _DiesAfterStart(LXDBackend):
+    """A backend whose agent dies after starting the worker, before its command runs."""
+
+    def start(self, spec: WorkerSpec) -> str:
+        """Start the worker without its command, then 'die'."""
+        _start_without_command(self.config, spec)
         raise _EngineCrash
 
 

@@ -15,9 +15,10 @@ _NUMBER_RE = re.compile(rb"[ \t\r\n]*([0-9]{1,12})[ \t\r\n]*")
 
 
 def shown(data: bytes, limit: int = SHOWN_BYTES) -> str:
-    """Return ``data`` shortened to ``limit`` bytes as printable ASCII (``b'...'`` form)."""
-    cut = data[:limit]
-    text = repr(cut)
+    """Return ``data`` as printable ASCII (``b'...'`` form), at most about 2 * ``limit`` long."""
+    text = repr(data[:limit])
+    if len(text) > 2 * limit:
+        return text[: 2 * limit] + "..."
     return text + ("..." if len(data) > limit else "")
 
 

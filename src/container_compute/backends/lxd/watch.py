@@ -40,6 +40,7 @@ LABEL_STARTED = "user.container-compute.started"
 WRAPPER_START_CHECKS = 15  # liveness checks (2 s apart) without /run/cc/pid: never started
 LIVENESS_SECONDS = 2.0
 CHECK_TIMEOUT_SECONDS = 10.0
+SETTLE_SECONDS = 3.0  # how long a worker whose task's shell died may take to stop or reboot
 # Exits 0 while the wrapper lives, 1 once it is gone, 3 when its pid cannot be read safely.
 _WRAPPER_CHECK = (
     "[ -f /run/cc/pid ] && [ ! -L /run/cc/pid ] || exit 3\n"
@@ -380,6 +381,12 @@ class AttemptJudge:
         if not alive:
             if self.exit_status(view) is not None:
                 return None  # finished just now: the next poll reads it
+            settle = time.monotonic() + SETTLE_SECONDS
+            while time.monotonic() < settle:  # a reboot or poweroff kills the shell first
+                time.sleep(0.5)
+                lost = self.liveness(view)
+                if lost is not None:
+                    return lost
             return self.failed(view, "the task's shell ended without an exit code")
         return None
 
