@@ -136,7 +136,8 @@ def test_forged_exit_code_is_a_failure_that_says_what(
     command = f"echo partial > /results/p; echo said; {forge}; sleep 5"
     bound = API_BOUND_SECONDS if not either.watcher.host_access else BOUND_SECONDS
     spec = _spec(_job(either, f"forge{case}"), command)
-    outcome, task_dir, _ = _run(either, spec, tmp_path, bound)
+    outcome, task_dir, took = _run(either, spec, tmp_path, bound)
+    print(f"forged {case} ({spec.worker_name}): {took:.1f}s: {outcome.detail}")
     assert outcome.exit_code is None, outcome
     assert outcome.reason is FailureReason.EXIT_CODE, outcome
     assert expected in outcome.detail, outcome
@@ -174,7 +175,8 @@ def test_forged_exit_code_does_not_wedge_the_job(
 def test_poweroff_ends_the_attempt(either: LXDBackend, tmp_path: Path) -> None:
     command = "echo before; echo kept > /results/r; sleep 0.5; poweroff -f; sleep 30"
     spec = _spec(_job(either, "poweroff"), command)
-    outcome, task_dir, _ = _run(either, spec, tmp_path)
+    outcome, task_dir, took = _run(either, spec, tmp_path)
+    print(f"poweroff ({spec.worker_name}): {took:.1f}s: {outcome.detail}")
     assert outcome.exit_code is None
     assert outcome.reason is FailureReason.EXIT_CODE
     assert "stopped before its command finished" in outcome.detail, outcome
@@ -188,7 +190,8 @@ def test_reboot_ends_the_attempt_and_the_worker_is_deleted(
 ) -> None:
     command = f"echo kept > /results/r; sleep 0.5; {how}; sleep 30"
     job = _job(either, "reboot" + ("t" if "TERM" in how else "f"))
-    outcome, task_dir, _ = _run(either, _spec(job, command), tmp_path)
+    outcome, task_dir, took = _run(either, _spec(job, command), tmp_path)
+    print(f"{how} ({job}): {took:.1f}s: {outcome.detail}")
     assert outcome.exit_code is None
     assert outcome.reason is FailureReason.EXIT_CODE
     assert "rebooted" in outcome.detail or "stopped before" in outcome.detail, outcome
@@ -220,7 +223,8 @@ def test_special_files_in_results_are_never_opened(
     either.start(spec)
     _plant_device_then_go(either, spec.worker_name)
     bound = API_BOUND_SECONDS if not either.watcher.host_access else BOUND_SECONDS
-    outcome, task_dir, _ = _finish(either, spec, tmp_path, bound)
+    outcome, task_dir, took = _finish(either, spec, tmp_path, bound)
+    print(f"special files, {ending} ({job}): {took:.1f}s: {outcome.skipped}")
     if ending == "exit 0":
         assert outcome.succeeded, outcome
     else:
@@ -374,7 +378,8 @@ def test_engine_adopts_a_never_started_attempt_in_seconds(
 
 def test_fork_bomb_is_told_apart(backend: LXDBackend, tmp_path: Path) -> None:
     spec = _spec("bomb", "f(){ f|f& }; f; sleep 2; exit 3")
-    outcome, _, _ = _run(backend, spec, tmp_path)
+    outcome, _, took = _run(backend, spec, tmp_path)
+    print(f"fork bomb: {took:.1f}s: {outcome.reason}: {outcome.detail}")
     assert outcome.reason is FailureReason.PROCESS_LIMIT, outcome
     assert "process limit" in outcome.detail and "pids.events max" in outcome.detail
     assert outcome.exit_code in (3, None)

@@ -26,6 +26,7 @@ _T = TypeVar("_T")
 
 
 OPERATION_TIMEOUT_SECONDS = 120.0
+STOP_SETTLE_SECONDS = 10.0
 
 
 class OperationFailedError(RuntimeError):
@@ -161,15 +162,26 @@ class LXDApi:
     def force_stop(self, name: str, known_running: bool = False, within: float = 60.0) -> bool:
         """Force-stop an instance until LXD says it is stopped (a rebooting one starts again).
 
-        Nothing when it is stopped or gone (survives daemon restarts). Returns False when it
-        still was not stopped after ``within`` seconds.
+        Nothing when it is stopped or gone (survives daemon restarts). An instance that
+        stopped by itself (its task powered it off) says "Stopped" a moment before LXD has
+        run its stop hook (``volatile.last_state.power`` still RUNNING); a files API request
+        in that window can deadlock with the hook, so this waits (at most
+        ``STOP_SETTLE_SECONDS``) for the hook too. Returns False when the instance still was
+        not stopped after ``within`` seconds.
         """
         end = time.monotonic() + within
+        settled_by = time.monotonic() + STOP_SETTLE_SECONDS
         while True:
             if not known_running:
                 record = self.instance(name)
-                if record is None or record.get("status") == "Stopped":
+                if record is None:
                     return True
+                if record.get("status") == "Stopped":
+                    power = record.get("config", {}).get("volatile.last_state.power")
+                    if power != "RUNNING" or time.monotonic() >= settled_by:
+                        return True
+                    time.sleep(0.1)  # LXD is still running its stop hook: see the docstring
+                    continue
             known_running = False
             if time.monotonic() >= end:
                 return False

@@ -18,6 +18,7 @@ the instance cannot be stopped or deleted. Hence:
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 10.0
 _TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
 NO_ANSWER = "fifo (no answer)"
+UNBLOCK_TRIES = 3
 MAX_NO_ANSWERS = 3  # then the rest of /results is skipped: each costs READ_TIMEOUT
 _READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, ValueError, OSError)
 
@@ -74,15 +76,24 @@ def head(client: pylxd.Client, worker: str, path: str) -> str:
         return response.headers.get("X-LXD-type") or "unknown"
 
 
-def _unblock(client: pylxd.Client, worker: str, path: str) -> None:
-    """Set free a forkfile helper blocked opening the fifo ``path`` (open it for writing)."""
-    with contextlib.suppress(pylxd.exceptions.LXDAPIException, requests.RequestException):
-        client.api.instances[worker].files.post(
-            params={"path": path},
-            data=b"",
-            headers={"X-LXD-write": "append"},
-            timeout=_TIMEOUT,
-        )
+def _unblock(client: pylxd.Client, worker: str, path: str) -> bool:
+    """Set free a forkfile helper blocked opening the fifo ``path`` (open it for writing).
+
+    Tried a few times (the daemon may be busy); True once LXD accepted the write.
+    """
+    for attempt in range(UNBLOCK_TRIES):
+        try:
+            client.api.instances[worker].files.post(
+                params={"path": path},
+                data=b"",
+                headers={"X-LXD-write": "append"},
+                timeout=_TIMEOUT,
+            )
+            return True
+        except (pylxd.exceptions.LXDAPIException, requests.RequestException):
+            if attempt + 1 < UNBLOCK_TRIES:
+                time.sleep(1.0)
+    return False
 
 
 def pull(client: pylxd.Client, worker: str, path: str, limit: int) -> Pulled:
@@ -98,8 +109,8 @@ def pull(client: pylxd.Client, worker: str, path: str, limit: int) -> Pulled:
     except pylxd.exceptions.NotFound:
         return Pulled("missing")
     except requests.exceptions.ReadTimeout:
-        _unblock(client, worker, path)
-        return Pulled(NO_ANSWER)
+        freed = _unblock(client, worker, path)
+        return Pulled(NO_ANSWER if freed else f"{NO_ANSWER}; LXD's file helper may stay blocked")
     except pylxd.exceptions.LXDAPIException as err:
         if is_transient(err):
             raise FilesUnavailableError(f"reading {path} in {worker}: {err}") from err
@@ -152,7 +163,7 @@ def pull_tree(client: pylxd.Client, worker: str, root: Path, cap_bytes: int) -> 
             skipped.append(f"{shown} (not read: {silent} paths gave no answer)")
             continue
         pulled = pull(client, worker, "/" + relative, max(budget, 0))
-        silent += pulled.kind == NO_ANSWER
+        silent += pulled.kind.startswith(NO_ANSWER)
         if pulled.kind == "directory":
             target.mkdir()
             for child in sorted(pulled.names):
