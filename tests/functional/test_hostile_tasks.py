@@ -214,7 +214,7 @@ def _plant_device_then_go(backend: LXDBackend, name: str) -> None:
     (results_dir / "go").write_text("")
 
 
-@pytest.mark.parametrize("ending", ["exit 0", "poweroff -f"])
+@pytest.mark.parametrize("ending", ["exit 0", "poweroff -f; sleep 30"])
 def test_special_files_in_results_are_never_opened(
     either: LXDBackend, tmp_path: Path, ending: str
 ) -> None:
@@ -255,7 +255,7 @@ def test_fifo_and_poweroff_do_not_wedge_the_job_through_the_files_api(
     result = launch(
         configured_host,
         state_dir,
-        command="mkfifo /results/fifo; echo x > /results/x; poweroff -f",
+        command="mkfifo /results/fifo; echo x > /results/x; poweroff -f; sleep 30",
         wait=True,
         wait_timeout="3m",
         timeout="2m",
