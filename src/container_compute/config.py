@@ -26,8 +26,12 @@ _CPU_SET_RE = re.compile(r"^\d{1,4}(-\d{1,4})?(,\d{1,4}(-\d{1,4})?)*$")
 _PERCENT_RE = re.compile(r"^([1-9]\d?|100)%$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 _ZFS_DATASET_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_ENDPOINT_RE = re.compile(r"^https://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:(\d{1,5}))?/?$")
+_SECRET_URI_RE = re.compile(r"^secret:(//[A-Za-z0-9-]+/)?[a-z0-9]{20}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 _PRINTABLE_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,255}$")
+_PRINTABLE_PEM_RE = re.compile(r"^[^\x00-\x08\x0b-\x1f\x7f]{0,16384}$")
+PEM_MARK = "-----BEGIN "
 
 _TYPE_NAMES = {"str": str, "bool": bool, "int": int}
 _TYPE_WORDS = {str: "a string", int: "an integer", bool: "a boolean (true or false)"}
@@ -38,9 +42,16 @@ MIN_RESULTS_CAP = 1 << 10
 MAX_PARALLEL_WORKERS = 1024
 
 
-def _opt(default: Any, description: str) -> Any:
-    """Declare a config option: its default and the description shown in config.yaml."""
-    return field(default=default, metadata={"description": description})
+def _opt(default: Any, description: str, juju_type: str = "") -> Any:
+    """Declare a config option: its default and the description shown in config.yaml.
+
+    ``juju_type`` overrides the Juju type derived from the Python type (``secret``: the
+    option holds a Juju secret URI on a unit).
+    """
+    metadata = {"description": description}
+    if juju_type:
+        metadata["juju_type"] = juju_type
+    return field(default=default, metadata=metadata)
 
 
 def _fail(option: str, message: str) -> None:
@@ -99,6 +110,37 @@ class HostConfig:
         "",
         "Address LXD listens on for HTTPS, e.g. '[::]:8443' or ':8443'. Empty: no network "
         "listener. Needed for hosts of this application to trust each other (cluster relation).",
+    )
+    lxd_endpoint: str = _opt(
+        "",
+        "HTTPS URL of the LXD that runs the workers, e.g. https://10.0.0.5:8443: a remote LXD "
+        "or any member of an LXD cluster (LXD's scheduler then places workers over every "
+        "member). Empty: this host's LXD over its unix socket. Needs lxd-client-cert, "
+        "lxd-client-key and lxd-server-cert.",
+    )
+    lxd_client_cert: str = _opt(
+        "",
+        "Client certificate that lxd-endpoint trusts (lxc config trust add): PEM text or the "
+        "path of a PEM file.",
+    )
+    lxd_client_key: str = _opt(
+        "",
+        "Key of lxd-client-cert. On a unit: a Juju secret (juju add-secret NAME key=@client.key; "
+        "juju grant-secret NAME APP) whose 'key' field holds the PEM key. Without Juju: the "
+        "path of the PEM key file. Never shown or logged.",
+        juju_type="secret",
+    )
+    lxd_server_cert: str = _opt(
+        "",
+        "Certificate lxd-endpoint must present, pinned by its SHA-256 fingerprint: PEM text or "
+        "the path of a PEM file. For an LXD cluster: the cluster certificate (cluster.crt).",
+    )
+    lxd_cluster: bool = _opt(
+        False,
+        "Form an LXD cluster of this application's units: the leader bootstraps it on its "
+        "host, each peer joins with a token handed over in a Juju secret; jobs then spread "
+        "over every member. Needs lxd-listen-https. Cannot be turned off while the cluster "
+        "holds instances.",
     )
     storage_driver: str = _opt(
         "btrfs",
@@ -188,9 +230,9 @@ class HostConfig:
         """Validate every option; the first bad one raises ValueError naming it."""
         self._check_types()
         self._check_lxd()
-        self._check_storage()
+        _check_storage(self)
         self._check_worker()
-        self._check_jobs()
+        _check_jobs(self)
 
     def _check_types(self) -> None:
         for name, kind, _default, _description in config_options():
@@ -215,39 +257,18 @@ class HostConfig:
                     f"{self.lxd_listen_https!r} is not an address:port such as '[::]:8443', "
                     "':8443' or '10.0.0.5:8443' (port 1-65535); empty for no listener",
                 )
-
-    def _check_storage(self) -> None:
-        if self.storage_driver not in STORAGE_DRIVERS:
+        _check_endpoint(self)
+        if self.lxd_cluster and not self.lxd_listen_https:
             _fail(
-                "storage-driver",
-                f"{self.storage_driver!r} is not one of {', '.join(STORAGE_DRIVERS)}",
+                "lxd-cluster",
+                "needs lxd-listen-https (e.g. ':8443') so that the members reach each other",
             )
-        _require_lxd_name("storage-pool", self.storage_pool)
-        source = self.storage_source
-        if source:
-            if not _PRINTABLE_RE.match(source) or " " in source:
-                _fail("storage-source", f"{source!r} contains spaces or control characters")
-            if self.storage_driver == "zfs" and not source.startswith("/"):
-                if not _ZFS_DATASET_RE.match(source):
-                    _fail("storage-source", f"{source!r} is neither a /dev path nor a zfs dataset")
-            elif self.storage_driver == "dir":
-                if not source.startswith("/"):
-                    _fail(
-                        "storage-source", f"{source!r} must be an absolute directory path for dir"
-                    )
-            elif not source.startswith("/dev/"):
-                _fail(
-                    "storage-source",
-                    f"{source!r} must be a block device under /dev/ for {self.storage_driver}"
-                    + (" (or a zfs dataset)" if self.storage_driver == "zfs" else ""),
-                )
-        try:
-            size = parse_size(self.storage_size)
-        except ValueError as err:
-            _fail("storage-size", str(err))
-            raise
-        if size < MIN_LOOP_SIZE:
-            _fail("storage-size", f"{self.storage_size!r} is below the minimum of 1GiB")
+        if self.lxd_cluster and self.lxd_endpoint:
+            _fail(
+                "lxd-cluster",
+                "forms a cluster of this application's own hosts; it cannot be combined with "
+                "lxd-endpoint (leave one of them empty)",
+            )
 
     def _check_worker(self) -> None:
         for module in self.kernel_modules:
@@ -271,40 +292,16 @@ class HostConfig:
                 f"{self.max_parallel_workers} is not between 1 and {MAX_PARALLEL_WORKERS}",
             )
 
-    def _check_jobs(self) -> None:
-        if not _IMAGE_RE.match(self.default_image):
-            _fail("default-image", f"{self.default_image!r} is not an image alias or fingerprint")
-        if self.default_backend not in BACKENDS:
-            _fail(
-                "default-backend", f"{self.default_backend!r} is not one of {', '.join(BACKENDS)}"
-            )
-        for name in ("nova_flavor", "nova_image", "nova_network"):
-            if not _PRINTABLE_RE.match(getattr(self, name)):
-                _fail(option_name(name), "contains control characters or is over 255 characters")
-        try:
-            parse_duration(self.job_retention)
-        except ValueError as err:
-            _fail("job-retention", str(err))
-        try:
-            cap = parse_size(self.task_results_cap)
-        except ValueError as err:
-            _fail("task-results-cap", str(err))
-            raise
-        if cap < MIN_RESULTS_CAP:
-            _fail("task-results-cap", f"{self.task_results_cap!r} is below the minimum of 1KiB")
-        if not _USER_RE.match(self.keystone_username):
-            _fail(
-                "keystone-username",
-                f"{self.keystone_username!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)",
-            )
-        if self.keystone_project and not _USER_RE.match(self.keystone_project):
-            _fail("keystone-project", f"{self.keystone_project!r} is not a project name")
-
     @property
     def kernel_modules(self) -> tuple[str, ...]:
         """The worker kernel modules, in order, without blanks or repeats."""
         names = [m.strip() for m in re.split(r"[,\s]+", self.worker_kernel_modules)]
         return tuple(dict.fromkeys(n for n in names if n))
+
+    @property
+    def remote(self) -> bool:
+        """Whether workers run on an LXD endpoint rather than this host's daemon."""
+        return bool(self.lxd_endpoint)
 
     @property
     def storage_size_bytes(self) -> int:
@@ -322,9 +319,99 @@ class HostConfig:
         return parse_size(self.task_results_cap)
 
 
+def _check_endpoint(config: "HostConfig") -> None:
+    credentials = ("lxd-client-cert", "lxd-client-key", "lxd-server-cert")
+    for name in credentials:
+        value = getattr(config, name.replace("-", "_"))
+        if value and not _PRINTABLE_PEM_RE.match(value):
+            _fail(name, "holds control characters (give PEM text or a file path)")
+        if value and not value.lstrip().startswith(PEM_MARK):
+            if not (value.startswith("/") or _SECRET_URI_RE.match(value)):
+                _fail(name, "is neither PEM text, an absolute file path nor a Juju secret")
+    if not config.lxd_endpoint:
+        return
+    match = _ENDPOINT_RE.match(config.lxd_endpoint)
+    if not match or (match.group(3) and not 0 < int(match.group(3)) < 65536):
+        _fail(
+            "lxd-endpoint",
+            f"{config.lxd_endpoint!r} is not an https:// URL such as https://10.0.0.5:8443",
+        )
+    missing = [n for n in credentials if not getattr(config, n.replace("-", "_"))]
+    if missing:
+        _fail("lxd-endpoint", f"{config.lxd_endpoint} needs {', '.join(missing)} too")
+
+
+def _check_storage(config: "HostConfig") -> None:
+    if config.storage_driver not in STORAGE_DRIVERS:
+        _fail(
+            "storage-driver",
+            f"{config.storage_driver!r} is not one of {', '.join(STORAGE_DRIVERS)}",
+        )
+    _require_lxd_name("storage-pool", config.storage_pool)
+    source = config.storage_source
+    if source:
+        if not _PRINTABLE_RE.match(source) or " " in source:
+            _fail("storage-source", f"{source!r} contains spaces or control characters")
+        if config.storage_driver == "zfs" and not source.startswith("/"):
+            if not _ZFS_DATASET_RE.match(source):
+                _fail("storage-source", f"{source!r} is neither a /dev path nor a zfs dataset")
+        elif config.storage_driver == "dir":
+            if not source.startswith("/"):
+                _fail("storage-source", f"{source!r} must be an absolute directory path for dir")
+        elif not source.startswith("/dev/"):
+            _fail(
+                "storage-source",
+                f"{source!r} must be a block device under /dev/ for {config.storage_driver}"
+                + (" (or a zfs dataset)" if config.storage_driver == "zfs" else ""),
+            )
+    try:
+        size = parse_size(config.storage_size)
+    except ValueError as err:
+        _fail("storage-size", str(err))
+        raise
+    if size < MIN_LOOP_SIZE:
+        _fail("storage-size", f"{config.storage_size!r} is below the minimum of 1GiB")
+
+
+def _check_jobs(config: "HostConfig") -> None:
+    if not _IMAGE_RE.match(config.default_image):
+        _fail("default-image", f"{config.default_image!r} is not an image alias or fingerprint")
+    if config.default_backend not in BACKENDS:
+        _fail("default-backend", f"{config.default_backend!r} is not one of {', '.join(BACKENDS)}")
+    for name in ("nova_flavor", "nova_image", "nova_network"):
+        if not _PRINTABLE_RE.match(getattr(config, name)):
+            _fail(option_name(name), "contains control characters or is over 255 characters")
+    try:
+        parse_duration(config.job_retention)
+    except ValueError as err:
+        _fail("job-retention", str(err))
+    try:
+        cap = parse_size(config.task_results_cap)
+    except ValueError as err:
+        _fail("task-results-cap", str(err))
+        raise
+    if cap < MIN_RESULTS_CAP:
+        _fail("task-results-cap", f"{config.task_results_cap!r} is below the minimum of 1KiB")
+    if not _USER_RE.match(config.keystone_username):
+        _fail(
+            "keystone-username",
+            f"{config.keystone_username!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)",
+        )
+    if config.keystone_project and not _USER_RE.match(config.keystone_project):
+        _fail("keystone-project", f"{config.keystone_project!r} is not a project name")
+
+
 def option_name(field_name: str) -> str:
     """Return the Juju option name of a HostConfig field (underscores to dashes)."""
     return field_name.replace("_", "-")
+
+
+def juju_type(name: str) -> str:
+    """Return the Juju type of an option when it is not derived from its Python type."""
+    for f in dataclasses.fields(HostConfig):
+        if option_name(f.name) == name:
+            return str(f.metadata.get("juju_type", ""))
+    raise KeyError(name)
 
 
 def config_options() -> Iterator[tuple[str, type, Any, str]]:
