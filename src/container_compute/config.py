@@ -38,6 +38,7 @@ _TYPE_WORDS = {str: "a string", int: "an integer", bool: "a boolean (true or fal
 
 MIN_LOOP_SIZE = 1 << 30
 MIN_WORKER_MEMORY = 32 << 20
+MIN_WORKER_DISK = 32 << 20
 MIN_RESULTS_CAP = 1 << 10
 MAX_PARALLEL_WORKERS = 1024
 
@@ -72,6 +73,18 @@ def check_cpu_limit(option: str, value: str) -> None:
     """Check an LXD ``limits.cpu`` value: a CPU count (``2``) or a CPU set (``0-3,6``)."""
     if not (_CPU_COUNT_RE.match(value) or (_CPU_SET_RE.match(value) and not value.isdigit())):
         _fail(option, f"{value!r} is not a CPU count (e.g. 2) or a CPU set (e.g. 0-3,6)")
+
+
+def check_disk_limit(option: str, value: str) -> int:
+    """Check a worker root disk size (LXD's root disk ``size``); return its bytes."""
+    try:
+        size = parse_size(value)
+    except ValueError as err:
+        _fail(option, str(err))
+        raise  # unreachable: _fail raises
+    if size < MIN_WORKER_DISK:
+        _fail(option, f"{value!r} is below the minimum of 32MiB")
+    return size
 
 
 def check_memory_limit(option: str, value: str) -> int | None:
@@ -183,6 +196,13 @@ class HostConfig:
     worker_memory: str = _opt(
         "1GiB", "Memory limit of a worker (limits.memory), e.g. 512MiB, 4GiB or 50%. Empty: none."
     )
+    worker_disk: str = _opt(
+        "10GiB",
+        "Size of a worker's root disk (LXD's root disk size, image included), e.g. 10GiB: a task "
+        "that writes more gets 'disk full' and fails, instead of filling the pool all workers "
+        "share. Enforced by btrfs (quota groups), zfs and lvm; a dir pool enforces it only on a "
+        "filesystem with project quotas (configure-host says so). Empty: no limit.",
+    )
     worker_processes: int = _opt(
         2000, "Maximum processes in a worker (limits.processes). 0: no limit."
     )
@@ -282,6 +302,8 @@ class HostConfig:
             check_cpu_limit("worker-cpu", self.worker_cpu)
         if self.worker_memory:
             check_memory_limit("worker-memory", self.worker_memory)
+        if self.worker_disk:
+            check_disk_limit("worker-disk", self.worker_disk)
         if not 0 <= self.worker_processes <= 10_000_000:
             _fail("worker-processes", f"{self.worker_processes} is not between 0 and 10000000")
         if self.worker_network:
@@ -307,6 +329,11 @@ class HostConfig:
     def storage_size_bytes(self) -> int:
         """Loop file size in bytes."""
         return parse_size(self.storage_size)
+
+    @property
+    def worker_disk_bytes(self) -> int | None:
+        """A worker's root disk limit in bytes; None when worker-disk is empty (no limit)."""
+        return parse_size(self.worker_disk) if self.worker_disk else None
 
     @property
     def job_retention_seconds(self) -> int:

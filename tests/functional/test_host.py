@@ -133,7 +133,10 @@ def test_dir_pool_and_profile_read_back(
         assert profile_config["limits.memory"] == "1GiB"
         assert profile_config["limits.processes"] == "2000"
         assert "linux.kernel_modules" not in profile_config
-        assert devices == {"root": {"type": "disk", "path": "/", "pool": config.storage_pool}}
+        # worker-disk's default sizes the root disk (a dir pool may ignore it: see the notes).
+        assert devices == {
+            "root": {"type": "disk", "path": "/", "pool": config.storage_pool, "size": "10GiB"}
+        }
 
 
 def test_builtin_module_is_accepted_and_not_passed(

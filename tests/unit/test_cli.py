@@ -231,6 +231,9 @@ INVALID: list[tuple[list[str], str]] = [
     (["launch-job", "--command", "true", "--cpu", "a-b"], "cpu: 'a-b' is not a CPU count"),
     (["launch-job", "--command", "true", "--memory", "lots"], "memory: 'lots' is not a size"),
     (["launch-job", "--command", "true", "--memory", "1MiB"], "memory: '1MiB' is below"),
+    (["launch-job", "--command", "true", "--disk", "lots"], "disk: 'lots' is not a size"),
+    (["launch-job", "--command", "true", "--disk", "50%"], "disk: '50%' is not a size"),
+    (["launch-job", "--command", "true", "--disk", "1MiB"], "disk: '1MiB' is below"),
     (["launch-job", "--command", "true", "--name", "has space"], "name: 'has space' is not"),
     (["launch-job", "--command", "true", "--backend", "k8s"], "backend: 'k8s' is not one of"),
     # other actions (exit 2)
@@ -265,6 +268,10 @@ INVALID_ON_THIS_HOST: list[tuple[list[str], str]] = [
     (["launch-job", "--command", "true", "--cpu", "4096"], "cpu: 4096 is more than"),
     (["launch-job", "--command", "true", "--cpu", "0,4000"], "cpu: CPU 4000"),
     (["launch-job", "--command", "true", "--memory", "64TiB"], "memory: 64TiB is more than"),
+    (
+        ["launch-job", "--command", "true", "--disk", "64TiB"],
+        "disk: 64TiB is more than this host's worker-disk of 10GiB",
+    ),
     (["gather-results", "--job", "j00000000"], "job j00000000 does not exist"),
     (["cancel-job", "--job", "j00000000"], "job j00000000 does not exist"),
 ]

@@ -9,7 +9,8 @@ import yaml
 
 from container_compute import constants
 from container_compute.actions import ACTION_PARAMS
-from container_compute.contract import render_actions, render_config
+from container_compute.config import config_options
+from container_compute.contract import render_actions, render_config, with_options_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,3 +85,10 @@ def test_every_endpoint_is_a_constant(metadata: dict[str, Any]) -> None:
     }
 
     assert set(endpoints(metadata)) == endpoint_constants
+
+
+def test_readme_option_table_is_the_rendered_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert with_options_table(readme) == readme, "run python -m container_compute.contract"
+    for name, *_ in config_options():
+        assert f"| `{name}` |" in readme

@@ -198,7 +198,10 @@ def test_profile_default_policy() -> None:
         "limits.memory": "1GiB",
         "limits.processes": "2000",
     }
-    assert profile["devices"] == {"root": {"type": "disk", "path": "/", "pool": "p1"}}
+    # worker-disk's default (10GiB) sizes the root disk: one task cannot fill the whole pool.
+    assert profile["devices"] == {
+        "root": {"type": "disk", "path": "/", "pool": "p1", "size": "10GiB"}
+    }
 
 
 def test_profile_privileged_nested_unlimited_with_network_and_modules() -> None:
@@ -239,11 +242,14 @@ def test_profile_values_cannot_change_the_yaml_structure() -> None:
         processes=0,
         kernel_modules=[],
         pool="p",
+        disk='1GiB"\n    readonly: "true',
         network="",
     )
     parsed = yaml.safe_load(text)
     assert parsed["config"]["security.privileged"] == "false"
     assert parsed["config"]["limits.cpu"] == '1"\nsecurity.privileged: "true'
+    assert parsed["devices"]["root"]["size"] == '1GiB"\n    readonly: "true'
+    assert "readonly" not in parsed["devices"]["root"]
 
 
 def test_report_dict_and_summary() -> None:

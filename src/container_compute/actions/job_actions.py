@@ -49,6 +49,8 @@ def launch_job(
         "image": job.params["image"],
         "results-dir": str(results.job_dir(state_dir, job.id)),
     }
+    if job.params.get("disk_note"):
+        result["disk-note"] = job.params["disk_note"]  # a disk limit the pool cannot enforce
     if not params.wait:
         if not agent_alive(state_dir):
             result["note"] = (

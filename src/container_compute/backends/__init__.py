@@ -27,6 +27,7 @@ class FailureReason(str, Enum):
     LAUNCH_ERROR = "launch-error"
     DEADLINE = "deadline"
     CANCELLED = "cancelled"
+    DISK_FULL = "disk-full"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class WorkerSpec:
     input_dir: str | None = None
     cpu: str | None = None
     memory: str | None = None
+    disk: str | None = None
     timeout_seconds: int = 0
     results_cap_bytes: int = 256 << 20
 

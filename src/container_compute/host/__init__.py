@@ -30,7 +30,7 @@ from .ids import ensure_group_member, ensure_subids, needed_subids, user_exists
 from .modules import ModulePlan, apply_modules, plan_modules
 from .profile import ensure_profile, network_problem, render_profile
 from .project import ensure_project
-from .storage import ensure_pool
+from .storage import DISK_NOT_ENFORCED, ensure_pool
 from .sysctl import ensure_sysctl
 from .system import HostError, HostPaths, StepLog
 from .teardown import TeardownReport, teardown_host
@@ -145,6 +145,8 @@ def configure_host(
     log.changes.extend(sysctl_changes)
     log.notes.extend(sysctl_notes)
     report.changes, report.problems, report.notes = log.changes, log.problems, log.notes
+    if any(note.startswith(DISK_NOT_ENFORCED) for note in log.notes):
+        report.summary += f"; worker-disk {config.worker_disk} NOT enforced on this dir pool"
     return report
 
 

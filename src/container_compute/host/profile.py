@@ -23,6 +23,7 @@ def render_profile(config: HostConfig, kernel_modules: list[str]) -> dict[str, A
         idmap_isolated=config.worker_idmap_isolated,
         cpu=config.worker_cpu,
         memory=config.worker_memory,
+        disk=config.worker_disk,
         processes=config.worker_processes,
         kernel_modules=kernel_modules,
         pool=config.storage_pool,

@@ -10,11 +10,12 @@ import pylxd.exceptions
 
 from .. import constants
 from ..config import HostConfig
-from ..lxdclient import connect, socket_path
+from ..lxdclient import connect, size_unenforced, socket_path
 from ..units import parse_size
 from .system import HostPaths, StepLog
 
 _MKFS_BTRFS = (Path("/usr/sbin/mkfs.btrfs"), Path("/sbin/mkfs.btrfs"), Path("/usr/bin/mkfs.btrfs"))
+DISK_NOT_ENFORCED = "worker-disk is NOT enforced"
 _INSTANCE_URLS = ("/1.0/instances/", "/1.0/containers/", "/1.0/virtual-machines/")
 _INSTALL_HINTS = {
     "btrfs": "install btrfs-progs (and a kernel with btrfs)",
@@ -83,6 +84,7 @@ def ensure_pool(client: pylxd.Client, config: HostConfig, paths: HostPaths, log:
         pool = None
     if pool is not None and pool["driver"] == driver:
         _note_pool_differences(pool, config, log)
+        _note_disk_enforcement(pool, config, log)
         return True
     problem = driver_problem(client, driver, paths)
     if problem:
@@ -95,6 +97,7 @@ def ensure_pool(client: pylxd.Client, config: HostConfig, paths: HostPaths, log:
     )
     log.changes.append(f"created {driver} storage pool {name} on {where}")
     if log.dry_run:
+        _note_disk_enforcement(None, config, log)
         return True
     try:
         client.api.storage_pools.post(json=_pool_request(config))
@@ -105,7 +108,34 @@ def ensure_pool(client: pylxd.Client, config: HostConfig, paths: HostPaths, log:
             "check storage-source/storage-size or set storage-driver=dir"
         )
         return False
+    created = None
+    with contextlib.suppress(pylxd.exceptions.LXDAPIException):
+        created = client.api.storage_pools[name].get().json()["metadata"]
+    _note_disk_enforcement(created, config, log)
     return True
+
+
+def _note_disk_enforcement(pool: dict[str, Any] | None, config: HostConfig, log: StepLog) -> None:
+    """Note (not a problem) that worker-disk is not enforced when the pool ignores sizes.
+
+    ``pool`` is the pool's record, or None for one not created yet (dry run).
+    """
+    if not config.worker_disk:
+        return
+    if pool is not None:
+        driver, source = pool["driver"], (pool.get("config") or {}).get("source", "")
+    else:
+        driver, source = config.storage_driver, config.storage_source
+        socket = socket_path()
+        if not source and socket is not None:
+            source = str(socket.parent / "storage-pools" / config.storage_pool)
+    reason = size_unenforced(driver, source)
+    if reason is not None:
+        log.notes.append(
+            f"{DISK_NOT_ENFORCED} on {driver} pool {config.storage_pool} here: {reason}, so a "
+            f"worker can write more than {config.worker_disk} and fill the pool all workers "
+            "share; storage-driver btrfs, zfs or lvm enforces it"
+        )
 
 
 def _note_pool_differences(pool: dict[str, Any], config: HostConfig, log: StepLog) -> None:

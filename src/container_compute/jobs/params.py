@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import BACKENDS, check_cpu_limit, check_memory_limit
+from ..config import BACKENDS, check_cpu_limit, check_disk_limit, check_memory_limit
 from ..units import parse_duration
 from .model import JOB_STATES, parse_ranges
 
@@ -142,6 +142,11 @@ class LaunchJobParams(ActionParams):
         "", "CPU limit of each worker (count like 2, or set like 0-3). Empty: the host's."
     )
     memory: str = param("", "Memory limit of each worker (e.g. 512MiB). Empty: the host's.")
+    disk: str = param(
+        "",
+        "Root disk size of each worker (e.g. 2GiB), at most the host's worker-disk. "
+        "Empty: the host's.",
+    )
     name: str = param("", "A name for the job, shown by job-status and list-jobs.")
     backend: str = param(
         "",
@@ -173,6 +178,8 @@ class LaunchJobParams(ActionParams):
             check_cpu_limit("cpu", self.cpu)
         if self.memory:
             check_memory_limit("memory", self.memory)
+        if self.disk:
+            check_disk_limit("disk", self.disk)
         if self.name and not _NAME_RE.match(self.name):
             fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
 

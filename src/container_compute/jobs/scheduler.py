@@ -76,6 +76,7 @@ def worker_spec(
         input_dir=params.get("input_dir") or None,
         cpu=params.get("cpu") or None,
         memory=params.get("memory") or None,
+        disk=params.get("disk") or None,
         timeout_seconds=parse_duration(params.get("timeout") or "0"),
         results_cap_bytes=results_cap,
     )

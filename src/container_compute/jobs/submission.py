@@ -1,8 +1,9 @@
 """Submitting a job: check it against this host, then record it — nothing else.
 
-Checks that need the host (the backend answers, the image exists, the input directory, CPU and
-memory limits within the host) run here, before one transaction records the job; a refused job
-leaves no trace.
+Checks that need the host (the backend answers, the image exists, the input directory, CPU,
+memory and disk limits within the host) run here, before one transaction records the job; a
+refused job leaves no trace. A disk limit the worker pool cannot enforce is recorded with the
+job as ``disk_note`` (launch-job shows it), not refused.
 """
 
 import os
@@ -101,7 +102,38 @@ class JobSubmitter:
                 raise ActionError(
                     f"memory: {params.memory} is more than this host's {total >> 20} MiB"
                 )
+        if params.disk:
+            self._check_disk(params.disk)
         return backend_name, image
+
+    def _check_disk(self, disk: str) -> None:
+        limit = self.config.worker_disk_bytes
+        if limit is not None and parse_size(disk) > limit:
+            raise ActionError(
+                f"disk: {disk} is more than this host's worker-disk of {self.config.worker_disk}"
+            )
+
+    def disk_note(self, backend_name: str, disk: str) -> str:
+        """Return why a root disk of ``disk`` is not enforced on ``backend_name``; "" if it is.
+
+        Asks the backend's ``disk_limit_note`` method when it has one, else LXD about the
+        worker pool. Never raises: a pool that cannot be asked gives a note saying so.
+        """
+        if not disk:
+            return ""
+        backend = self.backend(backend_name)
+        method = getattr(backend, "disk_limit_note", None)
+        if callable(method):
+            return str(method(disk))
+        from ..backends.lxd import LXDBackend
+        from ..backends.lxd.disk import disk_limit_note
+
+        if not isinstance(backend, LXDBackend):
+            return ""
+        try:
+            return disk_limit_note(self.config, disk)
+        except Exception as err:  # the note must never refuse a job
+            return f"disk {disk}: could not tell whether the worker pool enforces it ({err})"
 
     @staticmethod
     def _check_cpu(cpu: str) -> None:
@@ -121,6 +153,9 @@ class JobSubmitter:
         backend_name, image = self.validate(params)
         recorded = asdict(params)
         recorded.update(image=image, backend=backend_name)
+        note = self.disk_note(backend_name, params.disk or self.config.worker_disk)
+        if note:
+            recorded["disk_note"] = note
         job_id = self.ledger.create_job(
             recorded,
             name=params.name,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pylxd
 
-from ...config import HostConfig, check_cpu_limit, check_memory_limit
+from ...config import HostConfig, check_cpu_limit, check_disk_limit, check_memory_limit
 from ...constants import (
     INPUT_DIR_IN_WORKER,
     LABEL_ATTEMPT,
@@ -30,6 +30,7 @@ from ...constants import (
 from .. import FailureReason, LaunchError, TaskOutcome, WorkerInfo, WorkerSpec
 from ..gather import safe_name
 from .api import LXDApi, OperationFailedError, image_source, is_transient
+from .disk import explain_disk_full
 from .watch import LABEL_STARTED, AttemptWatcher
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -145,6 +146,14 @@ class LXDBackend:
         if spec.memory:
             config["limits.memory"] = spec.memory
         devices: dict[str, dict[str, str]] = {}
+        if spec.disk:
+            try:
+                check_disk_limit("disk", spec.disk)
+            except ValueError as err:
+                raise LaunchError(str(err)) from err
+            # The job's own root disk size, in place of the profile's (worker-disk).
+            root = {"type": "disk", "path": "/", "pool": self.config.storage_pool}
+            devices["root"] = {**root, "size": spec.disk}
         if spec.input_dir is not None:
             devices["input"] = {
                 "type": "disk",
@@ -237,7 +246,8 @@ class LXDBackend:
         should_stop: Callable[[], FailureReason | None],
     ) -> TaskOutcome:
         """Follow the worker until its command ends or it must stop; gather results to task_dir."""
-        return self.watcher.wait(spec, task_dir, should_stop)
+        outcome = self.watcher.wait(spec, task_dir, should_stop)
+        return explain_disk_full(self.api, spec, outcome, task_dir)
 
     def delete(self, name: str) -> bool:
         """Stop and delete a worker; return False when it did not exist.
