@@ -20,6 +20,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pylxd
 import pylxd.client
@@ -27,6 +28,9 @@ import pylxd.exceptions
 import requests
 
 from .constants import LXD_SOCKET_PATHS
+
+if TYPE_CHECKING:
+    from .config import HostConfig
 
 LXD_SOCKET_ENV = "LXD_SOCKET"
 PEM_MARK = "-----BEGIN "
@@ -59,6 +63,32 @@ class Endpoint:
     def __repr__(self) -> str:
         """Never show the key."""
         return f"Endpoint({self.url!r})"
+
+
+def endpoint_of(config: "HostConfig") -> Endpoint | None:
+    """Return the config's LXD endpoint; None for this host's daemon (lxd-endpoint empty).
+
+    Raises:
+        LXDAccessError: when the key is still a Juju secret URI (only the charm reads those).
+    """
+    if not config.lxd_endpoint:
+        return None
+    if config.lxd_client_key.startswith("secret:"):
+        raise LXDAccessError(
+            "lxd-client-key: holds a Juju secret, which only the charm can read; "
+            "outside Juju give the path of the key file"
+        )
+    return Endpoint(
+        config.lxd_endpoint,
+        config.lxd_client_cert,
+        config.lxd_client_key,
+        config.lxd_server_cert,
+    )
+
+
+def is_local(client: pylxd.Client) -> bool:
+    """Whether ``client`` talks to this host's daemon over its unix socket."""
+    return str(client.api._api_endpoint).startswith("http+unix://")
 
 
 def socket_path() -> Path | None:

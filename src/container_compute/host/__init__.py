@@ -30,6 +30,7 @@ from .ids import ensure_group_member, ensure_subids, needed_subids, user_exists
 from .modules import ModulePlan, apply_modules, plan_modules
 from .profile import ensure_profile, network_problem, render_profile
 from .project import ensure_project
+from .remote import configure_remote, connect_remote
 from .storage import DISK_NOT_ENFORCED, ensure_pool
 from .sysctl import ensure_sysctl
 from .system import HostError, HostPaths, StepLog
@@ -115,6 +116,8 @@ def configure_host(
     """
     paths = paths or HostPaths()
     log = StepLog(dry_run)
+    if config.remote:
+        return _configure_endpoint(config, paths, log)
     release = os.uname().release
     plan = plan_modules(config.kernel_modules, paths, release)
     report = HostReport(
@@ -147,6 +150,29 @@ def configure_host(
     report.changes, report.problems, report.notes = log.changes, log.problems, log.notes
     if any(note.startswith(DISK_NOT_ENFORCED) for note in log.notes):
         report.summary += f"; worker-disk {config.worker_disk} NOT enforced on this dir pool"
+    return report
+
+
+def _configure_endpoint(config: HostConfig, paths: HostPaths, log: StepLog) -> HostReport:
+    """configure_host for lxd-endpoint: the project, pool and profile there, nothing local."""
+    report = HostReport(
+        project=config.lxd_project,
+        pool=config.storage_pool,
+        driver=config.storage_driver,
+        kernel_modules_to_lxd=list(config.kernel_modules),
+        summary=f"{config.lxd_endpoint}: " + summarize(config, list(config.kernel_modules)),
+    )
+    client = connect_remote(config, log)
+    if client is not None:
+        environment = client.host_info["environment"]
+        report.lxd_version = environment.get("server_version", "")
+        if environment.get("server_clustered"):
+            report.summary = f"LXD cluster at {report.summary}"
+        try:
+            configure_remote(client, config, paths, log)
+        except pylxd.exceptions.LXDAPIException as err:
+            log.problems.append(f"LXD refused a change: {err}")
+    report.changes, report.problems, report.notes = log.changes, log.problems, log.notes
     return report
 
 
