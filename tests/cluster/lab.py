@@ -183,9 +183,13 @@ class ClusterLab:
                 "config": {"features.images": "true", "features.profiles": "true"},
             }
         )
-        btrfs = any(d["Name"] == "btrfs" for d in host.host_info["environment"].get(
-            "storage_supported_drivers", []
-        )) and "btrfs" in Path("/proc/filesystems").read_text()
+        btrfs = (
+            any(
+                d["Name"] == "btrfs"
+                for d in host.host_info["environment"].get("storage_supported_drivers", [])
+            )
+            and "btrfs" in Path("/proc/filesystems").read_text()
+        )
         pool = {"name": self.project, "driver": "btrfs" if btrfs else "dir", "config": {}}
         if btrfs:
             pool["config"] = {"size": "8GiB"}
@@ -201,8 +205,17 @@ class ClusterLab:
                 },
             }
         )
-        run(LXC, "image", "import", str(meta), str(squashfs), "--alias", f"member-{key}",
-            "--project", self.project)
+        run(
+            LXC,
+            "image",
+            "import",
+            str(meta),
+            str(squashfs),
+            "--alias",
+            f"member-{key}",
+            "--project",
+            self.project,
+        )
         self._image = f"member-{key}"
 
     def _launch(self, number: int) -> None:
@@ -211,8 +224,16 @@ class ClusterLab:
     def lxc_exec(self, number: int, script: str, stdin: bytes | None = None) -> str:
         """Run ``sh -c script`` in member ``number`` (host side, ``lxc exec``)."""
         return run(
-            LXC, "exec", self.member(number), "--project", self.project, "--",
-            "/bin/sh", "-c", script, stdin=stdin,
+            LXC,
+            "exec",
+            self.member(number),
+            "--project",
+            self.project,
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+            stdin=stdin,
         )
 
     def boot_member(self, number: int) -> None:
@@ -234,9 +255,24 @@ class ClusterLab:
         first = self.local_client(1)
         cluster.bootstrap(first, self.server_name(1), f"{self.address(1)}:{LXD_PORT}")
         first.api.patch(json={"config": {"cluster.offline_threshold": OFFLINE_THRESHOLD}})
-        run(OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1",
-            "-nodes", "-keyout", str(self.client_key), "-out", str(self.client_cert),
-            "-days", "7", "-subj", f"/CN={self.prefix}-tests")
+        run(
+            OPENSSL,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:secp384r1",
+            "-nodes",
+            "-keyout",
+            str(self.client_key),
+            "-out",
+            str(self.client_cert),
+            "-days",
+            "7",
+            "-subj",
+            f"/CN={self.prefix}-tests",
+        )
         der = ssl.PEM_cert_to_DER_cert(self.client_cert.read_text())
         first.api.certificates.post(
             json={
@@ -262,8 +298,17 @@ class ClusterLab:
         )
         cluster.join(
             preseed,
-            [LXC, "exec", self.member(number), "--project", self.project, "--",
-             "/usr/bin/lxd", "init", "--preseed"],
+            [
+                LXC,
+                "exec",
+                self.member(number),
+                "--project",
+                self.project,
+                "--",
+                "/usr/bin/lxd",
+                "init",
+                "--preseed",
+            ],
         )
 
     # Members going away and coming back ---------------------------------------------------
@@ -325,9 +370,13 @@ class ClusterLab:
                 host.api.storage_pools[self.project].delete()
                 removed.append(f"pool {self.project}")
         for rule in self._iptables_rules():
-            while run(IPTABLES, "-C", "FORWARD", *rule, check=False) == "" and subprocess.run(
-                [IPTABLES, "-D", "FORWARD", *rule], capture_output=True, check=False
-            ).returncode == 0:
+            while (
+                run(IPTABLES, "-C", "FORWARD", *rule, check=False) == ""
+                and subprocess.run(
+                    [IPTABLES, "-D", "FORWARD", *rule], capture_output=True, check=False
+                ).returncode
+                == 0
+            ):
                 removed.append("iptables rule")
         if run(IP, "link", "show", self.bridge, check=False):
             run(IP, "link", "del", self.bridge, check=False)

@@ -125,8 +125,17 @@ def build_image(cache: Path = CACHE_DIR, log=print) -> tuple[Path, Path, str]:
     partial = squashfs.with_suffix(".partial")
     partial.unlink(missing_ok=True)
     subprocess.run(
-        [MKSQUASHFS, str(root), str(partial), "-comp", "lz4", "-noappend", "-quiet",
-         "-e", ".complete"],
+        [
+            MKSQUASHFS,
+            str(root),
+            str(partial),
+            "-comp",
+            "lz4",
+            "-noappend",
+            "-quiet",
+            "-e",
+            ".complete",
+        ],
         check=True,
         capture_output=True,
     )

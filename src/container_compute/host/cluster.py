@@ -138,8 +138,10 @@ def issue_join_token(client: pylxd.Client, server_name: str) -> str:
         HostError: when LXD refuses (e.g. a member of that name already exists).
     """
     with contextlib.suppress(pylxd.exceptions.LXDAPIException):
-        for entry in client.api.operations.get(params={"recursion": "1"}).json()["metadata"].get(
-            "running", []
+        for entry in (
+            client.api.operations.get(params={"recursion": "1"})
+            .json()["metadata"]
+            .get("running", [])
         ):
             if (entry.get("metadata") or {}).get("serverName") == server_name:
                 client.api.operations[entry["id"]].delete()
