@@ -26,6 +26,7 @@ import pylxd
 import pylxd.client
 import pylxd.exceptions
 import requests
+import yaml
 
 from .constants import LXD_SOCKET_PATHS
 
@@ -84,6 +85,58 @@ def endpoint_of(config: "HostConfig") -> Endpoint | None:
         config.lxd_client_key,
         config.lxd_server_cert,
     )
+
+
+LXC_CONFIG_DIRS = ("~/snap/lxd/common/config", "~/.config/lxc")
+
+
+def lxc_remote(name: str, config_dir: Path | None = None) -> Endpoint:
+    """Return the endpoint of a remote as the ``lxc`` client keeps it (``lxc remote add``).
+
+    The client's ``config.yml`` gives the address; its ``client.crt``/``client.key`` are the
+    credentials and ``servercerts/<name>.crt`` the server certificate to pin. The directory
+    is ``config_dir``, else ``$LXD_CONF``, else the snap's or the package's usual one.
+
+    Raises:
+        LXDAccessError: naming what is missing.
+    """
+    candidates = (
+        [config_dir]
+        if config_dir is not None
+        else [Path(os.environ["LXD_CONF"])]
+        if os.environ.get("LXD_CONF")
+        else [Path(p).expanduser() for p in LXC_CONFIG_DIRS]
+    )
+    folder = next((c for c in candidates if (c / "config.yml").is_file()), None)
+    if folder is None:
+        raise LXDAccessError(
+            "lxd-remote: no lxc client configuration (config.yml) in "
+            + ", ".join(map(str, candidates))
+        )
+    try:
+        remotes = (yaml.safe_load((folder / "config.yml").read_text()) or {}).get("remotes", {})
+    except (OSError, yaml.YAMLError) as err:
+        raise LXDAccessError(
+            f"lxd-remote: {folder / 'config.yml'} is not readable: {err}"
+        ) from err
+    remote = remotes.get(name)
+    if not isinstance(remote, dict) or not str(remote.get("addr", "")).startswith("https://"):
+        known = ", ".join(
+            sorted(
+                n
+                for n, r in remotes.items()
+                if str((r or {}).get("addr", "")).startswith("https://")
+            )
+        )
+        raise LXDAccessError(
+            f"lxd-remote: {name!r} is not an HTTPS remote of the lxc client "
+            f"(known: {known or 'none'})"
+        )
+    paths = (folder / "client.crt", folder / "client.key", folder / "servercerts" / f"{name}.crt")
+    for path in paths:
+        if not path.is_file():
+            raise LXDAccessError(f"lxd-remote: {path} is missing")
+    return Endpoint(str(remote["addr"]).rstrip("/"), *(str(p) for p in paths))
 
 
 def is_local(client: pylxd.Client) -> bool:
