@@ -28,6 +28,7 @@ class FailureReason(str, Enum):
     DEADLINE = "deadline"
     CANCELLED = "cancelled"
     DISK_FULL = "disk-full"
+    MEMBER_LOST = "member-lost"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class WorkerSpec:
     cpu: str | None = None
     memory: str | None = None
     disk: str | None = None
+    placement: str = ""
     timeout_seconds: int = 0
     results_cap_bytes: int = 256 << 20
 
@@ -67,6 +69,7 @@ class TaskOutcome:
     truncated: bool = False
     detail: str = ""
     skipped: list[str] = field(default_factory=list)
+    host: str = ""
 
     @property
     def succeeded(self) -> bool:

@@ -35,6 +35,7 @@ RESERVED_ENV = (
     "CC_WRAPPER",
 )
 
+ROUND_ROBIN = "round-robin"
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -148,6 +149,13 @@ class LaunchJobParams(ActionParams):
         "Empty: the host's.",
     )
     name: str = param("", "A name for the job, shown by job-status and list-jobs.")
+    placement: str = param(
+        "",
+        "On an LXD cluster, where workers go: empty (LXD's scheduler places each one), "
+        "'round-robin' (over the members that are online, in turn), or a comma-separated list "
+        "of members (in turn over those). A task retried after its member was lost goes to "
+        "another one. Ignored where LXD is not clustered.",
+    )
     backend: str = param(
         "",
         "Where tasks run: lxd or nova. Empty: the default-backend option.",
@@ -182,6 +190,15 @@ class LaunchJobParams(ActionParams):
             check_disk_limit("disk", self.disk)
         if self.name and not _NAME_RE.match(self.name):
             fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
+        if self.placement and self.placement != ROUND_ROBIN:
+            members = [m.strip() for m in self.placement.split(",")]
+            bad = [m for m in members if not _NAME_RE.match(m)]
+            if bad or not members:
+                fail(
+                    "placement",
+                    f"{self.placement!r} is not 'round-robin' or a comma-separated list of "
+                    "cluster members",
+                )
 
     def _check_inputs(self) -> None:
         lines = self.input_lines

@@ -77,6 +77,7 @@ def worker_spec(
         cpu=params.get("cpu") or None,
         memory=params.get("memory") or None,
         disk=params.get("disk") or None,
+        placement=params.get("placement") or "",
         timeout_seconds=parse_duration(params.get("timeout") or "0"),
         results_cap_bytes=results_cap,
     )
