@@ -11,6 +11,7 @@ Following the worker and gathering its results is ``watch``'s job.
 
 import contextlib
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,14 +28,23 @@ from ...constants import (
     RESULTS_DIR_IN_WORKER,
     WORKER_PROFILE,
 )
+from ...lxdclient import LXDUnavailableError, endpoint_of
 from .. import FailureReason, LaunchError, TaskOutcome, WorkerInfo, WorkerSpec
 from ..gather import safe_name
 from .api import LXDApi, OperationFailedError, image_source, is_transient
 from .disk import explain_disk_full
+from .members import (
+    LostMemberGuard,
+    MemberBook,
+    WorkerUnreachableError,
+    lost_outcome,
+    unreachable,
+)
 from .watch import LABEL_STARTED, AttemptWatcher
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESERVED_ENV = ("CC_COMMAND", "CC_WRAPPER")
+MEMBER_LOST_WAIT_SECONDS = 60.0  # for LXD to count an unreachable member offline
 BUSY_WAIT_SECONDS = 60.0  # LXD refuses to delete an instance while another operation runs on it
 
 # Runs in the worker through exec; returns as soon as the wrapper is in the background.
@@ -69,10 +79,14 @@ class LXDBackend:
         poll_seconds: float = 0.5,
         host_access: bool = True,
     ) -> None:
-        """Set up the backend; ``host_access=False`` reads workers through the files API only."""
+        """Set up the backend; ``host_access=False`` (or lxd-endpoint) reads through the API."""
         self.config = config
-        self.api = LXDApi(config.lxd_project, client, retry_seconds, poll_seconds)
-        self.watcher = AttemptWatcher(self.api, host_access)
+        endpoint = endpoint_of(config)
+        self.api = LXDApi(config.lxd_project, client, retry_seconds, poll_seconds, endpoint)
+        self.host_access = host_access and endpoint is None
+        self.watcher = AttemptWatcher(self.api, self.host_access)
+        self.remote_watcher = AttemptWatcher(self.api, False)
+        self.members = MemberBook(self.api)
         self._images: dict[str, dict[str, str]] = {}
 
     @property
@@ -170,9 +184,12 @@ class LXDBackend:
             "devices": devices,
         }
 
+        target = self.members.target(spec.placement, spec.task_index)
+        where = {"params": {"target": target}} if target else {}
+
         def create() -> None:
             try:
-                self.api.wait_operation(self.client.api.instances.post(json=body))
+                self.api.wait_operation(self.client.api.instances.post(json=body, **where))
             except (pylxd.exceptions.LXDAPIException, OperationFailedError) as err:
                 if is_transient(err):
                     raise
@@ -196,6 +213,7 @@ class LXDBackend:
         source = self._source(spec.image)
         name = spec.worker_name
         self._create(spec, source)
+        self.members.look_up(name)
         try:
             self._start_and_exec(name, spec, env)
         except (LaunchError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
@@ -245,8 +263,14 @@ class LXDBackend:
         task_dir: Path,
         should_stop: Callable[[], FailureReason | None],
     ) -> TaskOutcome:
-        """Follow the worker until its command ends or it must stop; gather results to task_dir."""
-        outcome = self.watcher.wait(spec, task_dir, should_stop)
+        """Follow the worker until its command ends or it must stop; gather results to task_dir.
+
+        On a cluster the outcome names the member (``host``); a member lost meanwhile ends it
+        as MEMBER_LOST, nothing gathered (the engine runs it elsewhere).
+        """
+        outcome = _follow_on_member(self, spec, task_dir, should_stop)
+        if outcome.reason == FailureReason.MEMBER_LOST:
+            return outcome
         return explain_disk_full(self.api, spec, outcome, task_dir)
 
     def delete(self, name: str) -> bool:
@@ -254,8 +278,16 @@ class LXDBackend:
 
         Raises:
             ValueError: when the instance carries no container-compute labels (not a worker).
+            WorkerUnreachableError: when it is on a cluster member that is offline.
 
         """
+        try:
+            return self._delete(name)
+        except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+            _raise_if_unreachable(self.members, name, err)
+            raise
+
+    def _delete(self, name: str) -> bool:
         record = self.api.instance(name)
         if record is None:
             return False
@@ -290,19 +322,72 @@ class LXDBackend:
         )
         workers = []
         for record in records:
-            config = record.get("config", {})
-            if LABEL_JOB not in config:
-                continue
-            workers.append(
-                WorkerInfo(
-                    name=record["name"],
-                    job_id=config.get(LABEL_JOB),
-                    task_index=_int_or_none(config.get(LABEL_TASK)),
-                    attempt=_int_or_none(config.get(LABEL_ATTEMPT)),
-                    running=record.get("status") == "Running",
-                )
-            )
+            if record.get("status") == "Error" and self.members.lost(record.get("location", "")):
+                continue  # on a member that is offline: listed (and reaped) once it is back
+            info = _worker_info(record)
+            if info is not None:
+                workers.append(info)
         return sorted(workers, key=lambda w: w.name)
+
+
+def _worker_info(record: dict[str, Any]) -> WorkerInfo | None:
+    """The worker an instance record describes; None when it carries no labels."""
+    config = record.get("config", {})
+    if LABEL_JOB not in config:
+        return None
+    return WorkerInfo(
+        name=record["name"],
+        job_id=config.get(LABEL_JOB),
+        task_index=_int_or_none(config.get(LABEL_TASK)),
+        attempt=_int_or_none(config.get(LABEL_ATTEMPT)),
+        running=record.get("status") == "Running",
+    )
+
+
+def _raise_if_unreachable(members: MemberBook, name: str, err: Exception) -> None:
+    """Raise WorkerUnreachableError when ``err`` came from a worker's member being offline."""
+    member = members.location(name)
+    if member and (unreachable(err) or members.lost(member, fresh=True)):
+        raise WorkerUnreachableError(
+            f"worker {name} is on cluster member {member}, which is offline; it is reaped "
+            f"once {member} is back"
+        ) from err
+
+
+def _follow_on_member(
+    backend: LXDBackend,
+    spec: WorkerSpec,
+    task_dir: Path,
+    should_stop: Callable[[], FailureReason | None],
+) -> TaskOutcome:
+    """Watch an attempt host side (a worker of this host) or through the API; mind its member."""
+    members = backend.members
+    member = members.location(spec.worker_name)
+    local = backend.host_access and member in ("", members.own_name())
+    watcher = backend.watcher if local else backend.remote_watcher
+    guard = LostMemberGuard(members, member)
+    try:
+        outcome = watcher.wait(spec, task_dir, lambda: should_stop() or guard.check())
+    except (LXDUnavailableError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+        if not member or not (unreachable(err) or members.lost(member)):
+            raise
+        if not members.wait_lost(member, MEMBER_LOST_WAIT_SECONDS):
+            raise
+        outcome = lost_outcome(member, str(err))
+    if outcome.reason == FailureReason.MEMBER_LOST:
+        _empty(task_dir)
+        outcome = lost_outcome(member, outcome.detail)
+    outcome.host = member
+    return outcome
+
+
+def _empty(directory: Path) -> None:
+    """Remove what a half-finished gathering left in ``directory``."""
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _int_or_none(text: str | None) -> int | None:
