@@ -28,11 +28,27 @@ PACKAGES = ("lxd", "lxd-client", "busybox-static", "iproute2", "kmod", "iptables
 APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
-# PID 1 of a member: mount what LXD needs, then busybox init (which only reaps).
-MEMBER_INIT = """#!/bin/sh
+# PID 1 of a member: mount what LXD needs, then busybox init (which only reaps). LXC leaves
+# /sys/fs/cgroup empty in these nested members: without the cgroup hierarchies the members'
+# LXD cannot apply workers' limits, so mount them (v1 per host hierarchy, or cgroup2 alone).
+MEMBER_INIT = r"""#!/bin/sh
 mount -t tmpfs tmpfs /run 2>/dev/null
 mount -t tmpfs tmpfs /tmp 2>/dev/null
 mkdir -p /run/lock
+if [ -z "$(ls /sys/fs/cgroup 2>/dev/null)" ]; then
+  v1=$(awk 'NR>1 && $2!=0 && $4==1 {h[$2]=h[$2] ? h[$2]","$1 : $1} END {for (k in h) print h[k]}' /proc/cgroups)
+  if [ -n "$v1" ]; then
+    mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
+    for c in $v1 none,name=systemd; do
+      d=/sys/fs/cgroup/${c#none,name=}
+      mkdir -p "$d" && mount -t cgroup -o "$c" cgroup "$d" || rmdir "$d"
+    done
+    mkdir -p /sys/fs/cgroup/unified
+    mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified || rmdir /sys/fs/cgroup/unified
+  else
+    mount -t cgroup2 cgroup2 /sys/fs/cgroup
+  fi
+fi
 ip link set lo up
 exec /bin/busybox init
 """
