@@ -36,7 +36,8 @@ mount -t tmpfs tmpfs /run 2>/dev/null
 mount -t tmpfs tmpfs /tmp 2>/dev/null
 mkdir -p /run/lock
 if [ -z "$(ls /sys/fs/cgroup 2>/dev/null)" ]; then
-  v1=$(awk 'NR>1 && $2!=0 && $4==1 {h[$2]=h[$2] ? h[$2]","$1 : $1} END {for (k in h) print h[k]}' /proc/cgroups)
+  v1=$(awk 'NR>1 && $2!=0 && $4==1 {h[$2]=h[$2] ? h[$2]","$1 : $1}
+            END {for (k in h) print h[k]}' /proc/cgroups)
   if [ -n "$v1" ]; then
     mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
     for c in $v1 none,name=systemd; do
