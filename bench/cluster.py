@@ -90,7 +90,7 @@ def run_job(config: HostConfig, tasks: int, parallelism: int, placement: str) ->
 
 def main() -> None:
     """Build the cluster, run the job three ways, print the figures, remove everything."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--parallelism", type=int, default=16)
     args = parser.parse_args()

@@ -303,7 +303,7 @@ def _host_config(model: ops.Model) -> HostConfig:
         ValueError: naming the option that is wrong, or lxd-client-key when the secret
             cannot be read.
     """
-    values = {name.replace("-", "_"): value for name, value in model.config.items()}
+    values: dict[str, Any] = {k.replace("-", "_"): v for k, v in model.config.items()}
     key = values.get("lxd_client_key")
     if isinstance(key, str) and key.startswith("secret:"):
         try:

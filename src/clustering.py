@@ -54,7 +54,7 @@ class ClusterView:
 
 
 class ClusterFormation:
-    """Form (and refuse to unform) the LXD cluster of this application's units."""
+    """Form (and refuse to disband while busy) the LXD cluster of this application's units."""
 
     def __init__(self, charm: ops.CharmBase, host_module: Any) -> None:
         """Work for ``charm``; ``host_module`` is the library's ``host`` (a fake in tests)."""
@@ -71,7 +71,7 @@ class ClusterFormation:
         host = self._host
         try:
             if not config.lxd_cluster:
-                self._unform(config)
+                self._disband(config)
                 return
             if not address:
                 logger.info("lxd-cluster: no address to offer the cluster yet")
@@ -148,7 +148,7 @@ class ClusterFormation:
         self._host.join_cluster(config, name, address, ticket)
         logger.info("lxd-cluster: joined the LXD cluster as %s", name)
 
-    def _unform(self, config: HostConfig) -> None:
+    def _disband(self, config: HostConfig) -> None:
         state = self._host.cluster_status(config)
         relation = self.relation
         if self._charm.unit.is_leader() and relation is not None:

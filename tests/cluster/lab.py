@@ -67,7 +67,7 @@ def free_subnet() -> ipaddress.IPv4Network:
     """Return a private /24 no interface of this host is on."""
     used = run(IP, "-4", "-o", "addr", "show")
     for _ in range(50):
-        net = ipaddress.ip_network(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0/24")
+        net = ipaddress.IPv4Network(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0/24")
         if f" {net.network_address + 1}/" not in used and str(net)[:-5] not in used:
             return net
     raise RuntimeError("no free private /24 found")
