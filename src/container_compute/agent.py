@@ -2,7 +2,9 @@
 
 Its loop: heartbeat, resume what a previous agent left running, launch queued tasks, reap
 workers that belong to no live attempt, delete jobs past their retention. SIGTERM stops
-launching and exits at once, leaving running workers to be adopted by the next start.
+launching and exits as soon as no thread is starting, committing or deleting a worker,
+leaving running workers to be adopted by the next engine (the next start, or a waiting
+``launch-job --wait``).
 """
 
 import argparse
@@ -28,6 +30,7 @@ __all__ = ["agent_alive", "install_service", "main", "remove_service", "run_agen
 logger = logging.getLogger("container_compute.agent")
 
 REAP_INTERVAL_SECONDS = 60.0
+PARK_SECONDS = 30.0
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
 
 
@@ -124,6 +127,9 @@ def run_agent(
         left = engine.inflight_count()
         if left:
             logger.info("stopping: %d running workers are left for the next start", left)
+            # No thread starts, commits or deletes a worker from now on: whatever the exit
+            # interrupts is a running attempt the next engine adopts, never an orphan.
+            engine.park(timeout=PARK_SECONDS)
         engine.ledger.clear_heartbeat(os.getpid())
         if not left:
             lock.release()

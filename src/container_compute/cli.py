@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def exit_status(action: str, params: Any, result: dict[str, Any]) -> int:
     """Return the exit status of a command that succeeded: the job's outcome after a wait."""
-    if action == "launch-job" and getattr(params, "wait", False):
+    if action == "wait-job" or (action == "launch-job" and getattr(params, "wait", False)):
         return EXIT_FOR_STATE[result["state"]]
     return EXIT_OK
 

@@ -428,6 +428,7 @@ def test_keystone_malformed_value_is_refused_naming_the_key(key: str, value: str
 VALID_PARAMS = {
     "launch-job": {"command": "echo $TASK_INDEX", "tasks": 4, "env": ["A=1"]},
     "job-status": {"job": "j-1"},
+    "wait-job": {"job": "j-1", "wait-timeout": "2h"},
     "gather-results": {"job": "j-1", "indexes": "0-3,7"},
     "cancel-job": {"job": "j-1"},
     "list-jobs": {"limit": 5},
@@ -437,6 +438,7 @@ VALID_PARAMS = {
 INVALID_PARAMS = {
     "launch-job": ({"command": "true", "timeout": "soon"}, "timeout"),
     "job-status": ({"job": "Not An Id"}, "job"),
+    "wait-job": ({"job": "j-1", "wait-timeout": "25h"}, "wait-timeout"),
     "gather-results": ({"job": "j-1", "indexes": "7-3"}, "indexes"),
     "cancel-job": ({"job": "../etc"}, "job"),
     "list-jobs": ({"state": "sleeping"}, "state"),

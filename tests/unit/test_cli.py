@@ -439,3 +439,45 @@ def test_without_wait_a_launch_exits_zero_whatever_the_tasks_do(
         capsys, "launch-job", "--state-dir", str(tmp_path), "--format", "json", "--", "false"
     )
     assert code == 0 and json.loads(out)["state"] == "queued"
+
+
+def test_wait_job_exit_status_follows_the_job(
+    tmp_path: Path, backend: FakeBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--state-dir", str(tmp_path), "--format", "json"]
+    backend.plan = lambda spec: Plan(exit_code=spec.task_index)
+    code, out, _err = run_cli(capsys, "launch-job", *base, "--tasks", "2", "--", "exit 0")
+    job = json.loads(out)["job"]
+    code, out, _err = run_cli(capsys, "wait-job", *base, "--job", job)
+    waited = json.loads(out)
+    assert (waited["state"], waited["failed-indexes"], waited["waited"]) == (
+        "failed",
+        "1",
+        "finished",
+    )
+    assert code == cli.EXIT_TASKS_FAILED
+
+    backend.plan = lambda spec: Plan(hang=True)
+    code, out, _err = run_cli(capsys, "launch-job", *base, "--tasks", "2", "--", "sleep 600")
+    cancelled = json.loads(out)["job"]
+    code, _out, _err = run_cli(capsys, "cancel-job", *base, "--job", cancelled)
+    assert code == 0
+    code, out, _err = run_cli(capsys, "wait-job", *base, "--job", cancelled)
+    assert json.loads(out)["state"] == "cancelled"
+    assert code == cli.EXIT_CANCELLED == 4
+
+    code, out, _err = run_cli(capsys, "launch-job", *base, "--tasks", "2", "--", "sleep 600")
+    job = json.loads(out)["job"]
+    code, out, _err = run_cli(capsys, "wait-job", *base, "--job", job, "--wait-timeout", "1s")
+    assert json.loads(out)["waited"] == "wait-timeout passed"
+    assert code == cli.EXIT_STILL_RUNNING
+
+
+def test_wait_job_for_an_unknown_job_fails_naming_it(
+    tmp_path: Path, backend: FakeBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = run_cli(
+        capsys, "wait-job", "--state-dir", str(tmp_path), "--job", "j00000000"
+    )
+    assert code == cli.EXIT_ACTION_FAILED
+    assert "job j00000000 does not exist" in err

@@ -19,6 +19,7 @@ from ..jobs.params import (
     JobParams,
     LaunchJobParams,
     ListJobsParams,
+    WaitJobParams,
 )
 from ..jobs.runner import open_engine
 from ..jobs.status import job_status
@@ -35,6 +36,10 @@ ACTION_PARAMS: dict[str, tuple[type[ActionParams], str]] = {
         "Returns the job id at once.",
     ),
     "job-status": (JobParams, "State, counts, completed and failed indexes, timings of a job."),
+    "wait-job": (
+        WaitJobParams,
+        "Wait until a job has finished (running it when no agent does); its final status.",
+    ),
     "gather-results": (
         GatherResultsParams,
         "Where a finished job's results are on the host, its joblog and a per-task summary.",
@@ -70,6 +75,8 @@ def run_action(
         return build_worker_image(params, config)
     if isinstance(params, LaunchJobParams):
         return job_actions.launch_job(params, config, state_dir, progress)
+    if isinstance(params, WaitJobParams):
+        return job_actions.wait_job(params, config, state_dir, progress)
     ledger = Ledger(state_dir)
     try:
         if isinstance(params, GatherResultsParams):

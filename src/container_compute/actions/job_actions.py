@@ -4,6 +4,8 @@ Each takes its typed params and returns JSON-able results with dashed keys, or r
 ``ActionError``; a failed action changes nothing.
 """
 
+import atexit
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +17,13 @@ from ..errors import ActionError
 from ..jobs import housekeeping, results
 from ..jobs.ledger import JobRecord, Ledger
 from ..jobs.model import JobState, parse_ranges
-from ..jobs.params import GatherResultsParams, JobParams, LaunchJobParams, ListJobsParams
+from ..jobs.params import (
+    GatherResultsParams,
+    JobParams,
+    LaunchJobParams,
+    ListJobsParams,
+    WaitJobParams,
+)
 from ..jobs.runner import agent_alive, open_engine
 from ..jobs.scheduler import Engine, EngineLock
 from ..jobs.status import iso_time, job_status, progress_line, task_summary
@@ -25,6 +33,8 @@ MAX_SUMMARY_TASKS = 100
 CANCEL_WAIT_SECONDS = 60.0
 POLL_SECONDS = 1.0
 IN_PROCESS_POLL_SECONDS = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 def find_job(ledger: Ledger, job_id: str) -> JobRecord:
@@ -38,7 +48,11 @@ def find_job(ledger: Ledger, job_id: str) -> JobRecord:
 def launch_job(
     params: LaunchJobParams, config: HostConfig, state_dir: Path, progress: Progress | None
 ) -> dict[str, Any]:
-    """Record a job; with ``wait``, run it (or follow the agent running it) until it ends."""
+    """Record a job; with ``wait``, follow it until it ends, running the jobs when no one does.
+
+    Any number of clients may wait at once: whichever holds the state directory's engine
+    lock runs every active job, and the others take the lock over when it is free.
+    """
     engine = open_engine(config, state_dir)
     job = engine.submit(params)
     result: dict[str, Any] = {
@@ -57,43 +71,93 @@ def launch_job(
                 "no agent is running: the job starts when container-compute-agent runs"
             )
         return result
-    until = time.time() + params.wait_timeout_seconds
+    result.update(_wait_and_report(engine, job, params.wait_timeout_seconds, progress))
+    return result
+
+
+def wait_job(
+    params: WaitJobParams, config: HostConfig, state_dir: Path, progress: Progress | None
+) -> dict[str, Any]:
+    """Follow a recorded job until it ends or the wait times out; return its final status."""
+    engine = open_engine(config, state_dir)
+    try:
+        job = find_job(engine.ledger, params.job)
+        result: dict[str, Any] = {"job": job.id, "tasks": job.task_count}
+        result.update(_wait_and_report(engine, job, params.wait_timeout_seconds, progress))
+        result["results-dir"] = str(results.job_dir(state_dir, job.id))
+        return result
+    finally:
+        if not engine.inflight_count():
+            engine.ledger.close()
+
+
+def _wait_and_report(
+    engine: Engine, job: JobRecord, wait_seconds: int, progress: Progress | None
+) -> dict[str, Any]:
+    """Wait for the job (see wait_for_job); return its state, counts, indexes, failures."""
     report = (lambda: progress(progress_line(engine.ledger, job))) if progress else None
-    lock = EngineLock(state_dir)
-    if not agent_alive(state_dir) and lock.acquire():
-        done = engine.run(
-            job_id=job.id,
-            until=until,
-            role="in-process",
-            on_tick=report,
-            poll=IN_PROCESS_POLL_SECONDS,
-        )
-        if done:
-            lock.release()
-        else:
-            engine.launching = False
-            threading.Thread(target=_release_after_drain, args=(engine, lock), daemon=True).start()
-    else:
-        while time.time() < until:
-            current = engine.ledger.job(job.id)
-            if current is None or current.state.finished:
-                break
-            if report:
-                report()
-            time.sleep(min(POLL_SECONDS, IN_PROCESS_POLL_SECONDS * 2))
+    wait_for_job(engine, job.id, time.time() + wait_seconds, report)
     status = job_status(engine.ledger, find_job(engine.ledger, job.id))
-    result.update(
-        {key: status[key] for key in ("state", "counts", "completed-indexes", "failed-indexes")}
-    )
+    result = {
+        key: status[key] for key in ("state", "counts", "completed-indexes", "failed-indexes")
+    }
     if status.get("failures"):
         result["failures"] = status["failures"]
     result["waited"] = "finished" if JobState(status["state"]).finished else "wait-timeout passed"
     return result
 
 
-def _release_after_drain(engine: Engine, lock: EngineLock) -> None:
-    engine.drain(timeout=float(24 * 3600))
-    lock.release()
+def wait_for_job(
+    engine: Engine, job_id: str, until: float, report: Callable[[], None] | None = None
+) -> None:
+    """Follow a job until it finished or ``until``; drive the jobs whenever no engine does.
+
+    While another engine (the agent, another client) holds the state directory's lock, this
+    polls the ledger and tries to take the lock; once it has it, its engine adopts what the
+    previous one left running and runs every active job until this one is finished.
+    """
+    lock = EngineLock(engine.state_dir)
+    while time.time() < until:
+        current = engine.ledger.job(job_id)
+        if current is None or current.state.finished:
+            return
+        if lock.acquire():
+            done = engine.run(
+                job_id=job_id,
+                until=until,
+                role="in-process",
+                on_tick=report,
+                poll=IN_PROCESS_POLL_SECONDS,
+            )
+            if not done:
+                logger.info("job %s: wait-timeout passed; leaving it to the next engine", job_id)
+            hand_over(engine, lock)
+            return
+        if report:
+            report()
+        time.sleep(min(POLL_SECONDS, IN_PROCESS_POLL_SECONDS * 2))
+
+
+def hand_over(engine: Engine, lock: EngineLock) -> None:
+    """Stop launching; release the lock once no attempt of this engine is followed any more.
+
+    Attempts of other jobs this engine still follows are drained in the background, then
+    the lock is released, so no two engines ever follow one attempt. Should the process
+    exit first, the engine is parked at exit (no thread starts, commits or deletes a worker
+    from then on) and the lock goes with the process: the next engine adopts the attempts.
+    """
+    engine.launching = False
+    if not engine.inflight_count():
+        lock.release()
+        return
+    atexit.register(engine.park)
+
+    def release_after_drain() -> None:
+        engine.drain(timeout=float(24 * 3600))
+        lock.release()
+        atexit.unregister(engine.park)
+
+    threading.Thread(target=release_after_drain, daemon=True, name="hand-over").start()
 
 
 def gather_results(ledger: Ledger, params: GatherResultsParams, state_dir: Path) -> dict[str, Any]:
@@ -172,6 +236,7 @@ def cancel_job(
         if not ledger.attempts(job.id, state="running") or time.time() >= end:
             break
         time.sleep(0.2)
+    results.write_joblog(state_dir, ledger, job.id)
     counts = ledger.task_counts(job.id)
     return {
         "job": job.id,

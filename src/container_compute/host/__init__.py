@@ -282,7 +282,7 @@ def save_config(config: HostConfig, state_dir: Path) -> bool:
             return False
     except FileNotFoundError:
         pass
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: see jobs/private.py
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
     temporary.chmod(0o600)

@@ -5,6 +5,13 @@ task (with the worker's name, recorded before the worker is started) and the age
 heartbeat. Every change is one transaction, so a crash at any point leaves a consistent
 state that a restarted agent resumes from. Counts and index lists are computed in SQL, so
 status of a 10,000-task job stays cheap.
+
+A job reaches its final state in the same transaction as the last of its tasks (an attempt's
+commit, the deadline failing its pending tasks), whichever process commits it, so the job's
+state can never lag behind its tasks. In that transaction the values of the job's
+environment are redacted (the names are kept): with ``secure_delete`` on and the WAL
+checkpointed and truncated after it, the values are gone from the database files. The
+database and its -wal and -shm files are mode 0600 in a 0700 state directory.
 """
 
 import json
@@ -20,6 +27,7 @@ from typing import Any
 
 from ..constants import LEDGER_FILE
 from .model import JobState, TaskState
+from .private import private_dir, private_file, tighten_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -72,6 +80,11 @@ CREATE TABLE IF NOT EXISTS agent (
     heartbeat REAL NOT NULL
 );
 """
+
+SCHEMA_VERSION = 1  # 1: env values of finished jobs are redacted
+ENV_REDACTED = "<redacted>"
+_ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+_FINISHED = tuple(state.value for state in JobState if state.finished)
 
 ATTEMPT_RUNNING = "running"
 ATTEMPT_SUCCEEDED = "succeeded"
@@ -133,24 +146,38 @@ def new_job_id() -> str:
     return "j" + secrets.token_hex(4)
 
 
+def redacted_env(env: Sequence[str]) -> list[str]:
+    """Return ``KEY=VALUE`` entries with every value replaced by ``<redacted>``."""
+    return [f"{entry.split('=', 1)[0]}={ENV_REDACTED}" for entry in env]
+
+
 class _Store:
     """The SQLite connection of one state directory, shared by threads under one lock."""
 
     def __init__(self, state_dir: Path) -> None:
-        """Open (creating if needed) ``state_dir/ledger.sqlite3``."""
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        """Open (creating if needed) ``state_dir/ledger.sqlite3``, private to its owner."""
+        private_dir(state_dir)
         self.path = state_dir / LEDGER_FILE
+        # SQLite gives the -wal and -shm files the database file's mode.
+        private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            tighten_file(self.path.with_name(self.path.name + suffix))
         self._lock = threading.RLock()
+        self._scrub_pending = False
         self._db = sqlite3.connect(
             str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted or rewritten rows are zeroed
         with self.transaction() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                self._redact_finished_jobs(db)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Close the database connection."""
@@ -168,6 +195,68 @@ class _Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            if self._scrub_pending:
+                self._scrub()
+
+    def _scrub(self) -> None:
+        """Copy the WAL into the database and truncate it, so no old page version lingers.
+
+        When readers keep it from completing, the next transaction tries again.
+        """
+        try:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error:
+            busy = 1
+        self._scrub_pending = bool(busy)
+
+    def _redact(self, db: sqlite3.Connection, job_id: str) -> None:
+        """Replace the values of the job's environment with ``<redacted>`` (in a transaction)."""
+        row = db.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return
+        params = json.loads(row[0])
+        env = params.get("env") or []
+        if env and env != redacted_env(env):
+            params["env"] = redacted_env(env)
+            db.execute("UPDATE jobs SET params = ? WHERE id = ?", (json.dumps(params), job_id))
+            self._scrub_pending = True
+
+    def _redact_finished_jobs(self, db: sqlite3.Connection) -> None:
+        """Redact the environment of jobs an older version finished without redacting."""
+        marks = ",".join("?" * len(_FINISHED))
+        for (job_id,) in db.execute(
+            f"SELECT id FROM jobs WHERE state IN ({marks})",  # noqa: S608 - placeholders only
+            _FINISHED,
+        ).fetchall():
+            self._redact(db, job_id)
+
+    def _conclude(self, db: sqlite3.Connection, job_id: str, now: float) -> JobState | None:
+        """Finish an active job none of whose tasks is pending or running (in a transaction).
+
+        The job fails when a task failed, else succeeds; its environment is redacted.
+        Returns the state it reached, or None when it was not finished by this call.
+        """
+        cursor = db.execute(
+            "UPDATE jobs SET state = CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job = :job "
+            "AND state = :failed) THEN :failed ELSE :succeeded END, finished = :now, "
+            "started = COALESCE(started, :now) "
+            "WHERE id = :job AND state IN (:queued, :running) AND NOT EXISTS (SELECT 1 FROM "
+            "tasks WHERE job = :job AND state IN (:pending, :task_running))",
+            {
+                "job": job_id,
+                "now": now,
+                "failed": TaskState.FAILED.value,
+                "succeeded": JobState.SUCCEEDED.value,
+                "queued": JobState.QUEUED.value,
+                "running": JobState.RUNNING.value,
+                "pending": TaskState.PENDING.value,
+                "task_running": TaskState.RUNNING.value,
+            },
+        )
+        if cursor.rowcount != 1:
+            return None
+        self._redact(db, job_id)
+        return JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -251,7 +340,7 @@ class _JobRows(_Store):
             for row in self._query(
                 "SELECT id, name, state, params, backend, task_count, created, started, "
                 "finished, deadline FROM jobs WHERE state IN (?, ?) ORDER BY created, id",
-                (JobState.QUEUED.value, JobState.RUNNING.value),
+                _ACTIVE,
             )
         ]
 
@@ -272,7 +361,22 @@ class _JobRows(_Store):
                     JobState.RUNNING.value,
                 ),
             )
+            if cursor.rowcount == 1 and state.finished:
+                self._redact(db, job_id)
             return cursor.rowcount == 1
+
+    def finish_if_done(self, job_id: str, now: float | None = None) -> JobState | None:
+        """Finish the job when no task of it is pending or running; return its final state.
+
+        Returns None while the job is unfinished. Commits finish a job themselves; this
+        catches what they cannot (a job an older version left running with every task done).
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            self._conclude(db, job_id, now)
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        state = JobState(row[0]) if row else None
+        return state if state is not None and state.finished else None
 
     def delete_job(self, job_id: str) -> bool:
         """Delete a job with its tasks and attempts; return False when it did not exist."""
@@ -380,13 +484,18 @@ class _TaskRows(_Store):
         )
 
     def fail_pending(self, job_id: str, reason: str, detail: str, now: float) -> int:
-        """Mark every pending task of the job failed with ``reason``; return how many."""
+        """Mark every pending task of the job failed with ``reason``; return how many.
+
+        When no task is left running, the job fails in the same transaction.
+        """
         with self.transaction() as db:
-            return db.execute(
+            count = db.execute(
                 "UPDATE tasks SET state = ?, reason = ?, detail = ?, finished = ? "
                 "WHERE job = ? AND state = ?",
                 (TaskState.FAILED.value, reason, detail, now, job_id, TaskState.PENDING.value),
             ).rowcount
+            self._conclude(db, job_id, now)
+            return count
 
 
 class _AttemptRows(_Store):
@@ -396,12 +505,14 @@ class _AttemptRows(_Store):
         """Record the next attempt of a pending task as running; return its number.
 
         ``worker_of(attempt)`` names the worker. Returns None when the task is not pending
-        (someone else took it). The job becomes running with its first attempt.
+        (someone else took it) or the job has finished (e.g. it was cancelled meanwhile).
+        The job becomes running with its first attempt.
         """
         with self.transaction() as db:
             row = db.execute(
-                "SELECT attempts FROM tasks WHERE job = ? AND idx = ? AND state = ?",
-                (job_id, index, TaskState.PENDING.value),
+                "SELECT t.attempts FROM tasks t JOIN jobs j ON j.id = t.job "
+                "WHERE t.job = ? AND t.idx = ? AND t.state = ? AND j.state IN (?, ?)",
+                (job_id, index, TaskState.PENDING.value, *_ACTIVE),
             ).fetchone()
             if row is None:
                 return None
@@ -437,8 +548,9 @@ class _AttemptRows(_Store):
     ) -> bool:
         """Commit an attempt's outcome and its task's new state, exactly once.
 
-        Returns False (changing nothing) when the attempt is no longer running: its outcome
-        was committed before, or the job was deleted.
+        When this makes the job's last task final, the job finishes in the same transaction
+        (``finish_if_done``). Returns False (changing nothing) when the attempt is no longer
+        running: its outcome was committed before, or the job was deleted.
         """
         attempt_state = ATTEMPT_SUCCEEDED if outcome.get("succeeded") else ATTEMPT_FAILED
         with self.transaction() as db:
@@ -468,6 +580,8 @@ class _AttemptRows(_Store):
                     index,
                 ),
             )
+            if final:
+                self._conclude(db, job_id, now)
             return True
 
     def attempts(self, job_id: str | None = None, state: str | None = None) -> list[AttemptRecord]:

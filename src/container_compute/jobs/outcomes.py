@@ -177,4 +177,18 @@ class OutcomeCommitter:
                 spec.attempt,
                 record["reason"] or "succeeded",
             )
+            if decision.state != TaskState.PENDING:
+                self._after_final_task(job.id)
         return committed
+
+    def _after_final_task(self, job_id: str) -> None:
+        """Write the joblog when the job is finished (its last task was just committed).
+
+        The ledger finished the job in the commit's own transaction; a cancelled job's
+        joblog is rewritten as its stopped attempts are committed.
+        """
+        job = self.ledger.job(job_id)
+        if job is not None and job.state.finished:
+            results.write_joblog(self.state_dir, self.ledger, job_id)
+            if job.state != JobState.CANCELLED:  # only the last task's commit sees it finished
+                logger.info("job %s %s", job_id, job.state.value)

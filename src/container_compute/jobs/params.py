@@ -264,6 +264,27 @@ class JobParams(ActionParams):
 
 
 @dataclass(frozen=True)
+class WaitJobParams(ActionParams):
+    """wait-job: follow a job until it ends (running it when no agent does)."""
+
+    job: str = param(description="Job id, as launch-job returned it.")
+    wait_timeout: str = param(
+        "30m", "Longest wait (e.g. 30m, at most 24h); the job goes on after it."
+    )
+
+    def __post_init__(self) -> None:
+        """Check the job id and the wait."""
+        super().__post_init__()
+        _check_job_id(self.job)
+        _check_duration("wait-timeout", self.wait_timeout, MAX_WAIT_SECONDS)
+
+    @property
+    def wait_timeout_seconds(self) -> int:
+        """Longest wait in seconds."""
+        return parse_duration(self.wait_timeout)
+
+
+@dataclass(frozen=True)
 class GatherResultsParams(ActionParams):
     """gather-results: where a finished job's results are, and small outputs inline."""
 

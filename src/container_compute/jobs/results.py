@@ -9,16 +9,20 @@ A task's directory is written by the backend into a temporary sibling, then rena
 place whole (``install_task_dir``), so readers never see half a task. The joblog is
 regenerated from the ledger, never appended to: it cannot hold a task twice. Its Host column
 is the LXD cluster member that ran the task's last attempt, else the worker's name.
+
+The tree is private to its owner: directories 0700, files 0600 (``private``).
 """
 
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..constants import RESULTS_SUBDIR
 from .ledger import Ledger
+from .private import private_dir, tighten_tree
 
 JOBLOG_NAME = "joblog.tsv"
 OUTCOME_NAME = "outcome.json"
@@ -61,15 +65,20 @@ def joblog_path(state_dir: Path, job_id: str) -> Path:
 
 def temp_task_dir(state_dir: Path, job_id: str, index: int, attempt: int) -> Path:
     """Return a fresh, empty temporary directory for one attempt's results."""
-    path = job_dir(state_dir, job_id) / f"{_TEMP_PREFIX}{index}-{attempt}"
+    private_dir(results_root(state_dir))
+    path = private_dir(job_dir(state_dir, job_id)) / f"{_TEMP_PREFIX}{index}-{attempt}"
     if path.exists():
         shutil.rmtree(path)
-    path.mkdir(parents=True, mode=0o750)
+    path.mkdir(mode=0o700)
     return path
 
 
 def install_task_dir(temp_dir: Path, final_dir: Path) -> None:
-    """Move a complete temporary task directory into place, replacing any older one."""
+    """Move a complete temporary task directory into place, replacing any older one.
+
+    What the backend wrote loses group and other permissions first.
+    """
+    tighten_tree(temp_dir)
     old = final_dir.with_name(f"{_OLD_PREFIX}{final_dir.name}")
     if old.exists():
         shutil.rmtree(old)
@@ -82,7 +91,10 @@ def install_task_dir(temp_dir: Path, final_dir: Path) -> None:
 
 def write_outcome(directory: Path, outcome: dict[str, Any]) -> None:
     """Write a task's outcome summary (``outcome.json``) into its results directory."""
-    (directory / OUTCOME_NAME).write_text(json.dumps(outcome, indent=1, sort_keys=True) + "\n")
+    text = json.dumps(outcome, indent=1, sort_keys=True) + "\n"
+    fd = os.open(directory / OUTCOME_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as stream:
+        stream.write(text)
 
 
 def remove_temp_dirs(state_dir: Path) -> None:
@@ -93,7 +105,9 @@ def remove_temp_dirs(state_dir: Path) -> None:
     for job in root.iterdir():
         if job.is_dir():
             for child in job.iterdir():
-                if child.name.startswith((_TEMP_PREFIX, _OLD_PREFIX)):
+                # Only directories: a temporary joblog may be another client's, being written.
+                named = child.name.startswith((_TEMP_PREFIX, _OLD_PREFIX))
+                if named and child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child, ignore_errors=True)
 
 
@@ -142,12 +156,23 @@ def render_joblog(ledger: Ledger, job_id: str) -> str:
 
 
 def write_joblog(state_dir: Path, ledger: Ledger, job_id: str) -> Path:
-    """Regenerate the job's joblog.tsv from the ledger (atomically); return its path."""
+    """Regenerate the job's joblog.tsv from the ledger (atomically); return its path.
+
+    Several writers at once (the commit that finished the job, gather-results) each write
+    their own temporary file: the last rename wins, and every version is whole.
+    """
     path = joblog_path(state_dir, job_id)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    temp = path.with_name(f"{_TEMP_PREFIX}{JOBLOG_NAME}")
-    temp.write_text(render_joblog(ledger, job_id))
-    os.replace(temp, path)
+    private_dir(results_root(state_dir))
+    private_dir(path.parent)
+    text = render_joblog(ledger, job_id)
+    fd, temp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{JOBLOG_NAME}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as stream:  # mkstemp: mode 0600
+            stream.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
     return path
 
 

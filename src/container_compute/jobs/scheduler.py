@@ -13,6 +13,13 @@
 A crash anywhere re-runs or re-adopts the attempt and never records it twice: on start,
 attempts the ledger says are running are adopted when their worker still exists (``wait``
 again) and retried when it is gone (not charged to the task's retry budget).
+
+One engine at a time drives a state directory (``EngineLock``), and it drives every active
+job there, whoever submitted it. A job finishes in the ledger with the commit of its last
+task (``Ledger.finish_attempt``), so it does not matter which engine ran it. An engine leaves
+its attempts to the next one either by draining them (``drain``) before it releases the lock,
+or by ``park``: no thread starts, commits or deletes a worker any more, so the process can
+exit (which releases the lock) and the next engine adopts what is still running.
 """
 
 import fcntl
@@ -20,7 +27,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -38,6 +46,7 @@ from .outcomes import (
     failed,
 )
 from .params import LaunchJobParams
+from .private import FILE_MODE, private_dir, tighten_file
 from .submission import ImageCheck, JobSubmitter
 
 logger = logging.getLogger(__name__)
@@ -87,8 +96,8 @@ class EngineLock:
     """An exclusive lock on a state directory: at most one engine runs jobs there."""
 
     def __init__(self, state_dir: Path) -> None:
-        """Prepare the lock file ``state_dir/engine.lock``."""
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        """Prepare the lock file ``state_dir/engine.lock`` (mode 0600 in a 0700 directory)."""
+        private_dir(state_dir)
         self.path = state_dir / LOCK_FILE
         self._file: IO[str] | None = None
 
@@ -96,7 +105,9 @@ class EngineLock:
         """Take the lock; return False when another engine holds it (``blocking=False``)."""
         if self._file is not None:
             return True
-        handle = open(self.path, "a+")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        handle = os.fdopen(fd, "a+")
+        tighten_file(self.path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -111,6 +122,140 @@ class EngineLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+class AttemptThreads:
+    """The attempt threads of one engine: who follows what, and when a thread may act.
+
+    A thread starts a worker, and commits and deletes it, inside ``acting``; once the engine
+    is parked, a thread that would act ends instead and leaves its attempt (recorded as
+    running) to the next engine.
+    """
+
+    def __init__(self) -> None:
+        """Track no thread yet."""
+        self._lock = threading.RLock()
+        self._inflight: dict[tuple[str, int], threading.Thread] = {}
+        self._deleting: dict[str, str] = {}  # worker name -> job id
+        self._changed = threading.Condition(self._lock)
+        self._acting = 0
+        self.parked = False
+        self.wakeup = threading.Event()  # set when an attempt ends: a slot is free
+
+    def add(self, key: tuple[str, int], worker: str, thread: threading.Thread) -> None:
+        """Record that ``thread`` follows the attempt of ``key`` (job, index) on ``worker``."""
+        with self._lock:
+            self._inflight[key] = thread
+            self._deleting[worker] = key[0]
+
+    def done(self, key: tuple[str, int]) -> None:
+        """Record that the attempt of ``key`` is no longer followed (a slot is free)."""
+        with self._lock:
+            self._inflight.pop(key, None)
+        self.wakeup.set()
+
+    def deleted(self, worker: str) -> None:
+        """Record that ``worker`` is deleted (or left to the reaper)."""
+        with self._changed:
+            self._deleting.pop(worker, None)
+            self._changed.notify_all()
+
+    def job_ids(self) -> set[str]:
+        """Return the jobs whose attempts are followed."""
+        with self._lock:
+            return {key[0] for key in self._inflight}
+
+    def is_inflight(self, key: tuple[str, int]) -> bool:
+        """Tell whether an attempt of ``key`` (job, index) is followed."""
+        with self._lock:
+            return key in self._inflight
+
+    def count(self, job_id: str | None = None) -> int:
+        """Return how many attempts are followed (of one job, or in all)."""
+        with self._lock:
+            if job_id is None:
+                return len(self._inflight)
+            return sum(1 for key in self._inflight if key[0] == job_id)
+
+    @contextmanager
+    def acting(self) -> Iterator[bool]:
+        """Yield True when the thread may act on its worker; False once parked."""
+        with self._changed:
+            if self.parked:
+                allowed = False
+            else:
+                allowed = True
+                self._acting += 1
+        try:
+            yield allowed
+        finally:
+            if allowed:
+                with self._changed:
+                    self._acting -= 1
+                    self._changed.notify_all()
+
+    def park(self, timeout: float) -> bool:
+        """Let no thread act any more; wait (bounded) for those acting; True when none is."""
+        with self._changed:
+            self.parked = True
+            return self._changed.wait_for(lambda: not self._acting, timeout)
+
+    def wait_deletions(self, job_id: str | None, timeout: float) -> bool:
+        """Wait (bounded) until the workers of ended attempts (of one job) are deleted."""
+
+        def finished() -> bool:
+            return not any(job_id in (None, job) for job in self._deleting.values())
+
+        with self._changed:
+            return self._changed.wait_for(finished, timeout)
+
+    def drain(self, timeout: float) -> None:
+        """Wait (bounded) for every thread to end."""
+        end = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._inflight.values())
+        for thread in threads:
+            thread.join(max(0.0, end - time.monotonic()))
+
+
+class StopReasons:
+    """Why the running attempts of a job must stop: it was cancelled, or its deadline passed."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        """Know of no job yet; ``clock`` tells when deadlines pass."""
+        self.clock = clock
+        self._reasons: dict[str, FailureReason] = {}
+        self._deadlines: dict[str, float] = {}
+
+    def follow(self, job: JobRecord) -> None:
+        """Remember the job's deadline (an attempt of it is followed)."""
+        if job.deadline is not None:
+            self._deadlines[job.id] = job.deadline
+
+    def stop(self, job_id: str, reason: FailureReason) -> None:
+        """Stop the job's attempts for ``reason``."""
+        self._reasons[job_id] = reason
+
+    def refresh(self, ledger: Ledger, followed: set[str]) -> None:
+        """Forget jobs none of whose attempts is ``followed``; stop those cancelled."""
+        for job_id in set(self._reasons) | set(self._deadlines):
+            if job_id not in followed:
+                self._reasons.pop(job_id, None)
+                self._deadlines.pop(job_id, None)
+        for job_id in followed:
+            job = ledger.job(job_id)
+            if job is None or job.state == JobState.CANCELLED:
+                self._reasons[job_id] = FailureReason.CANCELLED
+
+    def reason(self, job_id: str) -> FailureReason | None:
+        """Return why the job's running attempts must stop now, or None."""
+        reason = self._reasons.get(job_id)
+        if reason is not None:
+            return reason
+        deadline = self._deadlines.get(job_id)
+        if deadline is not None and self.clock() >= deadline:
+            return FailureReason.DEADLINE
+        return None
 
 
 class Engine:
@@ -143,13 +288,9 @@ class Engine:
             state_dir, self.ledger, clock, backoff_base, backoff_cap
         )
         self._submitter = JobSubmitter(config, self.ledger, self.backend, image_exists)
-        self._inflight: dict[tuple[str, int], threading.Thread] = {}
-        self._deleting: set[str] = set()
-        self._deleted = threading.Condition()
+        self.threads = AttemptThreads()
         self._lock = threading.RLock()
-        self._wakeup = threading.Event()  # set when an attempt ends: a slot is free
-        self._stop_reasons: dict[str, FailureReason] = {}
-        self._deadlines: dict[str, float] = {}
+        self.stops = StopReasons(clock)
         self._resumed = False
         self.launching = True
 
@@ -168,54 +309,42 @@ class Engine:
 
     def is_inflight(self, job_id: str, index: int) -> bool:
         """Tell whether this engine follows an attempt of task ``index`` of the job."""
-        with self._lock:
-            return (job_id, index) in self._inflight
+        return self.threads.is_inflight((job_id, index))
 
     def inflight_count(self, job_id: str | None = None) -> int:
         """Return how many attempts this engine is running (of one job, or in all)."""
-        with self._lock:
-            if job_id is None:
-                return len(self._inflight)
-            return sum(1 for key in self._inflight if key[0] == job_id)
+        return self.threads.count(job_id)
 
     def step(self) -> bool:
         """One scheduling pass: resume, deadlines, finish jobs, launch. True while work remains."""
         if not self._resumed:
             self.resume()
         now = self.clock()
-        self._refresh_stop_reasons()
+        self.stops.refresh(self.ledger, self.threads.job_ids())
         active = self.ledger.active_jobs()
         for job in active:
             if job.deadline is not None and now >= job.deadline:
-                self._stop_reasons[job.id] = FailureReason.DEADLINE
+                self.stops.stop(job.id, FailureReason.DEADLINE)
                 self.ledger.fail_pending(
                     job.id, FailureReason.DEADLINE.value, "the job's deadline passed", now
                 )
             if self._finish_if_done(job):
                 continue
-            if self.launching and self._resumed:
+            if self.launching and self._resumed and not self.threads.parked:
                 self._launch_some(job, now)
         return bool(active) or self.inflight_count() > 0
 
-    def _refresh_stop_reasons(self) -> None:
-        with self._lock:
-            job_ids = {key[0] for key in self._inflight}
-        for job_id in job_ids:
-            job = self.ledger.job(job_id)
-            if job is None or job.state == JobState.CANCELLED:
-                self._stop_reasons[job_id] = FailureReason.CANCELLED
-
     def _finish_if_done(self, job: JobRecord) -> bool:
-        if self.inflight_count(job.id):
-            return False
+        """True when the job is finished: by a commit, the deadline, or (older ledgers) now."""
         counts = self.ledger.task_counts(job.id)
         if counts[TaskState.PENDING.value] or counts[TaskState.RUNNING.value]:
             return False
-        state = JobState.FAILED if counts[TaskState.FAILED.value] else JobState.SUCCEEDED
-        if self.ledger.set_job_state(job.id, state, self.clock()):
+        state = self.ledger.finish_if_done(job.id, self.clock())
+        if state is None:
+            return False
+        if not results.joblog_path(self.state_dir, job.id).exists():
             results.write_joblog(self.state_dir, self.ledger, job.id)
             logger.info("job %s %s", job.id, state.value)
-        self._stop_reasons.pop(job.id, None)
         return True
 
     def _launch_some(self, job: JobRecord, now: float) -> None:
@@ -245,72 +374,78 @@ class Engine:
 
     def spawn(self, job: JobRecord, spec: WorkerSpec, adopt: bool) -> None:
         """Follow one attempt in a thread of its own (``adopt``: it was started before)."""
-        if job.deadline is not None:
-            self._deadlines[job.id] = job.deadline
+        self.stops.follow(job)
         thread = threading.Thread(
             target=self._run_attempt,
             args=(job, spec, adopt),
             daemon=True,
             name=spec.worker_name,
         )
-        with self._lock:
-            self._inflight[(job.id, spec.task_index)] = thread
+        self.threads.add((job.id, spec.task_index), spec.worker_name, thread)
         thread.start()
 
     def should_stop(self, job_id: str) -> FailureReason | None:
         """Return why a job's running attempts must stop now, or None."""
-        reason = self._stop_reasons.get(job_id)
-        if reason is not None:
-            return reason
-        deadline = self._deadlines.get(job_id)
-        if deadline is not None and self.clock() >= deadline:
-            return FailureReason.DEADLINE
-        return None
+        return self.stops.reason(job_id)
 
     def _run_attempt(self, job: JobRecord, spec: WorkerSpec, adopt: bool) -> None:
         key = (job.id, spec.task_index)
-        with self._deleted:
-            self._deleting.add(spec.worker_name)
         try:
-            backend = self.backend(job.backend)
-            temp = results.temp_task_dir(self.state_dir, job.id, spec.task_index, spec.attempt)
-            try:
-                if not adopt:
-                    backend.start(spec)
-                outcome = backend.wait(spec, temp, lambda: self.should_stop(job.id))
-            except LaunchError as err:
-                outcome = failed(FailureReason.LAUNCH_ERROR, str(err))
-            except Exception as err:  # a backend bug must not kill the engine
-                logger.exception("attempt %s failed", spec.worker_name)
-                outcome = failed(FailureReason.LAUNCH_ERROR, f"{type(err).__name__}: {err}")
-            lost = adopt and not outcome.succeeded and outcome.exit_code is None
-            lost = lost and outcome.reason in (FailureReason.EXIT_CODE, FailureReason.LAUNCH_ERROR)
-            if lost:  # the crash came before the command ran: like a vanished worker
-                outcome.reason = FailureReason.LAUNCH_ERROR
-                outcome.detail = f"{VANISHED} in a crash: {outcome.detail}"
-            self.commit(job, spec, outcome, temp, vanished=lost)
+            followed = self._follow(job, spec, adopt)
+            if followed is None:
+                return
+            with self.threads.acting() as allowed:
+                if not allowed:  # parked: the attempt is left running, to be adopted
+                    return
+                try:
+                    self.commit(job, spec, *followed)
+                except Exception:
+                    logger.exception("could not record attempt %s", spec.worker_name)
+                self.threads.done(key)
+                self._delete_worker(job.backend, spec.worker_name)
         except Exception:
-            logger.exception("could not record attempt %s", spec.worker_name)
+            logger.exception("could not follow attempt %s", spec.worker_name)
         finally:
-            with self._lock:
-                self._inflight.pop(key, None)
-            self._wakeup.set()
-        self._delete_worker(job.backend, spec.worker_name)
+            self.threads.done(key)
+            self.threads.deleted(spec.worker_name)
+
+    def _follow(
+        self, job: JobRecord, spec: WorkerSpec, adopt: bool
+    ) -> tuple[TaskOutcome, Path, bool] | None:
+        """Start the worker (unless adopted) and wait for it: (outcome, results, vanished).
+
+        Returns None when the engine was parked before the worker was started.
+        """
+        backend = self.backend(job.backend)
+        temp = results.temp_task_dir(self.state_dir, job.id, spec.task_index, spec.attempt)
+        try:
+            if not adopt:
+                with self.threads.acting() as allowed:
+                    if not allowed:
+                        return None
+                    backend.start(spec)
+            outcome = backend.wait(spec, temp, lambda: self.should_stop(job.id))
+        except LaunchError as err:
+            outcome = failed(FailureReason.LAUNCH_ERROR, str(err))
+        except Exception as err:  # a backend bug must not kill the engine
+            logger.exception("attempt %s failed", spec.worker_name)
+            outcome = failed(FailureReason.LAUNCH_ERROR, f"{type(err).__name__}: {err}")
+        lost = adopt and not outcome.succeeded and outcome.exit_code is None
+        lost = lost and outcome.reason in (FailureReason.EXIT_CODE, FailureReason.LAUNCH_ERROR)
+        if lost:  # the crash came before the command ran: like a vanished worker
+            outcome.reason = FailureReason.LAUNCH_ERROR
+            outcome.detail = f"{VANISHED} in a crash: {outcome.detail}"
+        return outcome, temp, lost
 
     def _delete_worker(self, backend_name: str, name: str) -> None:
         try:
             self.backend(backend_name).delete(name)
         except Exception:  # the reaper will get it
             logger.exception("could not delete worker %s", name)
-        finally:
-            with self._deleted:
-                self._deleting.discard(name)
-                self._deleted.notify_all()
 
-    def wait_deletions(self, timeout: float = 60.0) -> bool:
-        """Wait (bounded) until the workers of finished attempts are deleted; True when done."""
-        with self._deleted:
-            return self._deleted.wait_for(lambda: not self._deleting, timeout)
+    def wait_deletions(self, timeout: float = 60.0, job_id: str | None = None) -> bool:
+        """Wait (bounded) until the workers of ended attempts (of one job) are deleted."""
+        return self.threads.wait_deletions(job_id, timeout)
 
     def commit(
         self,
@@ -347,28 +482,37 @@ class Engine:
         stop = stop or threading.Event()
         while True:
             self.ledger.heartbeat(os.getpid(), role, self.clock())
+            if job_id is not None and self._over(job_id):  # checked first: launch no more
+                self.wait_deletions(job_id=job_id)
+                return True
             active = self.step()
             if on_tick is not None:
                 on_tick()
-            if job_id is not None:
-                job = self.ledger.job(job_id)
-                if job is None or (job.state.finished and not self.inflight_count(job_id)):
-                    self.wait_deletions()
-                    return True
-            elif not active:
+            if job_id is None and not active:
                 self.wait_deletions()
                 return True
             if until is not None and self.clock() >= until:
                 return False
-            self._wakeup.wait(poll)  # the next pass starts when a slot frees, or after poll
-            self._wakeup.clear()
+            self.threads.wakeup.wait(poll)  # the next pass starts when a slot frees, or after poll
+            self.threads.wakeup.clear()
             if stop.is_set():
                 return False
 
+    def _over(self, job_id: str) -> bool:
+        """True when the job is finished (or gone) and none of its attempts is followed."""
+        job = self.ledger.job(job_id)
+        return job is None or (job.state.finished and not self.inflight_count(job_id))
+
     def drain(self, timeout: float = 30.0) -> None:
         """Wait (bounded) for this engine's attempt threads to end."""
-        end = time.monotonic() + timeout
-        with self._lock:
-            threads = list(self._inflight.values())
-        for thread in threads:
-            thread.join(max(0.0, end - time.monotonic()))
+        self.threads.drain(timeout)
+
+    def park(self, timeout: float = 60.0) -> bool:
+        """Stop launching and acting, so this process may exit leaving its attempts to adopt.
+
+        Waits (bounded) for threads starting, committing or deleting a worker to be done;
+        after that, no thread changes a worker or the ledger any more. True when none was
+        left acting.
+        """
+        self.launching = False
+        return self.threads.park(timeout)
