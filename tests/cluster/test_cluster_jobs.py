@@ -189,6 +189,21 @@ def test_a_member_lost_mid_job(
     assert cluster.cluster_state(lab.local_client(1)).offline == []
 
 
+def test_an_oom_kill_is_told_through_the_api(cluster_config: HostConfig, state_dir: Path) -> None:
+    result = launch(
+        cluster_config,
+        state_dir,
+        command="head -c 200m /dev/zero | tail > /dev/null",
+        tasks=1,
+        memory="32MiB",
+        wait=True,
+    )
+
+    failure = status(cluster_config, state_dir, result["job"])["failures"]["0"]
+    assert failure["reason"] == "oom", failure
+    assert "as LXD's API shows it" in failure["detail"]
+
+
 def test_the_cluster_refuses_to_be_left_while_it_holds_instances(lab: ClusterLab) -> None:
     client = lab.local_client(1)
     counts = cluster.instance_counts(client)

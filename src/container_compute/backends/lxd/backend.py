@@ -37,6 +37,7 @@ from .members import (
     LostMemberGuard,
     MemberBook,
     WorkerUnreachableError,
+    explain_remote_oom,
     lost_outcome,
     unreachable,
 )
@@ -377,6 +378,8 @@ def _follow_on_member(
     if outcome.reason == FailureReason.MEMBER_LOST:
         _empty(task_dir)
         outcome = lost_outcome(member, outcome.detail)
+    elif not local:
+        outcome = explain_remote_oom(backend.api, spec, outcome)
     outcome.host = member
     return outcome
 
