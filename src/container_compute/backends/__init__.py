@@ -88,6 +88,10 @@ class WorkerInfo:
     running: bool
 
 
+class WorkerUnreachableError(RuntimeError):
+    """A worker cannot be reached now (its LXD cluster member is offline); try again later."""
+
+
 class LaunchError(RuntimeError):
     """The worker could not be created or started (image missing, pool full, ...)."""
 

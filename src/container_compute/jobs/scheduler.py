@@ -32,7 +32,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from ..backends import Backend, FailureReason, LaunchError, TaskOutcome, WorkerSpec, open_backend
+from ..backends import (
+    Backend,
+    FailureReason,
+    LaunchError,
+    TaskOutcome,
+    WorkerSpec,
+    WorkerUnreachableError,
+    open_backend,
+)
 from ..config import HostConfig
 from ..units import parse_duration
 from . import housekeeping, results
@@ -440,6 +448,8 @@ class Engine:
     def _delete_worker(self, backend_name: str, name: str) -> None:
         try:
             self.backend(backend_name).delete(name)
+        except WorkerUnreachableError as err:  # e.g. its cluster member is offline
+            logger.warning("worker %s left for the reaper: %s", name, err)
         except Exception:  # the reaper will get it
             logger.exception("could not delete worker %s", name)
 

@@ -29,14 +29,20 @@ from ...constants import (
     WORKER_PROFILE,
 )
 from ...lxdclient import LXDUnavailableError, endpoint_of
-from .. import FailureReason, LaunchError, TaskOutcome, WorkerInfo, WorkerSpec
+from .. import (
+    FailureReason,
+    LaunchError,
+    TaskOutcome,
+    WorkerInfo,
+    WorkerSpec,
+    WorkerUnreachableError,
+)
 from ..gather import safe_name
 from .api import LXDApi, OperationFailedError, image_source, is_transient
 from .disk import explain_disk_full
 from .members import (
     LostMemberGuard,
     MemberBook,
-    WorkerUnreachableError,
     explain_remote_oom,
     lost_outcome,
     unreachable,

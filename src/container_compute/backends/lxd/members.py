@@ -225,7 +225,3 @@ def explain_remote_oom(api: LXDApi, spec: WorkerSpec, outcome: TaskOutcome) -> T
             f"({peak >> 20} MiB of {limit_text}): an OOM kill, as LXD's API shows it"
         )
     return outcome
-
-
-class WorkerUnreachableError(RuntimeError):
-    """A worker sits on a cluster member that is offline: it is reaped once the member returns."""
