@@ -244,12 +244,15 @@ class ClusterLab:
             f"ip addr replace {cidr} dev eth0 && ip link set eth0 up && {START_LXD}",
         )
 
-    def local_client(self, number: int, project: str | None = None) -> pylxd.Client:
-        """A client of member ``number``'s daemon over its unix socket, seen from the host."""
+    def socket(self, number: int) -> str:
+        """Member ``number``'s LXD unix socket, seen from the host (through its init's root)."""
         host = connect(project=self.project)
         pid = host.api.instances[self.member(number)].state.get().json()["metadata"]["pid"]
-        socket = f"/proc/{pid}/root/var/lib/lxd/unix.socket"
-        return pylxd.Client(endpoint=socket, project=project, timeout=60)
+        return f"/proc/{pid}/root/var/lib/lxd/unix.socket"
+
+    def local_client(self, number: int, project: str | None = None) -> pylxd.Client:
+        """A client of member ``number``'s daemon over its unix socket."""
+        return pylxd.Client(endpoint=self.socket(number), project=project, timeout=60)
 
     def _form(self) -> None:
         first = self.local_client(1)

@@ -154,6 +154,18 @@ def issue_join_token(client: pylxd.Client, server_name: str) -> str:
     return _token_from(metadata, server_name)
 
 
+def revoke_join_tokens(client: pylxd.Client, server_name: str) -> int:
+    """Cancel the join tokens still pending for ``server_name``; return how many."""
+    revoked = 0
+    with contextlib.suppress(pylxd.exceptions.LXDAPIException):
+        listing = client.api.operations.get(params={"recursion": "1"}).json()["metadata"]
+        for entry in listing.get("running", []):
+            if (entry.get("metadata") or {}).get("serverName") == server_name:
+                client.api.operations[entry["id"]].delete()
+                revoked += 1
+    return revoked
+
+
 def _token_from(metadata: dict[str, Any], server_name: str) -> str:
     if "token" in metadata:
         return str(metadata["token"])
