@@ -31,6 +31,17 @@ logger = logging.getLogger(__name__)
 # Longest status message; the rest of the host's problems are in the debug log.
 MAX_STATUS_LENGTH = 240
 AGENT_DOWN_MESSAGE = "job agent is not running: see journalctl -u container-compute-agent"
+IDENTITY_WAITING_MESSAGE = f"waiting for keystone's credentials on {IDENTITY_ENDPOINT}"
+
+
+def check_identity(credentials: identity.KeystoneCredentials) -> str:
+    """Prove keystone's credentials by getting a token; return who they authenticate.
+
+    Raises:
+        identity.IdentityError: why not (never with the password).
+    """
+    session = identity.keystone_session(credentials)
+    return identity.verify(session, credentials.describe(), credentials.password)
 
 
 class ContainerComputeCharm(ops.CharmBase):
@@ -42,7 +53,7 @@ class ContainerComputeCharm(ops.CharmBase):
         self._peers = ClusterPeers(self)
         self._identity = IdentityRequirer(self)
         self._jobs = ComputeJobsServer(self)
-        self._formation = ClusterFormation(self, host)
+        self._formation = ClusterFormation(self, host, self._peers)
         for host_event in (
             self.on.install,
             self.on.start,
@@ -90,7 +101,7 @@ class ContainerComputeCharm(ops.CharmBase):
             logger.info("job agent service installed or updated")
         for relation in self._lxd.relations:
             self._serve_lxd_relation(relation, config, host_changed=report.changed)
-        address = self._publish_cluster_identity(config)
+        address = self._formation.publish_identity(config)
         self._formation.reconcile(config, address)
         self._request_identity(config)
 
@@ -107,7 +118,7 @@ class ContainerComputeCharm(ops.CharmBase):
         if reaped:
             logger.info("reaped %d orphaned workers: %s", len(reaped), ", ".join(reaped))
         if config.lxd_cluster or self.unit.is_leader():
-            self._formation.reconcile(config, self._publish_cluster_identity(config))
+            self._formation.reconcile(config, self._formation.publish_identity(config))
         if self.unit.is_leader():
             self._serve_compute_jobs(config)
 
@@ -139,7 +150,7 @@ class ContainerComputeCharm(ops.CharmBase):
         config = self._load_config()
         if config is None:
             return
-        address = self._publish_cluster_identity(config)
+        address = self._formation.publish_identity(config)
         if not config.lxd_listen_https:
             return
         self._formation.reconcile(config, address)
@@ -170,11 +181,13 @@ class ContainerComputeCharm(ops.CharmBase):
                 credentials.project,
                 credentials.auth_url,
             )
+        accept_credentials(credentials)
 
     def _on_identity_relation_broken(self, _: ops.RelationBrokenEvent) -> None:
-        """Keystone went away: forget its credentials."""
-        if identity.forget(identity.credentials_path(STATE_DIR)):
-            logger.info("keystone credentials removed")
+        """Keystone went away: forget its credentials and every file made from them."""
+        removed = identity.forget_all(STATE_DIR)
+        if removed:
+            logger.info("keystone credentials removed (%s)", ", ".join(removed))
 
     def _on_jobs_requested(self, _: ops.RelationEvent) -> None:
         """A requirer changed its compute-jobs requests: run the new ones, report on all."""
@@ -235,24 +248,6 @@ class ContainerComputeCharm(ops.CharmBase):
             logger.info("added user %s to group %s", user, LXD_GROUP)
         self._lxd.renew_nonce(relation, force=group_changed or host_changed)
 
-    def _publish_cluster_identity(self, config: HostConfig) -> str:
-        """Publish our LXD certificate, fingerprint and address to peers (if listening).
-
-        Returns the address published ("" when none).
-        """
-        if self._peers.relation is None:
-            return ""
-        if not config.lxd_listen_https:
-            self._peers.withdraw()
-            return ""
-        try:
-            server = host.server_identity(config, self._peers.ingress_address())
-        except host.HostError as err:
-            logger.error("cannot publish this host's LXD certificate to peers: %s", err)
-            return ""
-        self._peers.publish(server.certificate, server.fingerprint, server.address)
-        return server.address
-
     def _request_identity(self, config: HostConfig) -> None:
         """Ask Keystone for the configured service user (and project) on every relation."""
         self._identity.request(config.keystone_username, config.keystone_project)
@@ -264,6 +259,10 @@ class ContainerComputeCharm(ops.CharmBase):
             return actions.run_action(action, params, config, STATE_DIR)
 
         self._jobs.serve(run, actions.ActionError)
+
+    def _identity_status(self) -> ops.StatusBase | None:
+        """The identity-credentials relation's part of the status (None: nothing to say)."""
+        return identity_status(bool(self.model.relations[IDENTITY_ENDPOINT]))
 
     def _lxd_user_missing(self) -> tuple[str, str] | None:
         """Return (user, remote application) of an lxd relation whose user is not on the host."""
@@ -281,6 +280,9 @@ class ContainerComputeCharm(ops.CharmBase):
         report = host.configure_host(config, dry_run=True)
         if report.problems:
             return ops.BlockedStatus(_join_problems(report.problems))
+        keystone = self._identity_status()
+        if keystone is not None:
+            return keystone
         missing = self._lxd_user_missing()
         if missing is not None:
             user, application = missing
@@ -315,6 +317,32 @@ def _host_config(model: ops.Model) -> HostConfig:
             ) from err
         values["lxd_client_key"] = str(host.store_client_key(STATE_DIR, pem))
     return HostConfig(**values)
+
+
+def accept_credentials(credentials: identity.KeystoneCredentials) -> None:
+    """Write keystone's credentials as clouds.yaml and remember whether they get a token."""
+    identity.save_clouds_yaml(credentials, STATE_DIR / identity.CLOUDS_FILE_NAME)
+    try:
+        who = check_identity(credentials)
+    except identity.IdentityError as err:
+        logger.error("keystone credentials do not work: %s", err)
+        identity.record_check(STATE_DIR, False, str(err))
+        return
+    logger.info("keystone credentials work: got a token for %s", who)
+    identity.record_check(STATE_DIR, True, who)
+
+
+def identity_status(related: bool) -> ops.StatusBase | None:
+    """Blocked when keystone's credentials failed their token check; waiting while incomplete."""
+    if not related:
+        return None
+    check = identity.last_check(STATE_DIR)
+    if check is None:
+        return ops.WaitingStatus(IDENTITY_WAITING_MESSAGE)
+    ok, message = check
+    if ok:
+        return None
+    return ops.BlockedStatus(f"keystone: {message}"[:MAX_STATUS_LENGTH])
 
 
 def _join_problems(problems: list[str], limit: int = MAX_STATUS_LENGTH) -> str:

@@ -1,6 +1,7 @@
 """LXD cluster formation over the ``cluster`` peer relation (the ``lxd-cluster`` option).
 
-The leader bootstraps an LXD cluster on its own host and, for every peer that published its
+Each unit publishes its LXD certificate and address (``publish_identity``). The leader
+bootstraps an LXD cluster on its own host and, for every peer that published its
 address and is not a member yet, asks the library for a join ticket (token + member config).
 The ticket goes into a Juju secret owned by the application (which its units, and only they,
 can read); only the secret's ID is written to the application databag (``join-<unit>``),
@@ -22,6 +23,7 @@ import ops
 
 from container_compute.config import HostConfig
 from container_compute.constants import CLUSTER_ENDPOINT
+from relations import ClusterPeers
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +58,29 @@ class ClusterView:
 class ClusterFormation:
     """Form (and refuse to disband while busy) the LXD cluster of this application's units."""
 
-    def __init__(self, charm: ops.CharmBase, host_module: Any) -> None:
+    def __init__(self, charm: ops.CharmBase, host_module: Any, peers: ClusterPeers) -> None:
         """Work for ``charm``; ``host_module`` is the library's ``host`` (a fake in tests)."""
         self._charm = charm
         self._host = host_module
+        self._peers = peers
+
+    def publish_identity(self, config: HostConfig) -> str:
+        """Publish our LXD certificate, fingerprint and address to peers (if listening).
+
+        Returns the address published ("" when none).
+        """
+        if self._peers.relation is None:
+            return ""
+        if not config.lxd_listen_https:
+            self._peers.withdraw()
+            return ""
+        try:
+            server = self._host.server_identity(config, self._peers.ingress_address())
+        except self._host.HostError as err:
+            logger.error("cannot publish this host's LXD certificate to peers: %s", err)
+            return ""
+        self._peers.publish(server.certificate, server.fingerprint, server.address)
+        return server.address
 
     @property
     def relation(self) -> ops.Relation | None:

@@ -41,6 +41,7 @@ MIN_WORKER_MEMORY = 32 << 20
 MIN_WORKER_DISK = 32 << 20
 MIN_RESULTS_CAP = 1 << 10
 MAX_PARALLEL_WORKERS = 1024
+MAX_NOVA_CONSOLE_CAP = 96 << 10  # Nova's console-log API serves only the last 100 KiB
 
 
 def _opt(default: Any, description: str, juju_type: str = "") -> Any:
@@ -245,6 +246,15 @@ class HostConfig:
     keystone_project: str = _opt(
         "", "Project asked of Keystone with the credentials. Empty: Keystone's default."
     )
+    nova_availability_zone: str = _opt(
+        "", "Nova availability zone for task instances. Empty: Nova's default."
+    )
+    nova_console_cap: str = _opt(
+        "90KiB",
+        "Most bytes of a Nova task's encoded output (stdout, stderr, /results compressed) sent "
+        "back through the console log, which Nova serves only its last 100 KiB of: 1KiB-96KiB. "
+        "Over it, /results are dropped, stdout and stderr cut, and the task's record says so.",
+    )
 
     def __post_init__(self) -> None:
         """Validate every option; the first bad one raises ValueError naming it."""
@@ -253,6 +263,7 @@ class HostConfig:
         _check_storage(self)
         self._check_worker()
         _check_jobs(self)
+        check_nova_options(self)
 
     def _check_types(self) -> None:
         for name, kind, _default, _description in config_options():
@@ -366,6 +377,19 @@ def _check_endpoint(config: "HostConfig") -> None:
     missing = [n for n in credentials if not getattr(config, n.replace("-", "_"))]
     if missing:
         _fail("lxd-endpoint", f"{config.lxd_endpoint} needs {', '.join(missing)} too")
+
+
+def check_nova_options(config: HostConfig) -> None:
+    """Check the Nova backend's options (raise ValueError naming the option)."""
+    if not _PRINTABLE_RE.match(config.nova_availability_zone):
+        _fail("nova-availability-zone", "contains control characters or is over 255 characters")
+    try:
+        cap = parse_size(config.nova_console_cap)
+    except ValueError as err:
+        _fail("nova-console-cap", str(err))
+        raise
+    if not MIN_RESULTS_CAP <= cap <= MAX_NOVA_CONSOLE_CAP:
+        _fail("nova-console-cap", f"{config.nova_console_cap!r} is not between 1KiB and 96KiB")
 
 
 def _check_storage(config: "HostConfig") -> None:

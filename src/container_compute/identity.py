@@ -6,6 +6,12 @@ ids. :func:`from_relation_data` turns that mapping into :class:`KeystoneCredenti
 while the answer is incomplete); the charm saves it with :meth:`KeystoneCredentials.save` and
 the Nova backend reads it back with :meth:`KeystoneCredentials.load`. The password is never
 shown by ``repr`` and never logged.
+
+:func:`keystone_session` builds a keystoneauth1 v3 session from the credentials and
+:func:`verify` proves it by getting a token (``IdentityError`` says why not, without the
+password). :func:`save_clouds_yaml` writes them as a standard ``clouds.yaml`` (mode 0600) that
+the agent opens with :func:`session_from_clouds_yaml` and an operator uses with
+``OS_CLIENT_CONFIG_FILE=<state dir>/clouds.yaml openstack --os-cloud container-compute ...``.
 """
 
 import dataclasses
@@ -20,6 +26,13 @@ from typing import Any
 
 CREDENTIALS_FILE_NAME = "identity.json"
 """File name of the saved credentials, in the state directory."""
+CLOUDS_FILE_NAME = "clouds.yaml"
+"""File name of the clouds.yaml written from the credentials, in the state directory."""
+CHECK_FILE_NAME = "identity-check.json"
+"""File name of the result of the last token check, in the state directory."""
+CLOUD_NAME = "container-compute"
+"""The cloud's name in clouds.yaml (``openstack --os-cloud container-compute``)."""
+KEYSTONE_TIMEOUT_SECONDS = 30.0
 
 PROTOCOLS = ("http", "https")
 
@@ -124,25 +137,45 @@ class KeystoneCredentials:
             path: the file to write (its directory is created, mode 0700, if missing).
 
         """
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        try:
-            if path.read_text() == text and (path.stat().st_mode & 0o777) == 0o600:
-                return False
-        except FileNotFoundError:
-            pass
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(descriptor, "w") as stream:  # mkstemp creates it mode 0600
-                stream.write(text)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.chmod(temporary, 0o600)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return True
+        return write_private(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @property
+    def user_domain(self) -> dict[str, str]:
+        """keystoneauth1 arguments naming the user's domain (Default for v2-shaped answers)."""
+        if self.user_domain_id:
+            return {"user_domain_id": self.user_domain_id}
+        if self.user_domain_name or self.domain:
+            return {"user_domain_name": self.user_domain_name or self.domain}
+        return {"user_domain_id": "default"}
+
+    @property
+    def project_scope(self) -> dict[str, str]:
+        """keystoneauth1 arguments naming the project (by id when keystone sent one)."""
+        if self.project_id:
+            return {"project_id": self.project_id}
+        if self.project_domain_id:
+            domain = {"project_domain_id": self.project_domain_id}
+        elif self.project_domain_name or self.domain:
+            domain = {"project_domain_name": self.project_domain_name or self.domain}
+        else:
+            domain = {"project_domain_id": "default"}
+        return {"project_name": self.project, **domain}
+
+    def auth_arguments(self) -> dict[str, str]:
+        """Every argument of keystoneauth1's v3 ``Password`` plugin, password included."""
+        return {
+            "auth_url": self.auth_url,
+            "username": self.username,
+            "password": self.password,
+            **self.user_domain,
+            **self.project_scope,
+        }
+
+    def describe(self) -> str:
+        """Who authenticates where, for messages (never the password)."""
+        domain = next(iter(self.user_domain.values()))
+        project = next(iter(self.project_scope.values()))
+        return f"user {self.username} (domain {domain}) of project {project} at {self.auth_url}"
 
     @classmethod
     def load(cls, path: Path) -> "KeystoneCredentials":
@@ -193,6 +226,150 @@ def forget(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def forget_all(state_dir: Path) -> list[str]:
+    """Delete every file made from keystone's credentials in ``state_dir``; return their names."""
+    names = (CREDENTIALS_FILE_NAME, CLOUDS_FILE_NAME, CHECK_FILE_NAME)
+    return [name for name in names if forget(state_dir / name)]
+
+
+def write_private(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` mode 0600, atomically; return True if the file changed."""
+    try:
+        if path.read_text() == text and (path.stat().st_mode & 0o777) == 0o600:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as stream:  # mkstemp creates it mode 0600
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return True
+
+
+class IdentityError(RuntimeError):
+    """Keystone refused the credentials or could not be asked; the message has no password."""
+
+
+def clouds_yaml(credentials: KeystoneCredentials, cloud: str = CLOUD_NAME) -> str:
+    """Return a standard clouds.yaml text holding the credentials as cloud ``cloud``."""
+    import yaml
+
+    auth = credentials.auth_arguments()
+    entry: dict[str, Any] = {
+        "auth_type": "password",
+        "auth": auth,
+        "region_name": credentials.region,
+        "identity_api_version": 3,
+        "interface": "public",
+    }
+    header = "# Written by container-compute from the identity-credentials relation. Mode 0600.\n"
+    return header + yaml.safe_dump({"clouds": {cloud: entry}}, sort_keys=True)
+
+
+def save_clouds_yaml(
+    credentials: KeystoneCredentials, path: Path, cloud: str = CLOUD_NAME
+) -> bool:
+    """Write the credentials as clouds.yaml at ``path`` (mode 0600); True if it changed."""
+    return write_private(path, clouds_yaml(credentials, cloud))
+
+
+def load_cloud(path: Path, cloud: str = CLOUD_NAME) -> dict[str, Any]:
+    """Return cloud ``cloud`` of a clouds.yaml (its ``auth``, ``region_name``, ...).
+
+    Raises:
+        IdentityError: no such file or cloud (the message says where to get credentials).
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise IdentityError(
+            f"no keystone credentials ({path} does not exist): relate the charm to keystone "
+            "(identity-credentials), or write a clouds.yaml there"
+        ) from None
+    except yaml.YAMLError as err:
+        raise IdentityError(f"{path} is not YAML: {err}") from None
+    entry = (data or {}).get("clouds", {}).get(cloud) if isinstance(data, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("auth"), dict):
+        raise IdentityError(f"{path} has no cloud {cloud!r} with an auth section")
+    return entry
+
+
+def keystone_session(
+    credentials: KeystoneCredentials | Mapping[str, Any],
+    timeout: float = KEYSTONE_TIMEOUT_SECONDS,
+) -> Any:
+    """Return a keystoneauth1 session (v3 password) for credentials or a clouds.yaml ``auth``."""
+    from keystoneauth1 import session as ks_session
+    from keystoneauth1.identity import v3
+
+    if isinstance(credentials, KeystoneCredentials):
+        arguments: dict[str, Any] = credentials.auth_arguments()
+    else:
+        arguments = dict(credentials)
+    return ks_session.Session(auth=v3.Password(**arguments), timeout=int(timeout))
+
+
+def session_from_clouds_yaml(path: Path, cloud: str = CLOUD_NAME) -> tuple[Any, str]:
+    """Return (keystoneauth1 session, region name) of cloud ``cloud`` in a clouds.yaml."""
+    entry = load_cloud(path, cloud)
+    return keystone_session(entry["auth"]), str(entry.get("region_name") or "")
+
+
+def verify(session: Any, who: str, password: str = "") -> str:
+    """Prove a session by getting a token; return who it authenticated.
+
+    Args:
+        session: a keystoneauth1 session (see keystone_session).
+        who: a description for messages (e.g. ``KeystoneCredentials.describe()``).
+        password: scrubbed from any message, should a server ever echo it.
+
+    Raises:
+        IdentityError: naming the user and URL and saying why (wrong password, no answer, ...).
+    """
+    from keystoneauth1 import exceptions as ks_exceptions
+
+    try:
+        token = session.get_token()
+    except ks_exceptions.Unauthorized:
+        message = f"keystone refused {who}: wrong password, or no such user or project"
+    except (ks_exceptions.ConnectFailure, ks_exceptions.ConnectTimeout) as err:
+        message = f"cannot reach keystone for {who}: {type(err).__name__}"
+    except ks_exceptions.ClientException as err:
+        message = f"keystone could not authenticate {who}: {type(err).__name__}: {err}"
+    else:
+        if not token:
+            message = f"keystone gave no token to {who}"
+        else:
+            return who
+    if password:
+        message = message.replace(password, "***")
+    raise IdentityError(message)
+
+
+def record_check(state_dir: Path, ok: bool, message: str) -> None:
+    """Remember the result of the last token check (for the unit's status)."""
+    write_private(state_dir / CHECK_FILE_NAME, json.dumps({"ok": ok, "message": message}) + "\n")
+
+
+def last_check(state_dir: Path) -> tuple[bool, str] | None:
+    """Return (ok, message) of the last token check, or None if there was none."""
+    try:
+        data = json.loads((state_dir / CHECK_FILE_NAME).read_text())
+        return bool(data["ok"]), str(data["message"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_value(field_name: str, value: object) -> None:

@@ -206,6 +206,8 @@ def library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Library
     monkeypatch.setattr(charm, "actions", fakes.actions)
     monkeypatch.setattr(charm, "agent", fakes.agent)
     monkeypatch.setattr(charm, "STATE_DIR", fakes.state_dir)
+    # Keystone is not asked in unit tests (tests/openstack asks a real one).
+    monkeypatch.setattr(charm, "check_identity", lambda credentials: credentials.describe())
     yield fakes
 
 

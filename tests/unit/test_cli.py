@@ -256,7 +256,7 @@ INVALID: list[tuple[list[str], str]] = [
 INVALID_ON_THIS_HOST: list[tuple[list[str], str]] = [
     # launch-job: valid shapes the host cannot run (ActionError, exit 1)
     (["launch-job", "--command", "true", "--image", "nosuch"], "image: 'nosuch' does not exist"),
-    (["launch-job", "--command", "true", "--backend", "nova"], "backend: nova is not available"),
+    (["launch-job", "--command", "true", "--backend", "nova"], "image: no Nova image"),
     (
         ["launch-job", "--command", "true", "--input-dir", "/nonexistent"],
         "input-dir: /nonexistent does not exist",

@@ -68,6 +68,9 @@ INVALID = [
     ("keystone-username", "service user", "is not a user name"),
     ("keystone-username", "", "is not a user name"),
     ("keystone-project", "my project", "is not a project name"),
+    ("nova-availability-zone", "zone\n1", "contains control characters"),
+    ("nova-console-cap", "200KiB", "is not between 1KiB and 96KiB"),
+    ("nova-console-cap", "lots", "nova-console-cap"),
 ]
 
 # (options, what the loaded config must then say)

@@ -420,7 +420,8 @@ def test_retention_deletes_old_finished_jobs(tmp_path: Path) -> None:
     ("params", "message"),
     [
         ({"image": "nosuch"}, "image: 'nosuch' does not exist"),
-        ({"backend": "nova"}, "backend: nova is not available yet"),
+        ({"backend": "nova"}, "image: no Nova image"),
+        ({"backend": "nova", "image": "x", "cpu": "1"}, "cpu: not available with backend=nova"),
         ({"input_dir": "/nonexistent/dir"}, "input-dir: /nonexistent/dir does not exist"),
         ({"input_dir": "/etc/hostname"}, "input-dir: /etc/hostname is not a directory"),
         ({"cpu": "9999"}, "cpu: 9999 is more than this host's"),

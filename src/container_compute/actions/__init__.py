@@ -72,7 +72,7 @@ def run_action(
     if not isinstance(params, expected):
         raise ActionError(f"{action} takes {expected.__name__}, not {type(params).__name__}")
     if isinstance(params, BuildWorkerImageParams):
-        return build_worker_image(params, config)
+        return build_worker_image(params, config, state_dir)
     if isinstance(params, LaunchJobParams):
         return job_actions.launch_job(params, config, state_dir, progress)
     if isinstance(params, WaitJobParams):

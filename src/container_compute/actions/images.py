@@ -1,7 +1,9 @@
-"""The build-worker-image action: a worker image built offline and imported into LXD."""
+"""The build-worker-image action: a worker image built offline, imported into LXD or Glance."""
 
 import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import HostConfig
@@ -9,6 +11,8 @@ from ..errors import ActionError
 from ..jobs.params import ActionParams, fail, param
 
 IMAGE_SOURCES = ("busybox", "debootstrap")
+IMAGE_TARGETS = ("lxd", "nova")
+_URL_RE = re.compile(r"^https?://[A-Za-z0-9.:\[\]_-]{1,253}(/[^\s'\"\\]*)?$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,127}$")
 _SUITE_RE = re.compile(r"^[a-z]{2,20}$")
@@ -29,6 +33,17 @@ class BuildWorkerImageParams(ActionParams):
     packages: str = param("", "debootstrap only: extra Debian packages, comma-separated.")
     suite: str = param("bookworm", "debootstrap only: the Debian suite.")
     mirror: str = param("", "debootstrap only: Debian mirror URL. Empty: the host's apt mirror.")
+    target: str = param(
+        "lxd",
+        "lxd: import into this host's LXD. nova: upload a raw image to Glance (busybox only), "
+        "named by alias (empty: the nova-image option, else container-compute-worker).",
+        enum=list(IMAGE_TARGETS),
+    )
+    metadata_url: str = param(
+        "",
+        "target=nova: metadata service URL(s) the image's init fetches user-data from, "
+        "space-separated. Empty: http://169.254.169.254.",
+    )
 
     def __post_init__(self) -> None:
         """Check alias, packages, suite and mirror."""
@@ -47,6 +62,19 @@ class BuildWorkerImageParams(ActionParams):
         if self.mirror and not _MIRROR_RE.match(self.mirror):
             fail("mirror", f"{self.mirror!r} is not an http(s):// or file:// URL")
 
+        if self.target == "nova" and self.source != "busybox":
+            fail("source", "target=nova builds busybox images only")
+        for url in self.metadata_urls:
+            if not _URL_RE.match(url):
+                fail("metadata-url", f"{url!r} is not an http(s) URL")
+        if self.metadata_url and self.target != "nova":
+            fail("metadata-url", "only applies to target=nova")
+
+    @property
+    def metadata_urls(self) -> tuple[str, ...]:
+        """The metadata URLs, without trailing slashes."""
+        return tuple(url.rstrip("/") for url in self.metadata_url.split())
+
     @property
     def package_list(self) -> list[str]:
         """The extra packages, without blanks or repeats."""
@@ -54,8 +82,37 @@ class BuildWorkerImageParams(ActionParams):
         return list(dict.fromkeys(n for n in names if n))
 
 
-def build_worker_image(params: BuildWorkerImageParams, config: HostConfig) -> dict[str, Any]:
+def build_nova_image(
+    params: BuildWorkerImageParams, config: HostConfig, state_dir: Path
+) -> dict[str, Any]:
+    """Build a raw busybox worker image and upload it to Glance; return the image report."""
+    from ..backends.nova import image as nova_image
+    from ..identity import CLOUDS_FILE_NAME, IdentityError, session_from_clouds_yaml
+
+    name = params.alias or config.nova_image or "container-compute-worker"
+    urls = params.metadata_urls or nova_image.DEFAULT_METADATA_URLS
+    try:
+        session, region = session_from_clouds_yaml(state_dir / CLOUDS_FILE_NAME)
+        with tempfile.TemporaryDirectory(prefix="cc-build-") as work:
+            raw = nova_image.build_raw_image(Path(work) / "worker.raw", urls)
+            report = nova_image.upload(session, raw, name, region)
+    except IdentityError as err:
+        raise ActionError(f"build-worker-image (nova): {err}") from err
+    except Exception as err:
+        raise ActionError(
+            f"build-worker-image (nova) failed: {type(err).__name__}: {err}"
+        ) from err
+    return report.to_dict()
+
+
+def build_worker_image(
+    params: BuildWorkerImageParams, config: HostConfig, state_dir: Path | None = None
+) -> dict[str, Any]:
     """Build the image the params ask for and import it; return the image report."""
+    if params.target == "nova":
+        from ..constants import STATE_DIR
+
+        return build_nova_image(params, config, state_dir or STATE_DIR)
     from .. import lxdclient
     from ..host import images
 

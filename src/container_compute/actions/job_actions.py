@@ -65,6 +65,8 @@ def launch_job(
     }
     if job.params.get("disk_note"):
         result["disk-note"] = job.params["disk_note"]  # a disk limit the pool cannot enforce
+    if job.params.get("notes"):
+        result["notes"] = list(job.params["notes"])  # e.g. flavor extra specs (Nova)
     if not params.wait:
         if not agent_alive(state_dir):
             result["note"] = (

@@ -8,7 +8,7 @@ the results into ``task_dir`` and returns the outcome; ``delete`` removes the wo
 works on a worker started by an earlier process too: that is how a restarted agent resumes.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -48,6 +48,8 @@ class WorkerSpec:
     placement: str = ""
     timeout_seconds: int = 0
     results_cap_bytes: int = 256 << 20
+    # Backend-specific choices of the job (nova: flavor, network, availability_zone, spread).
+    options: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def worker_name(self) -> str:
@@ -122,14 +124,26 @@ class Backend(Protocol):
         ...
 
 
-def open_backend(name: str, config: "HostConfig") -> Backend:
+def open_backend(name: str, config: "HostConfig", state_dir: Path | None = None) -> Backend:
     """Return the backend called ``name`` for this host's config (imported on first use).
+
+    ``state_dir`` holds the Nova backend's credentials (``clouds.yaml``); default: the
+    ``CONTAINER_COMPUTE_STATE_DIR`` environment variable, else the package's state dir.
 
     Raises:
         ValueError: for a backend this version cannot run.
+        identity.IdentityError: nova without keystone credentials.
     """
     if name == "lxd":
         from .lxd import LXDBackend
 
         return LXDBackend(config)
-    raise ValueError(f"backend: {name} is not available yet; use backend=lxd")
+    if name == "nova":
+        import os
+
+        from ..constants import STATE_DIR, STATE_DIR_ENV
+        from .nova import open_nova_backend
+
+        directory = state_dir or Path(os.environ.get(STATE_DIR_ENV) or STATE_DIR)
+        return open_nova_backend(config, directory)
+    raise ValueError(f"backend: {name} is not available; use backend=lxd or backend=nova")

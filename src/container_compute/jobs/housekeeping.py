@@ -110,15 +110,30 @@ def reap(engine: Engine) -> list[str]:
     """Delete labelled workers that belong to no running attempt; return their names."""
     running = {(a.job, a.index): a.attempt for a in engine.ledger.attempts(state=ATTEMPT_RUNNING)}
     deleted: list[str] = []
-    backend = engine.backend("lxd")
-    for worker in backend.list_workers():
-        job = engine.ledger.job(worker.job_id) if worker.job_id else None
-        if job is not None and not job.state.finished and worker.task_index is not None:
-            if running.get((job.id, worker.task_index)) == worker.attempt:
-                continue
-        if backend.delete(worker.name):
-            deleted.append(worker.name)
+    for name in reap_backends(engine):
+        try:
+            backend = engine.backend(name)
+        except Exception as err:  # e.g. nova without credentials: nothing of ours to reap
+            logger.info("not reaping backend %s: %s", name, err)
+            continue
+        for worker in backend.list_workers():
+            job = engine.ledger.job(worker.job_id) if worker.job_id else None
+            if job is not None and not job.state.finished and worker.task_index is not None:
+                if running.get((job.id, worker.task_index)) == worker.attempt:
+                    continue
+            if backend.delete(worker.name):
+                deleted.append(worker.name)
+        extras: Callable[[set[str]], list[str]] | None = getattr(backend, "reap_extras", None)
+        if extras is not None:
+            live = {job.id for job in engine.ledger.jobs() if not job.state.finished}
+            deleted += extras(live)
     return deleted
+
+
+def reap_backends(engine: Engine) -> list[str]:
+    """The backends to reap: lxd, and every other backend a recorded job used."""
+    names = {job.backend for job in engine.ledger.jobs()}
+    return ["lxd", *sorted(names - {"lxd"})]
 
 
 def apply_retention(engine: Engine) -> list[str]:

@@ -40,6 +40,7 @@ JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+_NOVA_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
 
 
 def param(default: Any = dataclasses.MISSING, description: str = "", **schema: Any) -> Any:
@@ -93,6 +94,17 @@ class ActionParams:
                 fail(name, f"{value!r} is not one of {', '.join(repr(a) for a in allowed)}")
             if isinstance(value, str) and "\x00" in value:
                 fail(name, "contains a NUL byte")
+
+
+def _check_placement(placement: str) -> None:
+    if not placement or placement == ROUND_ROBIN:
+        return
+    members = [m.strip() for m in placement.split(",")]
+    if not all(_NAME_RE.match(m) for m in members):
+        fail(
+            "placement",
+            f"{placement!r} is not 'round-robin' or a comma-separated list of cluster members",
+        )
 
 
 @dataclass(frozen=True)
@@ -165,6 +177,19 @@ class LaunchJobParams(ActionParams):
     wait_timeout: str = param(
         "30m", "Longest wait with wait=true (e.g. 30m, at most 24h); the job goes on after it."
     )
+    flavor: str = param(
+        "", "backend=nova: Nova flavor (name or id). Empty: the nova-flavor option."
+    )
+    network: str = param(
+        "",
+        "backend=nova: Neutron network (name or id), or 'none'. Empty: the nova-network option.",
+    )
+    availability_zone: str = param(
+        "", "backend=nova: availability zone. Empty: the nova-availability-zone option."
+    )
+    spread: bool = param(
+        False, "backend=nova: spread the job's servers over hosts (soft-anti-affinity group)."
+    )
 
     def __post_init__(self) -> None:
         """Check every parameter's shape; the first bad one raises ValueError naming it."""
@@ -190,15 +215,11 @@ class LaunchJobParams(ActionParams):
             check_disk_limit("disk", self.disk)
         if self.name and not _NAME_RE.match(self.name):
             fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
-        if self.placement and self.placement != ROUND_ROBIN:
-            members = [m.strip() for m in self.placement.split(",")]
-            bad = [m for m in members if not _NAME_RE.match(m)]
-            if bad or not members:
-                fail(
-                    "placement",
-                    f"{self.placement!r} is not 'round-robin' or a comma-separated list of "
-                    "cluster members",
-                )
+        _check_placement(self.placement)
+        for name in ("flavor", "network", "availability_zone"):
+            value = getattr(self, name)
+            if value and not _NOVA_NAME_RE.match(value):
+                fail(name.replace("_", "-"), f"{value!r} is not a Nova name or id")
 
     def _check_inputs(self) -> None:
         lines = self.input_lines
@@ -219,6 +240,17 @@ class LaunchJobParams(ActionParams):
                 fail("env", f"{entry!r} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _")
             if key in RESERVED_ENV:
                 fail("env", f"{key} is set by container-compute for every task")
+
+    @property
+    def backend_options(self) -> dict[str, str]:
+        """The backend-specific choices given (nova: flavor, network, zone, spread)."""
+        options = {
+            "flavor": self.flavor,
+            "network": self.network,
+            "availability_zone": self.availability_zone,
+            "spread": "true" if self.spread else "",
+        }
+        return {key: value for key, value in options.items() if value}
 
     @property
     def input_lines(self) -> list[str]:

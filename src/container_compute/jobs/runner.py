@@ -25,7 +25,11 @@ engine_options: dict[str, Any] = {}
 
 def open_engine(config: HostConfig, state_dir: Path, ledger: Ledger | None = None) -> Engine:
     """Return an engine of ``state_dir`` with this host's backends."""
-    return Engine(state_dir, config, backend_factory_for(config), ledger=ledger, **engine_options)
+    # The default factory is left to the engine, which gives it the state dir (Nova's cloud).
+    factory = (
+        None if backend_factory_for is default_backend_factory else backend_factory_for(config)
+    )
+    return Engine(state_dir, config, factory, ledger=ledger, **engine_options)
 
 
 def agent_alive(state_dir: Path) -> bool:

@@ -63,9 +63,9 @@ BackendFactory = Callable[[str], Backend]
 LOCK_FILE = "engine.lock"
 
 
-def default_backend_factory(config: HostConfig) -> BackendFactory:
-    """Return a factory building the real backends of this host."""
-    return lambda name: open_backend(name, config)
+def default_backend_factory(config: HostConfig, state_dir: Path | None = None) -> BackendFactory:
+    """Return a factory building the real backends of this host (of ``state_dir``)."""
+    return lambda name: open_backend(name, config, state_dir)
 
 
 def worker_spec(
@@ -97,6 +97,7 @@ def worker_spec(
         placement=params.get("placement") or "",
         timeout_seconds=parse_duration(params.get("timeout") or "0"),
         results_cap_bytes=results_cap,
+        options=dict(params.get("backend-options") or {}),
     )
 
 
@@ -290,7 +291,7 @@ class Engine:
         self.config = config
         self.ledger = ledger or Ledger(state_dir)
         self.clock = clock
-        self._factory = backend_factory or default_backend_factory(config)
+        self._factory = backend_factory or default_backend_factory(config, state_dir)
         self._backends: dict[str, Backend] = {}
         self._committer = OutcomeCommitter(
             state_dir, self.ledger, clock, backoff_base, backoff_cap

@@ -70,10 +70,7 @@ class JobSubmitter:
         """
         backend_name = params.backend or self.config.default_backend
         if backend_name == "nova":
-            raise ActionError(
-                "backend: nova is not available yet (it needs the identity-credentials "
-                "relation and the nova backend); use backend=lxd"
-            )
+            return backend_name, self.validate_nova(params)[0]
         image = params.image or self.config.default_image
         try:
             self.backend(backend_name)
@@ -135,6 +132,46 @@ class JobSubmitter:
         except Exception as err:  # the note must never refuse a job
             return f"disk {disk}: could not tell whether the worker pool enforces it ({err})"
 
+    def validate_nova(self, params: LaunchJobParams) -> tuple[str, list[str]]:
+        """Check a job for the Nova backend; return its image and notes on the flavor.
+
+        Raises:
+            ActionError: naming the parameter (or option) that cannot work.
+        """
+        for name, value in (
+            ("input-dir", params.input_dir),
+            ("cpu", params.cpu),
+            ("disk", params.disk),
+        ):
+            if value:
+                raise ActionError(
+                    f"{name}: not available with backend=nova (servers get their limits from "
+                    "the flavor and cannot mount host directories; pass data with inputs)"
+                )
+        if params.memory:
+            raise ActionError("memory: with backend=nova the flavor sets the memory")
+        image = params.image or self.config.nova_image
+        if not image:
+            raise ActionError("image: no Nova image: set the nova-image option or pass image=")
+        try:
+            backend = self.backend("nova")
+            found = self._check_image("nova", image)
+            check: Callable[[dict[str, str]], list[str]] | None = getattr(
+                backend, "check_launch", None
+            )
+            notes = check(params.backend_options) if check is not None else []
+        except ValueError as err:
+            raise ActionError(str(err)) from err
+        except Exception as err:
+            raise ActionError(f"backend: nova does not answer: {err}") from err
+        if not found:
+            source = "image" if params.image else "image (the nova-image option)"
+            raise ActionError(
+                f"{source}: {image!r} does not exist in Glance; upload one with "
+                "build-worker-image target=nova"
+            )
+        return image, notes
+
     @staticmethod
     def _check_cpu(cpu: str) -> None:
         cpus = host_cpu_count()
@@ -150,12 +187,21 @@ class JobSubmitter:
 
     def submit(self, params: LaunchJobParams, now: float) -> JobRecord:
         """Validate the job against the host, record it (one transaction) and return it."""
-        backend_name, image = self.validate(params)
+        backend_name = params.backend or self.config.default_backend
+        notes: list[str] = []
+        if backend_name == "nova":
+            image, notes = self.validate_nova(params)
+        else:
+            backend_name, image = self.validate(params)
         recorded = asdict(params)
         recorded.update(image=image, backend=backend_name)
-        note = self.disk_note(backend_name, params.disk or self.config.worker_disk)
-        if note:
-            recorded["disk_note"] = note
+        if backend_name == "lxd":
+            note = self.disk_note(backend_name, params.disk or self.config.worker_disk)
+            if note:
+                recorded["disk_note"] = note
+        recorded["backend-options"] = params.backend_options
+        if notes:
+            recorded["notes"] = notes
         job_id = self.ledger.create_job(
             recorded,
             name=params.name,

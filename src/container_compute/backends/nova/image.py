@@ -1,0 +1,146 @@
+"""A raw worker image for Nova, built offline from the host's busybox, uploaded to Glance.
+
+The image is a bare ext4 filesystem (no partition table: Nova's libvirt-lxc and nova-lxd
+mount it as the server's root) holding busybox with every applet linked and an init (template
+``nova-init.sh.j2``) that fetches the server's user-data from the metadata service and runs it.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...constants import BUSYBOX_BIN
+from ...rendering import render
+
+MKFS_EXT4 = "/sbin/mkfs.ext4"
+DEFAULT_METADATA_URLS = ("http://169.254.169.254",)
+IMAGE_SIZE_MIB = 32
+FETCH_ATTEMPTS = 60
+_DIRS = (
+    "bin",
+    "sbin",
+    "usr/bin",
+    "usr/sbin",
+    "etc",
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+    "run",
+    "root",
+    "results",
+    "input",
+    "var/tmp",
+)
+
+
+@dataclass(frozen=True)
+class GlanceImageReport:
+    """What build-worker-image target=nova did."""
+
+    name: str
+    image_id: str
+    size_bytes: int
+    changed: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as an action result."""
+        return {
+            "target": "nova",
+            "image": self.name,
+            "id": self.image_id,
+            "size-bytes": self.size_bytes,
+            "changed": self.changed,
+            "source": "busybox",
+        }
+
+
+def _applets(busybox: str) -> list[str]:
+    listed = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
+    return [name for name in listed.stdout.split() if name and "/" not in name]
+
+
+def build_raw_image(target: Path, metadata_urls: tuple[str, ...] = DEFAULT_METADATA_URLS) -> Path:
+    """Build the raw ext4 image at ``target``; return it.
+
+    Raises:
+        FileNotFoundError: busybox-static or mkfs.ext4 is missing on the host.
+    """
+    for tool in (BUSYBOX_BIN, MKFS_EXT4):
+        if not Path(tool).exists():
+            raise FileNotFoundError(f"{tool} is missing (install busybox-static and e2fsprogs)")
+    with tempfile.TemporaryDirectory(prefix="cc-nova-image-") as staging:
+        root = Path(staging)
+        for directory in _DIRS:
+            (root / directory).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / "tmp", 0o1777)  # noqa: S103 - the image's /tmp, as on any system
+        shutil.copy(BUSYBOX_BIN, root / "bin" / "busybox")
+        for applet in _applets(BUSYBOX_BIN):
+            link = root / "bin" / applet
+            if not link.exists():
+                link.symlink_to("busybox")
+        init = root / "sbin" / "init"
+        init.write_text(
+            render("nova-init.sh.j2", metadata_urls=list(metadata_urls), attempts=FETCH_ATTEMPTS)
+        )
+        init.chmod(0o755)
+        (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (root / "etc" / "group").write_text("root:x:0:\n")
+        target.unlink(missing_ok=True)
+        with target.open("wb") as image:
+            image.truncate(IMAGE_SIZE_MIB << 20)
+        subprocess.run(
+            [MKFS_EXT4, "-q", "-F", "-L", "cc-worker", "-d", str(root), str(target)],
+            check=True,
+            capture_output=True,
+        )
+    return target
+
+
+def _sha512(path: Path) -> str:
+    digest = hashlib.sha512()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def upload(session: Any, path: Path, name: str, region: str = "") -> GlanceImageReport:
+    """Upload a raw image to Glance as ``name``; an identical one already there is kept.
+
+    An older image of that name (other content) is deleted once the new one is active.
+    """
+    from keystoneauth1 import adapter
+
+    glance = adapter.Adapter(
+        session, service_type="image", interface="public", region_name=region or None
+    )
+    checksum = _sha512(path)
+    existing = glance.get("/v2/images", params={"name": name}).json()["images"]
+    for image in existing:
+        if image.get("os_hash_value") == checksum and image.get("status") == "active":
+            return GlanceImageReport(name, image["id"], path.stat().st_size, False)
+    created = glance.post(
+        "/v2/images",
+        json={
+            "name": name,
+            "disk_format": "raw",
+            "container_format": "bare",
+            "visibility": "private",
+            "container-compute": "worker",
+        },
+    ).json()
+    with path.open("rb") as data:
+        glance.put(
+            f"/v2/images/{created['id']}/file",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    for image in existing:
+        glance.delete(f"/v2/images/{image['id']}", raise_exc=False)
+    return GlanceImageReport(name, created["id"], path.stat().st_size, True)
