@@ -27,7 +27,7 @@ import pylxd
 import pylxd.exceptions
 
 from container_compute.host import cluster
-from container_compute.lxdclient import Endpoint, connect
+from container_compute.lxdclient import Endpoint, socket_path
 
 from .member_image import build_image
 
@@ -83,6 +83,11 @@ class ClusterLab:
     log: Callable[[str], None] = print
     subnet: ipaddress.IPv4Network = field(default_factory=free_subnet)
     timings: dict[str, float] = field(default_factory=dict)
+    host_socket: str = field(default_factory=lambda: str(socket_path()))
+
+    def host_client(self, project: str | None = None) -> pylxd.Client:
+        """A client of the host's own LXD (whatever LXD_SOCKET says later)."""
+        return pylxd.Client(endpoint=self.host_socket, project=project, timeout=120)
 
     @property
     def project(self) -> str:
@@ -175,7 +180,7 @@ class ClusterLab:
         ]
 
     def _host_objects(self, meta: Path, squashfs: Path, key: str) -> None:
-        host = connect()
+        host = self.host_client()
         host.api.projects.post(
             json={
                 "name": self.project,
@@ -194,7 +199,7 @@ class ClusterLab:
         if btrfs:
             pool["config"] = {"size": "8GiB"}
         host.api.storage_pools.post(json=pool)
-        scoped = connect(project=self.project)
+        scoped = self.host_client(self.project)
         scoped.api.profiles["default"].put(
             json={
                 "description": "cluster lab member",
@@ -246,7 +251,7 @@ class ClusterLab:
 
     def socket(self, number: int) -> str:
         """Member ``number``'s LXD unix socket, seen from the host (through its init's root)."""
-        host = connect(project=self.project)
+        host = self.host_client(self.project)
         pid = host.api.instances[self.member(number)].state.get().json()["metadata"]["pid"]
         return f"/proc/{pid}/root/var/lib/lxd/unix.socket"
 
@@ -349,9 +354,9 @@ class ClusterLab:
         """Remove everything of this lab that exists; return what was removed."""
         removed: list[str] = []
         with contextlib.suppress(Exception):
-            host = connect()
+            host = self.host_client()
             if any(p.name == self.project for p in host.projects.all()):
-                scoped = connect(project=self.project)
+                scoped = self.host_client(self.project)
                 for instance in scoped.instances.all():
                     with contextlib.suppress(pylxd.exceptions.LXDAPIException):
                         if instance.status != "Stopped":

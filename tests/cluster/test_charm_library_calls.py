@@ -12,6 +12,7 @@ import pytest
 
 from container_compute import host
 from container_compute.config import HostConfig
+from container_compute.constants import WORKER_PROFILE
 from container_compute.host import cluster
 from container_compute.lxdclient import LXD_SOCKET_ENV
 
@@ -51,11 +52,16 @@ def test_leaving_is_refused_while_an_instance_exists(
     on_member1: ClusterLab, cluster_config: HostConfig
 ) -> None:
     client = on_member1.local_client(1, project=cluster_config.lxd_project)
-    body = {"name": "holder", "source": {"type": "image", "alias": "busybox"}}
+    body = {
+        "name": "holder",
+        "source": {"type": "image", "alias": "busybox"},
+        "profiles": [WORKER_PROFILE],
+    }
     operation = client.api.instances.post(json=body).json()["operation"]
-    client.api.operations[operation.split("?")[0].rsplit("/", 1)[-1]].wait.get(
+    done = client.api.operations[operation.split("?")[0].rsplit("/", 1)[-1]].wait.get(
         params={"timeout": 60}
     )
+    assert done.json()["metadata"]["status"] == "Success", done.json()
     try:
         refusal = host.cluster_leave_refusal(CONFIG)
     finally:
