@@ -220,8 +220,8 @@ class LXDBackend:
         source = self._source(spec.image)
         name = spec.worker_name
         self._create(spec, source)
-        self.members.look_up(name)
         try:
+            self.members.look_up(name)
             self._start_and_exec(name, spec, env)
         except (LaunchError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
             with contextlib.suppress(Exception):
