@@ -56,7 +56,10 @@ class MemberBook:
     def clustered(self) -> bool:
         """Whether the daemon is a member of a cluster."""
         if self._clustered is None:
-            environment = self.api.client.host_info.get("environment", {})
+            environment = self.api.retry(
+                "asking LXD whether it is clustered",
+                lambda: self.api.client.host_info.get("environment", {}),
+            )
             self._clustered = bool(environment.get("server_clustered"))
         return self._clustered
 
