@@ -28,6 +28,7 @@ class FailureReason(str, Enum):
     DEADLINE = "deadline"
     CANCELLED = "cancelled"
     DISK_FULL = "disk-full"
+    PROCESS_LIMIT = "process-limit"
     MEMBER_LOST = "member-lost"
 
 
@@ -72,6 +73,14 @@ class TaskOutcome:
     detail: str = ""
     skipped: list[str] = field(default_factory=list)
     host: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse what is not an exit status (0..255): the attempt failed, the detail says why."""
+        if self.exit_code is not None and not 0 <= self.exit_code <= 255:
+            code = self.exit_code
+            shown = str(code) if abs(code) < 10**40 else "a huge number"
+            self.detail = f"not an exit status (0..255): {shown}; {self.detail}"
+            self.exit_code, self.reason = None, FailureReason.EXIT_CODE
 
     @property
     def succeeded(self) -> bool:

@@ -72,8 +72,11 @@ def split_relative(path: str) -> list[str]:
     return parts
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """Name the kind of file of an ``st_mode``: "file", "directory", "symlink", "fifo", ..."""
     for test, word in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "directory"),
         (stat.S_ISLNK, "symlink"),
         (stat.S_ISFIFO, "fifo"),
         (stat.S_ISSOCK, "socket"),
@@ -113,7 +116,7 @@ def _open_regular(dir_fd: int, name: str) -> tuple[int | None, str]:
     except FileNotFoundError:
         return None, "missing"
     if not stat.S_ISREG(info.st_mode):
-        return None, _kind(info.st_mode)
+        return None, kind_of(info.st_mode)
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as err:
@@ -121,7 +124,7 @@ def _open_regular(dir_fd: int, name: str) -> tuple[int | None, str]:
             return None, "symlink"
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between stat and open
-        kind = _kind(os.fstat(fd).st_mode)
+        kind = kind_of(os.fstat(fd).st_mode)
         os.close(fd)
         return None, kind
     return fd, "file"
@@ -197,7 +200,7 @@ class _Gatherer:
             elif stat.S_ISREG(info.st_mode):
                 self._copy_file(source_fd, target_fd, name, shown)
             else:
-                self.report.skipped.append(f"{shown} ({_kind(info.st_mode)})")
+                self.report.skipped.append(f"{shown} ({kind_of(info.st_mode)})")
 
     def _copy_dir(self, source_fd: int, target_fd: int, name: str, shown: str, depth: int) -> None:
         with _open_dir(source_fd, [name]) as child_fd:

@@ -17,7 +17,7 @@ from ...config import HostConfig
 from ...lxdclient import Endpoint, LXDUnavailableError, connect, endpoint_of
 
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{12,64}$")
-_TRANSIENT_ERRORS = (
+TRANSIENT_ERRORS = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
     requests.exceptions.ChunkedEncodingError,
@@ -25,13 +25,21 @@ _TRANSIENT_ERRORS = (
 _T = TypeVar("_T")
 
 
+OPERATION_TIMEOUT_SECONDS = 120.0
+STOP_SETTLE_SECONDS = 10.0
+
+
 class OperationFailedError(RuntimeError):
     """An LXD background operation ended in failure."""
 
 
+class OperationTimeoutError(OperationFailedError):
+    """An LXD background operation did not end in time (it may still be running)."""
+
+
 def is_transient(err: Exception) -> bool:
     """Tell whether an error means "the daemon is away or restarting", not a real refusal."""
-    if isinstance(err, _TRANSIENT_ERRORS):
+    if isinstance(err, TRANSIENT_ERRORS):
         return True
     if isinstance(err, pylxd.exceptions.LXDAPIException):
         response = getattr(err, "response", None)
@@ -94,7 +102,7 @@ class LXDApi:
             except (
                 LXDUnavailableError,
                 pylxd.exceptions.LXDAPIException,
-                *_TRANSIENT_ERRORS,
+                *TRANSIENT_ERRORS,
             ) as err:
                 transient = isinstance(err, LXDUnavailableError) or is_transient(err)
                 if not transient or time.monotonic() + delay > deadline:
@@ -107,17 +115,35 @@ class LXDApi:
                 time.sleep(delay)
                 delay = min(delay * 2, 3.0)
 
-    def wait_operation(self, response: requests.Response) -> dict[str, Any]:
-        """Wait for the background operation a request started; return its metadata."""
+    def wait_operation(
+        self, response: requests.Response, timeout: float = OPERATION_TIMEOUT_SECONDS
+    ) -> dict[str, Any]:
+        """Wait (at most ``timeout`` seconds) for the operation a request started.
+
+        Returns:
+            the operation's metadata.
+
+        Raises:
+            OperationFailedError: when it failed.
+            OperationTimeoutError: when it is still running after ``timeout`` seconds.
+
+        """
         body = response.json()
         if body.get("type") != "async":
             return body.get("metadata") or {}
         # A cluster answers /1.0/operations/<id>?project=...: the id is before the query.
         operation_id = body["operation"].split("?", 1)[0].rsplit("/", 1)[-1]
+        end = time.monotonic() + timeout
         while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise OperationTimeoutError(
+                    f"LXD operation {operation_id} still running after {timeout:.0f}s"
+                )
+            step = max(1, min(30, int(left)))
             metadata = (
                 self.client.api.operations[operation_id]
-                .wait.get(params={"timeout": 30})
+                .wait.get(params={"timeout": step}, timeout=step + 30)
                 .json()["metadata"]
             )
             if metadata["status"] == "Success":
@@ -136,25 +162,42 @@ class LXDApi:
 
         return self.retry(f"reading worker {name}", get)
 
-    def force_stop(self, name: str, known_running: bool = False) -> None:
-        """Force-stop an instance; nothing when it is stopped or gone (survives restarts)."""
-        for _ in range(5):
+    def force_stop(self, name: str, known_running: bool = False, within: float = 60.0) -> bool:
+        """Force-stop an instance until LXD says it is stopped (a rebooting one starts again).
+
+        Nothing when it is stopped or gone (survives daemon restarts). An instance that
+        stopped by itself (its task powered it off) says "Stopped" a moment before LXD has
+        run its stop hook (``volatile.last_state.power`` still RUNNING); a files API request
+        in that window can deadlock with the hook, so this waits (at most
+        ``STOP_SETTLE_SECONDS``) for the hook too. Returns False when the instance still was
+        not stopped after ``within`` seconds.
+        """
+        end = time.monotonic() + within
+        settled_by = time.monotonic() + STOP_SETTLE_SECONDS
+        while True:
             if not known_running:
                 record = self.instance(name)
-                if record is None or record.get("status") == "Stopped":
-                    return
+                if record is None:
+                    return True
+                if record.get("status") == "Stopped":
+                    power = record.get("config", {}).get("volatile.last_state.power")
+                    if power != "RUNNING" or time.monotonic() >= settled_by:
+                        return True
+                    time.sleep(0.1)  # LXD is still running its stop hook: see the docstring
+                    continue
             known_running = False
+            if time.monotonic() >= end:
+                return False
 
             def stop() -> None:
                 response = self.client.api.instances[name].state.put(
                     json={"action": "stop", "force": True, "timeout": -1}
                 )
-                self.wait_operation(response)
+                self.wait_operation(response, timeout=max(5.0, end - time.monotonic()))
 
             try:
                 self.retry(f"stopping worker {name}", stop)
             except pylxd.exceptions.NotFound:
-                return
-            except OperationFailedError:
-                continue  # look again: stopped meanwhile, or try once more
-            return
+                return True
+            except (OperationFailedError, pylxd.exceptions.LXDAPIException):
+                time.sleep(min(self.poll_seconds, 0.5))  # stopped meanwhile, busy, rebooting

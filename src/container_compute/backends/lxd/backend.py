@@ -53,6 +53,8 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESERVED_ENV = ("CC_COMMAND", "CC_WRAPPER")
 MEMBER_LOST_WAIT_SECONDS = 60.0  # for LXD to count an unreachable member offline
 BUSY_WAIT_SECONDS = 60.0  # LXD refuses to delete an instance while another operation runs on it
+LAUNCHER_TIMEOUT_SECONDS = 60.0  # the launcher only forks the wrapper and returns
+DELETE_TIMEOUT_SECONDS = 60.0
 
 # Runs in the worker through exec; returns as soon as the wrapper is in the background.
 _LAUNCHER = (
@@ -95,6 +97,7 @@ class LXDBackend:
         self.remote_watcher = AttemptWatcher(self.api, False)
         self.members = MemberBook(self.api)
         self._images: dict[str, dict[str, str]] = {}
+        self._launched: set[str] = set()  # workers whose launcher this backend ran
 
     @property
     def client(self) -> pylxd.Client:
@@ -105,40 +108,6 @@ class LXDBackend:
     def poll_seconds(self) -> float:
         """Longest pause between two polls of a worker."""
         return self.api.poll_seconds
-
-    def _check_spec(self, spec: WorkerSpec) -> dict[str, str]:
-        """Validate a spec and return the worker's environment; LaunchError names the fault."""
-        if not safe_name(spec.worker_name) or not re.match(
-            r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$", spec.worker_name
-        ):
-            raise LaunchError(f"worker name {spec.worker_name!r} is not a valid LXD name")
-        try:
-            if spec.cpu:
-                check_cpu_limit("cpu", spec.cpu)
-            if spec.memory:
-                check_memory_limit("memory", spec.memory)
-        except ValueError as err:
-            raise LaunchError(str(err)) from err
-        if spec.input_dir is not None:
-            path = Path(spec.input_dir)
-            if not path.is_absolute() or not path.is_dir():
-                raise LaunchError(
-                    f"input-dir {spec.input_dir!r} is not an existing absolute directory"
-                )
-        env = {
-            "JOB_ID": spec.job_id,
-            "TASK_INDEX": str(spec.task_index),
-            "RESULTS_DIR": RESULTS_DIR_IN_WORKER,
-        }
-        for key, value in spec.env.items():
-            if not _ENV_NAME_RE.match(key) or key in _RESERVED_ENV:
-                raise LaunchError(f"environment variable name {key!r} is not allowed")
-            if "\0" in value:
-                raise LaunchError(f"environment variable {key} contains a NUL byte")
-            env[key] = value
-        if "\0" in spec.command or not spec.command.strip():
-            raise LaunchError("the command is empty or contains a NUL byte")
-        return env
 
     def _source(self, image: str) -> dict[str, str]:
         cached = self._images.get(image)
@@ -216,22 +185,45 @@ class LXDBackend:
                 worker is deleted).
 
         """
-        env = self._check_spec(spec)
+        env = check_spec(spec)
         source = self._source(spec.image)
         name = spec.worker_name
         self._create(spec, source)
         try:
             self.members.look_up(name)
-            self._start_and_exec(name, spec, env)
+            self._boot(name)
+            self._exec_launcher(name, spec, env)
         except (LaunchError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
             with contextlib.suppress(Exception):
                 self.delete(name)
             if isinstance(err, LaunchError):
                 raise
             raise LaunchError(f"starting worker {name} failed: {err}") from err
+        self._launched.add(name)
         return name
 
-    def _start_and_exec(self, name: str, spec: WorkerSpec, env: dict[str, str]) -> None:
+    def relaunch(self, spec: WorkerSpec) -> None:
+        """Make sure an existing worker runs its command: start it if stopped, run the launcher.
+
+        For an attempt another process started (it may have died before the command ran).
+        Idempotent: the launcher's ``mkdir /run/cc`` lock never lets the command run twice.
+
+        Raises:
+            LaunchError: when the worker cannot be started or given its command.
+
+        """
+        env = check_spec(spec)
+        name = spec.worker_name
+        try:
+            record = self.api.instance(name)
+            if record is not None and record.get("status") != "Running":
+                self._boot(name)
+            self._exec_launcher(name, spec, env)
+        except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+            raise LaunchError(f"restarting the command in worker {name} failed: {err}") from err
+        self._launched.add(name)
+
+    def _boot(self, name: str) -> None:
         def start() -> None:
             try:
                 self.api.wait_operation(
@@ -243,6 +235,8 @@ class LXDBackend:
                     raise  # start() called twice or retried over a restart finds it running
 
         self.api.retry(f"starting worker {name}", start)
+
+    def _exec_launcher(self, name: str, spec: WorkerSpec, env: dict[str, str]) -> None:
         environment = {**env, "CC_COMMAND": spec.command, "CC_WRAPPER": _WRAPPER}
 
         def execute() -> dict[str, Any]:
@@ -255,7 +249,7 @@ class LXDBackend:
                     "record-output": False,
                 }
             )
-            return self.api.wait_operation(response)
+            return self.api.wait_operation(response, timeout=LAUNCHER_TIMEOUT_SECONDS)
 
         result = self.api.retry(f"starting the command in worker {name}", execute)
         if result.get("return", 0) != 0:
@@ -272,16 +266,26 @@ class LXDBackend:
     ) -> TaskOutcome:
         """Follow the worker until its command ends or it must stop; gather results to task_dir.
 
-        On a cluster the outcome names the member (``host``); a member lost meanwhile ends it
-        as MEMBER_LOST, nothing gathered (the engine runs it elsewhere).
+        A worker this backend did not start (an attempt adopted after a crash) first gets its
+        command started again if it never ran: see ``relaunch``. A failure with a full root
+        disk is told apart (``explain_disk_full``). On a cluster the outcome names the member
+        (``host``); a member lost meanwhile ends it as MEMBER_LOST, nothing gathered (the
+        engine runs it elsewhere).
         """
-        outcome = _follow_on_member(self, spec, task_dir, should_stop)
+        name = spec.worker_name
+        relaunch = None if name in self._launched else (lambda: self.relaunch(spec))
+        try:
+            outcome = _follow_on_member(self, spec, task_dir, should_stop, relaunch)
+        finally:
+            self._launched.discard(name)
         if outcome.reason == FailureReason.MEMBER_LOST:
             return outcome
         return explain_disk_full(self.api, spec, outcome, task_dir)
 
     def delete(self, name: str) -> bool:
-        """Stop and delete a worker; return False when it did not exist.
+        """Force-stop and delete a worker; return False when it did not exist.
+
+        A worker that starts again meanwhile (the task rebooted it) is stopped again.
 
         Raises:
             ValueError: when the instance carries no container-compute labels (not a worker).
@@ -289,37 +293,10 @@ class LXDBackend:
 
         """
         try:
-            return self._delete(name)
+            return _remove_worker(self.api, name)
         except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
             _raise_if_unreachable(self.members, name, err)
             raise
-
-    def _delete(self, name: str) -> bool:
-        record = self.api.instance(name)
-        if record is None:
-            return False
-        if LABEL_JOB not in record.get("config", {}):
-            raise ValueError(f"instance {name!r} is not a container-compute worker (no labels)")
-        if record.get("status") != "Stopped":
-            self.api.force_stop(name, known_running=True)
-
-        def remove() -> bool:
-            try:
-                self.api.wait_operation(self.client.api.instances[name].delete())
-            except pylxd.exceptions.NotFound:
-                return True
-            return True
-
-        busy_until = time.monotonic() + BUSY_WAIT_SECONDS
-        while True:
-            try:
-                return self.api.retry(f"deleting worker {name}", remove)
-            except OperationFailedError as err:
-                if self.api.instance(name) is None:
-                    return True
-                if "busy" not in str(err) or time.monotonic() >= busy_until:
-                    raise
-                time.sleep(self.poll_seconds)  # e.g. a stop still running: wait for it
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker of this backend's project that carries container-compute labels."""
@@ -335,6 +312,75 @@ class LXDBackend:
             if info is not None:
                 workers.append(info)
         return sorted(workers, key=lambda w: w.name)
+
+
+def check_spec(spec: WorkerSpec) -> dict[str, str]:
+    """Validate a spec and return the worker's environment; LaunchError names the fault."""
+    if not safe_name(spec.worker_name) or not re.match(
+        r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$", spec.worker_name
+    ):
+        raise LaunchError(f"worker name {spec.worker_name!r} is not a valid LXD name")
+    try:
+        if spec.cpu:
+            check_cpu_limit("cpu", spec.cpu)
+        if spec.memory:
+            check_memory_limit("memory", spec.memory)
+    except ValueError as err:
+        raise LaunchError(str(err)) from err
+    if spec.input_dir is not None:
+        path = Path(spec.input_dir)
+        if not path.is_absolute() or not path.is_dir():
+            raise LaunchError(
+                f"input-dir {spec.input_dir!r} is not an existing absolute directory"
+            )
+    env = {
+        "JOB_ID": spec.job_id,
+        "TASK_INDEX": str(spec.task_index),
+        "RESULTS_DIR": RESULTS_DIR_IN_WORKER,
+    }
+    for key, value in spec.env.items():
+        if not _ENV_NAME_RE.match(key) or key in _RESERVED_ENV:
+            raise LaunchError(f"environment variable name {key!r} is not allowed")
+        if "\0" in value:
+            raise LaunchError(f"environment variable {key} contains a NUL byte")
+        env[key] = value
+    if "\0" in spec.command or not spec.command.strip():
+        raise LaunchError("the command is empty or contains a NUL byte")
+    return env
+
+
+def _remove_worker(api: LXDApi, name: str) -> bool:
+    """Stop and delete a labelled worker (riding out a busy instance); False if absent."""
+    record = api.instance(name)
+    if record is None:
+        return False
+    if LABEL_JOB not in record.get("config", {}):
+        raise ValueError(f"instance {name!r} is not a container-compute worker (no labels)")
+
+    def remove() -> bool:
+        try:
+            api.wait_operation(
+                api.client.api.instances[name].delete(), timeout=DELETE_TIMEOUT_SECONDS
+            )
+        except pylxd.exceptions.NotFound:
+            return True
+        return True
+
+    known_running = record.get("status") != "Stopped"
+    busy_until = time.monotonic() + BUSY_WAIT_SECONDS
+    while True:
+        api.force_stop(name, known_running=known_running)
+        known_running = False
+        try:
+            return api.retry(f"deleting worker {name}", remove)
+        except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+            if isinstance(err, pylxd.exceptions.NotFound) or api.instance(name) is None:
+                return True
+            text = str(err).lower()
+            retry = "busy" in text or "running" in text
+            if not retry or time.monotonic() >= busy_until:
+                raise
+            time.sleep(api.poll_seconds)  # a stop still running, or started again: again
 
 
 def _worker_info(record: dict[str, Any]) -> WorkerInfo | None:
@@ -366,6 +412,7 @@ def _follow_on_member(
     spec: WorkerSpec,
     task_dir: Path,
     should_stop: Callable[[], FailureReason | None],
+    relaunch: Callable[[], None] | None,
 ) -> TaskOutcome:
     """Watch an attempt host side (a worker of this host) or through the API; mind its member."""
     members = backend.members
@@ -374,7 +421,7 @@ def _follow_on_member(
     watcher = backend.watcher if local else backend.remote_watcher
     guard = LostMemberGuard(members, member)
     try:
-        outcome = watcher.wait(spec, task_dir, lambda: should_stop() or guard.check())
+        outcome = watcher.wait(spec, task_dir, lambda: should_stop() or guard.check(), relaunch)
     except (LXDUnavailableError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
         if not member or not (unreachable(err) or members.lost(member)):
             raise

@@ -1,83 +1,129 @@
-"""Reading a worker from the host: its init pid, its root through /proc, its cgroups.
+"""Reading a worker from the host: its init pid, its root, its cgroups.
 
 On the local daemon the engine never asks LXD while it polls: the worker's init pid comes from
-its cgroup, its files are read through ``/proc/<init>/root`` (or the rootfs under LXD's
-storage-pools directory) opening every path below with ``O_NOFOLLOW``, and OOM kills are read
-from its memory cgroup (v1 ``memory.oom_control`` or v2 ``memory.events``).
+its cgroup, its files are read through ``/proc/<init>/root`` while it runs, or through its
+rootfs under LXD's storage-pools directory (dir and btrfs pools keep it there, also when the
+worker is stopped), opening every path below with ``O_NOFOLLOW`` and never opening anything
+but a regular file or a directory. OOM kills are read from its memory cgroup (v1
+``memory.oom_control`` or v2 ``memory.events``), refused forks from its pids cgroup
+(``pids.events``, v1 or v2).
 """
 
 import contextlib
+import errno
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..gather import kind_of
+from .parsing import event_count
 
 CC_DIR = "run/cc"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def read_small(dir_fd: int, name: str, limit: int = 64) -> str | None:
-    """Read a small regular file in ``dir_fd`` without following links; None if absent."""
+@dataclass(frozen=True)
+class Found:
+    """What a look at ``/run/cc/<name>`` in a worker found.
+
+    ``kind`` is "file" (then ``data`` holds its first bytes), "missing", or the kind of what
+    is there instead ("directory", "fifo", "symlink", ...). ``cc_problem`` says how the task
+    broke ``/run/cc`` itself (removed it, replaced it with a link or a file), else is empty.
+    """
+
+    kind: str
+    data: bytes = b""
+    cc_problem: str = ""
+
+
+def read_cc_file(root: Path, name: str, limit: int = 64) -> Found | None:
+    """Look at ``/run/cc/<name>`` under a worker's root on the host; None if the root is gone.
+
+    Nothing but a regular file is opened; no link is followed.
+    """
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
+    fds = [root_fd]
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, limit).decode(errors="replace")
+        for part in CC_DIR.split("/"):
+            try:
+                fds.append(os.open(part, DIR_FLAGS, dir_fd=fds[-1]))
+            except OSError as err:
+                return Found("missing", cc_problem=_cc_problem(fds[-1], part, err))
+        return _read_regular(fds[-1], name, limit)
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+
+
+def _cc_problem(parent_fd: int, part: str, err: OSError) -> str:
+    """Say how ``/run`` or ``/run/cc`` is broken, given the error opening ``part``."""
+    path = "/run" if part == "run" else "/run/cc"
+    if err.errno == errno.ENOENT:
+        return f"the task removed {path}"
+    try:
+        kind = kind_of(os.stat(part, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        kind = "something unreadable"
+    return f"the task replaced {path} with a {kind}"
+
+
+def _read_regular(dir_fd: int, name: str, limit: int) -> Found:
+    """Read up to ``limit`` bytes of ``name`` in ``dir_fd`` if it is a regular file."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return Found("missing")
+    if not stat.S_ISREG(info.st_mode):
+        return Found(kind_of(info.st_mode))
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return Found("missing")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # swapped between the stat and the open
+            return Found(kind_of(mode))
+        return Found("file", os.read(fd, limit))
+    except OSError:
+        return Found("missing")
     finally:
         os.close(fd)
 
 
-def parse_exit_code(text: str | None) -> int | None:
-    """Return the integer in ``text``; None when it holds none."""
-    if text is None:
-        return None
-    with contextlib.suppress(ValueError):
-        return int(text.strip())
-    return None
-
-
-class WorkerView:
-    """What ``wait`` learns once about a running worker: host paths, init pid, cgroups."""
-
-    def __init__(self, name: str, rootfs: Path | None, pid: int, memory_cgroup: Path | None):
-        self.name = name
-        self.rootfs = rootfs
-        self.pid = pid
-        self.memory_cgroup = memory_cgroup
-        self.checks_without_wrapper = 0
-
-    def init_alive(self) -> bool:
-        """Tell whether the worker's init process still exists on the host."""
-        return self.pid > 0 and Path(f"/proc/{self.pid}").exists()
-
-    def oom_kills(self) -> int:
-        """OOM kills counted in the worker's memory cgroup (0 when unknown)."""
-        if self.memory_cgroup is None:
-            return 0
-        for name in ("memory.oom_control", "memory.events"):
-            with contextlib.suppress(OSError):
-                for line in (self.memory_cgroup / name).read_text().splitlines():
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        return 0
-
-    def wrapper_alive(self, wrapper_pid: int) -> bool:
-        """Tell whether a process of the worker has ``wrapper_pid`` as its in-worker pid."""
-        if self.memory_cgroup is None:
-            return True
-        try:
-            pids = (self.memory_cgroup / "cgroup.procs").read_text().split()
-        except OSError:
-            return True
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("NSpid:") and line.split()[-1] == str(wrapper_pid):
-                        return True
+def usable_root(path: Path) -> bool:
+    """Tell whether ``path`` is a directory with something in it (a mounted, visible rootfs)."""
+    try:
+        with os.scandir(path) as scan:
+            return next(scan, None) is not None
+    except OSError:
         return False
+
+
+def has_cc_dir(root: Path) -> bool:
+    """Tell whether ``root``/run/cc is a real directory (no link followed below ``root``)."""
+    found = read_cc_file(root, ".")
+    return found is not None and not found.cc_problem
+
+
+def _cgroup_path(controller: str, volume: str) -> list[Path]:
+    """Candidate host paths of the worker's cgroup for ``controller`` (v1, then v2)."""
+    name = f"lxc.payload.{volume}"
+    return [_CGROUP_ROOT / controller / name, _CGROUP_ROOT / name]
+
+
+def _ns_pid(pid: str) -> str | None:
+    """Return the innermost (in-container) pid of host pid ``pid``, if it still exists."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return line.split()[-1]
+    return None
 
 
 def init_pid_from_cgroup(volume: str) -> int:
@@ -88,29 +134,9 @@ def init_pid_from_cgroup(volume: str) -> int:
         except OSError:
             continue
         for pid in pids:
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("NSpid:") and line.split()[-1] == "1":
-                        return int(pid)
+            if _ns_pid(pid) == "1":
+                return int(pid)
     return 0
-
-
-def has_cc_dir(root: Path) -> bool:
-    """Tell whether ``root``/run/cc is a real directory (no link followed below ``root``)."""
-    try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    fds = [root_fd]
-    try:
-        for part in CC_DIR.split("/"):
-            fds.append(os.open(part, DIR_FLAGS, dir_fd=fds[-1]))
-        return True
-    except OSError:
-        return False
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def memory_cgroup(pid: int) -> Path | None:
@@ -129,3 +155,69 @@ def memory_cgroup(pid: int) -> Path | None:
     if v2 is not None and (v2 / "memory.events").exists():
         return v2
     return None
+
+
+class WorkerView:
+    """What ``wait`` knows of a worker on the host: its roots, init pid and cgroups."""
+
+    def __init__(
+        self,
+        name: str,
+        volume: str,
+        pid: int,
+        proc_root: Path | None,
+        pool_root: Path | None,
+    ) -> None:
+        """Describe worker ``name`` (cgroup ``lxc.payload.<volume>``, host init ``pid``)."""
+        self.name = name
+        self.volume = volume
+        self.pid = pid
+        self.proc_root = proc_root
+        self.pool_root = pool_root
+        self.memory_cgroup = memory_cgroup(pid) if pid and proc_root is not None else None
+        self.checks_without_wrapper = 0
+        self.wrapper_pid: int | None = None
+        self.refused_forks = 0
+        self.oom_killed = 0
+        self.stopped = False  # stopped by the watcher (to read it through the files API)
+        self.rootfs: Path | None = None  # the host view of its root in use (None: files API)
+
+    def init_alive(self) -> bool:
+        """Tell whether the init this view was made for still runs (not a reused pid)."""
+        if self.pid <= 0:
+            return False
+        try:
+            cgroups = Path(f"/proc/{self.pid}/cgroup").read_text()
+        except OSError:
+            return False
+        return f"lxc.payload.{self.volume}" in cgroups and _ns_pid(str(self.pid)) == "1"
+
+    def oom_kills(self) -> int:
+        """OOM kills counted in the worker's memory cgroup (the most seen; 0 when unknown)."""
+        if self.memory_cgroup is not None:
+            for name, key in (("memory.oom_control", "oom_kill"), ("memory.events", "oom_kill")):
+                with contextlib.suppress(OSError):
+                    count = event_count((self.memory_cgroup / name).read_text(), key)
+                    self.oom_killed = max(self.oom_killed, count)
+                    break
+        return self.oom_killed
+
+    def forks_refused(self) -> int:
+        """Forks the worker's pids cgroup refused at its limit (the most seen; 0 if unknown)."""
+        if self.proc_root is not None:
+            for path in _cgroup_path("pids", self.volume):
+                with contextlib.suppress(OSError):
+                    count = event_count((path / "pids.events").read_text(), "max")
+                    self.refused_forks = max(self.refused_forks, count)
+                    break
+        return self.refused_forks
+
+    def wrapper_alive(self, wrapper_pid: int) -> bool:
+        """Tell whether a process of the worker has ``wrapper_pid`` as its in-worker pid."""
+        if self.memory_cgroup is None:
+            return True
+        try:
+            pids = (self.memory_cgroup / "cgroup.procs").read_text().split()
+        except OSError:
+            return True
+        return any(_ns_pid(pid) == str(wrapper_pid) for pid in pids)

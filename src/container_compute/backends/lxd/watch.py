@@ -2,8 +2,12 @@
 
 ``AttemptWatcher.wait`` polls for ``/run/cc/exit_code`` host side (see ``hostside``) or, when
 the host cannot see the worker, through the files API; it ends the attempt on the command's
-exit, the attempt's timeout, the engine's stop request, or a worker that can no longer finish;
-then it gathers stdout, stderr and /results with the byte cap and path safety of ``gather``.
+exit, the attempt's timeout, the engine's stop request, or a worker that can no longer finish
+(stopped, rebooted, vanished, its ``/run/cc`` broken); then it gathers stdout, stderr and
+/results with the byte cap and path safety of ``gather``.
+
+Everything read from the worker is the task's to forge: whatever it holds becomes an outcome
+with a reason that says what was found (``parsing``), never an exception.
 """
 
 import os
@@ -20,21 +24,44 @@ from ...lxdclient import socket_path
 from .. import FailureReason, TaskOutcome, WorkerSpec
 from ..gather import GatherReport, gather_task
 from . import files
-from .api import LXDApi
+from .api import TRANSIENT_ERRORS, LXDApi, OperationFailedError
 from .hostside import (
     CC_DIR,
-    DIR_FLAGS,
+    Found,
     WorkerView,
     has_cc_dir,
     init_pid_from_cgroup,
-    memory_cgroup,
-    parse_exit_code,
-    read_small,
+    read_cc_file,
+    usable_root,
 )
+from .parsing import parse_exit_status, parse_pid
 
 LABEL_STARTED = "user.container-compute.started"
 WRAPPER_START_CHECKS = 15  # liveness checks (2 s apart) without /run/cc/pid: never started
+LIVENESS_SECONDS = 2.0
+CHECK_TIMEOUT_SECONDS = 10.0
+SETTLE_SECONDS = 3.0  # how long a worker whose task's shell died may take to stop or reboot
+# Exits 0 while the wrapper lives, 1 once it is gone, 3 when its pid cannot be read safely.
+_WRAPPER_CHECK = (
+    "[ -f /run/cc/pid ] && [ ! -L /run/cc/pid ] || exit 3\n"
+    "read -r cc_pid < /run/cc/pid || exit 3\n"
+    'kill -0 "$cc_pid" 2>/dev/null || exit 1\n'
+)
 _OOM_DETAIL = "killed: out of memory (the worker's memory cgroup counted an OOM kill)"
+
+
+def _limit_detail(refused: int) -> str:
+    return (
+        f"the worker hit its process limit: its pids cgroup refused {refused} forks "
+        "(pids.events max)"
+    )
+
+
+def _started_at(record: dict[str, Any]) -> float:
+    try:
+        return float(record.get("config", {}).get(LABEL_STARTED) or time.time())
+    except (TypeError, ValueError):
+        return time.time()
 
 
 class AttemptWatcher:
@@ -44,13 +71,14 @@ class AttemptWatcher:
         """Watch through ``api``; ``host_access=False`` reads workers through the API only."""
         self.api = api
         self.host_access = host_access
+        self.judge = AttemptJudge(self)
 
     @property
     def poll_seconds(self) -> float:
         """Longest pause between two polls."""
         return self.api.poll_seconds
 
-    def _init_pid(self, name: str, volume: str) -> int:
+    def init_pid(self, name: str, volume: str) -> int:
         """Return the worker's init pid: from its cgroup on the host, else LXD's state call."""
         pid = init_pid_from_cgroup(volume) if self.host_access else 0
         if pid:
@@ -65,70 +93,114 @@ class AttemptWatcher:
 
         return self.api.retry(f"reading the state of worker {name}", get)
 
-    def locate(self, name: str, record: dict[str, Any]) -> WorkerView | None:
-        """Find a running worker's init pid, a host view of its root, and its memory cgroup.
+    def locate(self, name: str, record: dict[str, Any]) -> WorkerView:
+        """Find a worker's init pid (when it runs) and the host's views of its root.
 
-        The root is ``/proc/<init pid>/root`` (the worker's own view, on every storage
-        driver), else the rootfs under LXD's storage-pools directory (dir, btrfs); either
-        must hold ``/run/cc`` as a real directory. None: read through the files API.
+        The roots are ``/proc/<init pid>/root`` (the worker's own view, on every storage
+        driver, while it runs) and the rootfs under LXD's storage-pools directory (dir, btrfs;
+        also while stopped). ``rootfs`` is None when the host sees neither: then the worker is
+        read through the files API.
         """
-        if record.get("status") != "Running":
-            return None
         project = record.get("project") or self.api.project
         volume = name if project == "default" else f"{project}_{name}"
-        pid = self._init_pid(name, volume)
-        candidates: list[Path] = []
-        if pid and self.host_access:
-            candidates.append(Path(f"/proc/{pid}/root"))
+        pid = self.init_pid(name, volume) if record.get("status") == "Running" else 0
+        proc_root = Path(f"/proc/{pid}/root") if pid and self.host_access else None
         pool = (record.get("expanded_devices", {}).get("root") or {}).get("pool")
         socket = socket_path()
+        pool_root = None
         if pool and socket is not None and self.host_access:
-            candidates.append(
-                socket.parent / "storage-pools" / pool / "containers" / volume / "rootfs"
+            pool_root = socket.parent / "storage-pools" / pool / "containers" / volume / "rootfs"
+        view = WorkerView(name, volume, pid, proc_root, pool_root)
+        view.rootfs = self.root(view)
+        return view
+
+    def root(self, view: WorkerView) -> Path | None:
+        """The best host view of the worker's root now (one with a real /run/cc preferred)."""
+        candidates: list[Path] = []
+        if view.proc_root is not None and view.init_alive():
+            candidates.append(view.proc_root)
+        if view.pool_root is not None and usable_root(view.pool_root):
+            candidates.append(view.pool_root)
+        return next((c for c in candidates if has_cc_dir(c)), next(iter(candidates), None))
+
+    def read_cc(
+        self, view: WorkerView, name: str, limit: int = 64, content: bool = True
+    ) -> Found | None:
+        """Look at ``/run/cc/<name>``: host side when possible, else through the files API.
+
+        Through the API a running worker is only looked at with ``HEAD``; to read a file's
+        content (``content``) the worker is stopped first (see ``files``): only do that when
+        the command is over. None when nothing can be said now (root gone, daemon away).
+        """
+        if view.rootfs is not None:
+            found = read_cc_file(view.rootfs, name, limit)
+            if found is None:  # e.g. /proc/<init>/root of a worker that just stopped
+                view.rootfs = self.root(view)
+                found = None if view.rootfs is None else read_cc_file(view.rootfs, name, limit)
+            return found
+        client = self.api.client
+        try:
+            kind = files.head(client, view.name, f"/{CC_DIR}/{name}")
+            if kind == "missing":
+                directory = files.head(client, view.name, f"/{CC_DIR}")
+                if directory == "missing":
+                    return Found("missing", cc_problem="the task removed /run/cc")
+                if directory != "directory":
+                    problem = f"the task replaced /run/cc with a {directory}"
+                    return Found("missing", cc_problem=problem)
+                return Found("missing")
+            if kind != "file" or not content:
+                return Found(kind)
+            if not view.stopped:
+                self.api.force_stop(view.name)  # nothing may swap or hold the file any more
+                view.stopped = True
+            pulled = files.pull(client, view.name, f"/{CC_DIR}/{name}", limit)
+        except files.FilesUnavailableError:
+            return None
+        return Found(pulled.kind, pulled.data)
+
+    def wrapper_alive_in_worker(self, name: str) -> bool:
+        """Ask inside a running worker whether its wrapper lives (for the files API path).
+
+        The answer comes from the task's own /bin/sh, so it is only trusted about the task's
+        own attempt; anything but a clear "gone" counts as alive.
+        """
+        try:
+            response = self.api.client.api.instances[name].exec.post(
+                json={
+                    "command": ["/bin/sh", "-c", _WRAPPER_CHECK],
+                    "wait-for-websocket": False,
+                    "interactive": False,
+                    "record-output": False,
+                }
             )
-        rootfs = next((c for c in candidates if has_cc_dir(c)), None)
-        return WorkerView(name, rootfs, pid, memory_cgroup(pid) if pid else None)
+            result = self.api.wait_operation(response, timeout=CHECK_TIMEOUT_SECONDS)
+        except (OperationFailedError, pylxd.exceptions.LXDAPIException, *TRANSIENT_ERRORS):
+            return True
+        return result.get("return") != 1
 
-    def _read_cc(self, worker: WorkerView, name: str) -> str | None:
-        """Read a small file of /run/cc in the worker: host side when possible, else the API."""
-        if worker.rootfs is not None:
-            try:
-                root_fd = os.open(worker.rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                return None
-            try:
-                run_fd = os.open("run", DIR_FLAGS, dir_fd=root_fd)
-                try:
-                    cc_fd = os.open("cc", DIR_FLAGS, dir_fd=run_fd)
-                finally:
-                    os.close(run_fd)
-                try:
-                    return read_small(cc_fd, name)
-                finally:
-                    os.close(cc_fd)
-            except OSError:
-                return None
-            finally:
-                os.close(root_fd)
-        return self._api_read(worker.name, f"/{CC_DIR}/{name}", 64)
-
-    def _api_read(self, worker: str, path: str, limit: int) -> str | None:
-        data = files.pull_file(self.api.client, worker, path, limit)
-        return None if data is None else data.decode(errors="replace")
+    def _never_ran(self, name: str, record: dict[str, Any]) -> bool:
+        """Tell whether a stopped worker shows no trace of its launcher (no /run/cc)."""
+        found = self.read_cc(self.locate(name, record), ".")
+        return found is not None and found.cc_problem.startswith("the task removed")
 
     def wait(
         self,
         spec: WorkerSpec,
         task_dir: Path,
         should_stop: Callable[[], FailureReason | None],
+        relaunch: Callable[[], None] | None = None,
     ) -> TaskOutcome:
         """Follow the worker until its command ends or it must stop; gather results to task_dir.
 
         ``task_dir`` must be an existing empty directory (the caller's temporary one). Works
-        on a worker started by another process (resume). The outcome's reason is TIMEOUT
-        after ``spec.timeout_seconds`` (counted from ``start``), OOM when the worker's memory
-        cgroup counted an OOM kill and the command failed, the should_stop reason when it
-        asked, EXIT_CODE for a non-zero exit or a worker that stopped without an exit code.
+        on a worker started by another process (resume): ``relaunch`` is then called first
+        when the command may never have started (a running worker, or a stopped one without
+        /run/cc). The outcome's reason is TIMEOUT after ``spec.timeout_seconds`` (counted from
+        ``start``), OOM when the worker's memory cgroup counted an OOM kill and the command
+        failed, PROCESS_LIMIT when its pids cgroup refused forks and the command failed, the
+        should_stop reason when it asked, EXIT_CODE for a non-zero exit, a worker that
+        stopped, rebooted or vanished, or an exit code the task broke or forged.
         """
         name = spec.worker_name
         record = self.api.instance(name)
@@ -136,21 +208,17 @@ class AttemptWatcher:
             return TaskOutcome(
                 None, FailureReason.EXIT_CODE, detail=f"worker {name} does not exist"
             )
-        started_at = float(record["config"].get(LABEL_STARTED) or time.time())
-        worker = self.locate(name, record)
-        if worker is None:
-            outcome = TaskOutcome(
-                None,
-                FailureReason.EXIT_CODE,
-                started_at,
-                time.time(),
-                detail=f"worker {name} stopped before its command finished",
-            )
-            return outcome
+        started_at = _started_at(record)
+        if relaunch is not None and (
+            record.get("status") == "Running" or self._never_ran(name, record)
+        ):
+            relaunch()
+            record = self.api.instance(name) or record
+        view = self.locate(name, record)
         deadline = started_at + spec.timeout_seconds if spec.timeout_seconds > 0 else None
-        outcome = self._follow(spec, worker, deadline, should_stop)
+        outcome = self._follow(spec, view, deadline, should_stop)
         outcome.started_at = started_at
-        report = self._gather(worker, task_dir, spec.results_cap_bytes, outcome.exit_code)
+        report = self._gather(view, task_dir, spec.results_cap_bytes, outcome.exit_code)
         if outcome.reason is not None and outcome.exit_code is None:
             self.api.force_stop(name)
         outcome.finished_at = time.time()
@@ -164,21 +232,18 @@ class AttemptWatcher:
     def _follow(
         self,
         spec: WorkerSpec,
-        worker: WorkerView,
+        view: WorkerView,
         deadline: float | None,
         should_stop: Callable[[], FailureReason | None],
     ) -> TaskOutcome:
         """Poll until an exit code appears, the deadline passes, or should_stop says so."""
-        interval = 0.02 if worker.rootfs is not None else self.poll_seconds
-        limit = self.poll_seconds if worker.rootfs is not None else max(self.poll_seconds, 2.0)
-        next_check = time.monotonic() + 2.0
+        interval = 0.02 if view.rootfs is not None else self.poll_seconds
+        limit = self.poll_seconds if view.rootfs is not None else max(self.poll_seconds, 2.0)
+        next_check = time.monotonic() + (LIVENESS_SECONDS if view.pid else 0.0)
         while True:
-            exit_code = parse_exit_code(self._read_cc(worker, "exit_code"))
-            if exit_code is not None:
-                if exit_code != 0 and worker.oom_kills() > 0:
-                    return TaskOutcome(exit_code, FailureReason.OOM, detail=_OOM_DETAIL)
-                reason = None if exit_code == 0 else FailureReason.EXIT_CODE
-                return TaskOutcome(exit_code, reason)
+            ended = self.judge.exit_status(view)
+            if ended is not None:
+                return ended
             stop_reason = should_stop()
             if stop_reason is not None:
                 return TaskOutcome(None, stop_reason, detail=f"stopped: {stop_reason.value}")
@@ -189,55 +254,172 @@ class AttemptWatcher:
                     detail=f"timed out after {spec.timeout_seconds}s; worker stopped",
                 )
             if time.monotonic() >= next_check:
-                next_check = time.monotonic() + 2.0
-                lost = self._lost(worker)
+                next_check = time.monotonic() + LIVENESS_SECONDS
+                lost = self.judge.lost(view)
                 if lost is not None:
                     return lost
             time.sleep(interval)
             interval = min(interval * 1.5, limit)
 
-    def _lost(self, worker: WorkerView) -> TaskOutcome | None:
-        """Return an outcome when the command can no longer end normally, else None."""
-        if worker.rootfs is None or not worker.init_alive():
-            record = self.api.instance(worker.name)
-            if record is None or record.get("status") != "Running":
-                return TaskOutcome(
-                    None,
-                    FailureReason.EXIT_CODE,
-                    detail=f"worker {worker.name} stopped before its command finished",
-                )
-        wrapper_pid = parse_exit_code(self._read_cc(worker, "pid"))
-        if wrapper_pid is None:
-            worker.checks_without_wrapper += 1
-            if worker.checks_without_wrapper > WRAPPER_START_CHECKS:
-                return TaskOutcome(
-                    None, FailureReason.EXIT_CODE, detail="the command's wrapper never started"
-                )
-        elif not worker.wrapper_alive(wrapper_pid):
-            if parse_exit_code(self._read_cc(worker, "exit_code")) is not None:
-                return None  # finished just now: the next poll reads it
-            if worker.oom_kills() > 0:
-                return TaskOutcome(None, FailureReason.OOM, detail=_OOM_DETAIL)
-            return TaskOutcome(
-                None, FailureReason.EXIT_CODE, detail="the task's shell ended without an exit code"
-            )
-        return None
-
     def _gather(
-        self, worker: WorkerView, task_dir: Path, cap_bytes: int, exit_code: int | None
+        self, view: WorkerView, task_dir: Path, cap_bytes: int, exit_code: int | None
     ) -> GatherReport:
-        if worker.rootfs is not None:
+        """Gather host side when the host sees the root, else (worker stopped) by the API."""
+        for _ in range(2):
+            root = view.rootfs if view.rootfs is not None else self.root(view)
+            if root is None:
+                break
             try:
-                return gather_task(worker.rootfs, task_dir, cap_bytes, exit_code)
+                return gather_task(root, task_dir, cap_bytes, exit_code)
             except OSError:
                 # The worker stopped meanwhile (its /proc/<pid>/root is gone): start again
-                # through the files API, which reads stopped workers too.
-                for entry in task_dir.iterdir():
-                    if entry.is_dir() and not entry.is_symlink():
-                        shutil.rmtree(entry)
-                    else:
-                        entry.unlink()
+                # from the storage pool's rootfs, or through the files API.
+                _empty(task_dir)
+                view.rootfs = None
+                view.proc_root = None
+        self.api.force_stop(view.name)  # nothing of the task may hold a fifo open
         with tempfile.TemporaryDirectory(prefix="cc-pull-") as staging:
             root = Path(staging)
-            files.pull_tree(self.api.client, worker.name, root, cap_bytes)
-            return gather_task(root, task_dir, cap_bytes, exit_code)
+            skipped = files.pull_tree(self.api.client, view.name, root, cap_bytes)
+            report = gather_task(root, task_dir, cap_bytes, exit_code)
+            report.skipped.extend(skipped)
+            return report
+
+
+class AttemptJudge:
+    """Decide, from what a watched worker shows, whether and how its attempt ended."""
+
+    def __init__(self, watcher: AttemptWatcher) -> None:
+        """Judge the workers ``watcher`` reads."""
+        self.watcher = watcher
+
+    def exit_status(self, view: WorkerView) -> TaskOutcome | None:
+        """Return the outcome /run/cc/exit_code tells (None: the command has not ended yet)."""
+        found = self.watcher.read_cc(view, "exit_code")
+        if found is None or (found.kind == "missing" and not found.cc_problem):
+            return None
+        if found.cc_problem:
+            return self.liveness(view) or self.failed(
+                view, f"{found.cc_problem}: the command's exit code cannot be read there"
+            )
+        if found.kind != "file":
+            return self.failed(
+                view, f"the task left a {found.kind} at /run/cc/exit_code, not an exit status"
+            )
+        code, problem = parse_exit_status(found.data)
+        if problem is not None:
+            return TaskOutcome(None, FailureReason.EXIT_CODE, detail=problem)
+        if code is None and view.stopped:
+            return TaskOutcome(None, FailureReason.EXIT_CODE, detail="the exit code file is empty")
+        if code is None:
+            return None  # empty: being written
+        if code == 0:
+            refused = view.forks_refused()
+            return TaskOutcome(0, detail=_limit_detail(refused) if refused else "")
+        return self.failed(view, f"the command exited {code}", code)
+
+    def failed(self, view: WorkerView, detail: str, code: int | None = None) -> TaskOutcome:
+        """An outcome without success: OOM or PROCESS_LIMIT when the cgroups counted one."""
+        if view.oom_kills() > 0:
+            return TaskOutcome(code, FailureReason.OOM, detail=_OOM_DETAIL)
+        refused = view.forks_refused()
+        if refused > 0:
+            return TaskOutcome(code, FailureReason.PROCESS_LIMIT, detail=_limit_detail(refused))
+        return TaskOutcome(code, FailureReason.EXIT_CODE, detail="" if code else detail)
+
+    def liveness(self, view: WorkerView) -> TaskOutcome | None:
+        """Return an outcome when the worker stopped, rebooted or vanished, else None."""
+        if view.rootfs is not None and view.pid and view.init_alive():
+            return None
+        name = view.name
+        record = self.watcher.api.instance(name)
+        if record is None:
+            detail = f"worker {name} vanished (deleted from outside) before its command finished"
+        elif record.get("status") != "Running":
+            detail = (
+                f"worker {name} stopped before its command finished "
+                "(powered off from inside, or stopped from outside)"
+            )
+        else:
+            pid = self.watcher.init_pid(name, view.volume)
+            if not view.pid or pid in (0, view.pid):
+                view.pid = view.pid or pid
+                return None
+            detail = f"worker {name} rebooted before its command finished (its init restarted)"
+        view.forks_refused()
+        view.oom_kills()
+        ended = self._exit_status_once(view)
+        return ended or self.failed(view, detail)
+
+    def _exit_status_once(self, view: WorkerView) -> TaskOutcome | None:
+        """An exit code written just before the worker went away, if any."""
+        view.rootfs = self.watcher.root(view)
+        found = self.watcher.read_cc(view, "exit_code")
+        if found is None or found.kind != "file":
+            return None
+        code, _ = parse_exit_status(found.data)
+        if code is None:
+            return None
+        return TaskOutcome(code, None if code == 0 else FailureReason.EXIT_CODE)
+
+    def lost(self, view: WorkerView) -> TaskOutcome | None:
+        """Return an outcome when the command can no longer end normally, else None."""
+        lost = self.liveness(view)
+        if lost is not None:
+            return lost
+        view.forks_refused()
+        view.oom_kills()
+        if view.wrapper_pid is None:
+            problem = self._find_wrapper(view)
+            if problem is not None or view.wrapper_pid is None:
+                return problem
+        alive = (
+            view.wrapper_alive(view.wrapper_pid)
+            if view.rootfs is not None
+            else self.watcher.wrapper_alive_in_worker(view.name)
+        )
+        if not alive:
+            if self.exit_status(view) is not None:
+                return None  # finished just now: the next poll reads it
+            settle = time.monotonic() + SETTLE_SECONDS
+            while time.monotonic() < settle:  # a reboot or poweroff kills the shell first
+                time.sleep(0.5)
+                lost = self.liveness(view)
+                if lost is not None:
+                    return lost
+            return self.failed(view, "the task's shell ended without an exit code")
+        return None
+
+    def _find_wrapper(self, view: WorkerView) -> TaskOutcome | None:
+        """Learn the wrapper's pid (``view.wrapper_pid``); an outcome if it cannot be followed."""
+        found = self.watcher.read_cc(view, "pid", content=view.rootfs is not None)
+        if found is None:
+            return None
+        if found.cc_problem:
+            return self.failed(view, f"{found.cc_problem}: the command's exit code is lost")
+        if found.kind not in ("file", "missing"):
+            what = f"the task left a {found.kind} at /run/cc/pid"
+            return self.failed(view, f"{what}: the command cannot be followed")
+        pid, problem = (None, None)
+        if found.kind == "file" and view.rootfs is not None:
+            pid, problem = parse_pid(found.data)
+            if problem is not None:
+                return self.failed(view, f"{problem}: the command cannot be followed")
+        elif found.kind == "file":
+            pid = 0  # through the API only its existence is known: ask the worker
+        if pid is None:
+            view.checks_without_wrapper += 1
+            if view.checks_without_wrapper > WRAPPER_START_CHECKS:
+                return self.failed(view, "the command's wrapper never started (no /run/cc/pid)")
+            return None
+        view.wrapper_pid = pid
+        return None
+
+
+def _empty(directory: Path) -> None:
+    """Remove everything in ``directory`` (a half-gathered task dir of ours)."""
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            os.unlink(entry)

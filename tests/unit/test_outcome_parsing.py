@@ -1,0 +1,185 @@
+"""What a task leaves in /run/cc is parsed without ever raising (seeded random bytes)."""
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from container_compute.backends import FailureReason, TaskOutcome
+from container_compute.backends.lxd.hostside import WorkerView, read_cc_file
+from container_compute.backends.lxd.parsing import (
+    event_count,
+    parse_exit_status,
+    parse_pid,
+    shown,
+)
+from container_compute.backends.lxd.watch import AttemptWatcher
+
+ITERATIONS = 5000
+INTERESTING = [
+    b"",
+    b"\n",
+    b"0",
+    b"0\n",
+    b"255\n",
+    b"256\n",
+    b"-1\n",
+    b"+5\n",
+    b"1_0\n",
+    b" 7 \n",
+    b"007",
+    b"99999999999999999999999\n",
+    "\u0663\n".encode(),  # an Arabic-Indic digit: int() takes it, an exit status is not that
+    b"1e3",
+    b"0x10",
+    b"\x00",
+    b"12\x0034",
+    b"\xff\xfe",
+    b"4194304",
+    b"4194305",
+    b"nan",
+]
+
+
+def _samples(seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    alphabet = b"0123456789 \t\r\n-+_x.e\x00\xff"
+    samples = list(INTERESTING)
+    for _ in range(ITERATIONS):
+        size = rng.choice([0, 1, 2, 3, 4, 8, 16, 63, 64, 65, 200])
+        if rng.random() < 0.5:
+            samples.append(bytes(rng.choice(alphabet) for _ in range(size)))
+        else:
+            samples.append(rng.randbytes(size))
+    return samples
+
+
+def test_exit_status_parser_never_raises_and_only_returns_exit_statuses() -> None:
+    for data in [None, *_samples(1)]:
+        code, problem = parse_exit_status(data)
+        if code is not None:
+            assert 0 <= code <= 255 and problem is None, data
+            assert data is not None and int(data.strip().decode("ascii")) == code
+        elif problem is not None:
+            assert problem.isprintable() and len(problem) < 120, (data, problem)
+        else:
+            assert data is None or not data.strip(b" \t\r\n")
+
+
+def test_exit_status_examples() -> None:
+    assert parse_exit_status(b"0\n") == (0, None)
+    assert parse_exit_status(b" 7 \n") == (7, None)
+    assert parse_exit_status(b"255") == (255, None)
+    for forged in (b"256", b"-1", b"+5", b"1_0", "\u0663".encode(), b"x", b"\x00"):
+        code, problem = parse_exit_status(forged)
+        assert code is None and problem is not None and "not an exit status" in problem
+    _, problem = parse_exit_status(b"99999999999999999999999\n")
+    assert problem is not None and "99999999999999999999999" in problem
+
+
+def test_pid_parser_never_raises() -> None:
+    for data in [None, *_samples(2)]:
+        pid, problem = parse_pid(data)
+        if pid is not None:
+            assert 0 < pid <= 1 << 22 and problem is None
+        elif problem is not None:
+            assert problem.isprintable() and len(problem) < 120
+
+
+def test_cgroup_counts_never_raise() -> None:
+    rng = random.Random(3)
+    texts = [None, "", "max 12\n", "max -1", "max 1" + "0" * 40, "oom_kill x", "max"]
+    texts += [rng.randbytes(rng.randrange(64)).decode(errors="replace") for _ in range(2000)]
+    texts += [f"max {rng.randrange(10**6)}\noom_kill {rng.randrange(9)}" for _ in range(200)]
+    for text in texts:
+        for key in ("max", "oom_kill"):
+            count = event_count(text, key)
+            assert isinstance(count, int) and count >= 0
+    assert event_count("low 0\nmax 6666\n", "max") == 6666
+
+
+def test_shown_is_printable_and_short() -> None:
+    for data in _samples(4)[:1000]:
+        text = shown(data)
+        assert text.isprintable() and len(text) <= 4 * 24 + 8
+
+
+class _NoApi:
+    """An API that must not be asked: the parser alone decides these cases."""
+
+    project = "p"
+    poll_seconds = 0.01
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the API was asked for {name}")
+
+
+def _view(root: Path) -> WorkerView:
+    view = WorkerView("cc-j-0-1", "p_cc-j-0-1", 0, None, None)
+    view.rootfs = root
+    return view
+
+
+@pytest.fixture
+def worker_root(tmp_path: Path) -> Path:
+    """A fake worker root with /run/cc."""
+    (tmp_path / "run" / "cc").mkdir(parents=True)
+    return tmp_path
+
+
+def _check(outcome: TaskOutcome | None) -> None:
+    if outcome is None:
+        return
+    assert outcome.exit_code is None or 0 <= outcome.exit_code <= 255
+    if not outcome.succeeded:
+        assert outcome.reason is not None
+    assert outcome.detail.isprintable() and len(outcome.detail) < 200
+
+
+def test_watcher_turns_any_exit_code_file_into_an_outcome_or_nothing(worker_root: Path) -> None:
+    judge = AttemptWatcher(_NoApi()).judge  # type: ignore[arg-type]
+    target = worker_root / "run" / "cc" / "exit_code"
+    for data in _samples(5)[:2000]:
+        target.write_bytes(data)
+        _check(judge.exit_status(_view(worker_root)))
+
+
+def test_watcher_turns_any_pid_file_into_a_wrapper_or_a_reason(worker_root: Path) -> None:
+    judge = AttemptWatcher(_NoApi()).judge  # type: ignore[arg-type]
+    target = worker_root / "run" / "cc" / "pid"
+    for data in _samples(6)[:2000]:
+        target.write_bytes(data)
+        view = _view(worker_root)
+        outcome = judge._find_wrapper(view)
+        _check(outcome)
+        if outcome is None and view.wrapper_pid is not None:
+            assert 0 < view.wrapper_pid <= 1 << 22
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink", "missing"])
+def test_special_exit_code_files_are_never_opened(worker_root: Path, kind: str) -> None:
+    target = worker_root / "run" / "cc" / "exit_code"
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        target.symlink_to("/etc/hostname")
+    found = read_cc_file(worker_root, "exit_code")
+    assert found is not None and found.kind == kind and found.data == b""
+    outcome = AttemptWatcher(_NoApi()).judge.exit_status(_view(worker_root))  # type: ignore[arg-type]
+    if kind == "missing":
+        assert outcome is None
+    else:
+        assert outcome is not None and outcome.reason is FailureReason.EXIT_CODE
+        assert f"a {kind} at /run/cc/exit_code" in outcome.detail
+
+
+def test_outcome_refuses_what_is_not_an_exit_status() -> None:
+    outcome = TaskOutcome(10**30)
+    assert outcome.exit_code is None and outcome.reason is FailureReason.EXIT_CODE
+    assert "not an exit status" in outcome.detail
+    assert TaskOutcome(-1).exit_code is None
+    assert TaskOutcome(255).exit_code == 255
