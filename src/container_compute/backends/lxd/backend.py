@@ -43,10 +43,10 @@ from .disk import explain_disk_full
 from .members import (
     LostMemberGuard,
     MemberBook,
-    explain_remote_oom,
     lost_outcome,
     unreachable,
 )
+from .remote import RemoteAttemptWatcher, explain_remote_oom
 from .watch import LABEL_STARTED, AttemptWatcher
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -94,7 +94,7 @@ class LXDBackend:
         self.api = LXDApi(config.lxd_project, client, retry_seconds, poll_seconds, endpoint)
         self.host_access = host_access and endpoint is None
         self.watcher = AttemptWatcher(self.api, self.host_access)
-        self.remote_watcher = AttemptWatcher(self.api, False)
+        self.remote_watcher = RemoteAttemptWatcher(self.api)
         self.members = MemberBook(self.api)
         self._images: dict[str, dict[str, str]] = {}
         self._launched: set[str] = set()  # workers whose launcher this backend ran
@@ -432,7 +432,8 @@ def _follow_on_member(
         _empty(task_dir)
         outcome = lost_outcome(member, outcome.detail)
     elif not local:
-        outcome = explain_remote_oom(backend.api, spec, outcome)
+        peak = backend.remote_watcher.take_peak(spec.worker_name)
+        outcome = explain_remote_oom(backend.api, spec, outcome, peak)
     outcome.host = member
     return outcome
 

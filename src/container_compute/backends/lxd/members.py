@@ -4,8 +4,7 @@ On a cluster, LXD's scheduler places a worker when no target is given; a job's `
 may ask for round-robin over the members that are online, or over a list of members.
 ``MemberBook`` keeps the members' states for a few seconds, answers where a worker is
 (``location``), and tells a member lost: LXD counts it offline (no heartbeat for
-``cluster.offline_threshold``), or it stays unreachable while calls to it fail. For workers
-read through the API only, ``explain_remote_oom`` tells an OOM kill from what LXD shows.
+``cluster.offline_threshold``), or it stays unreachable while calls to it fail.
 """
 
 import threading
@@ -16,8 +15,7 @@ import pylxd
 import pylxd.exceptions
 import requests
 
-from ...units import parse_size
-from .. import FailureReason, LaunchError, TaskOutcome, WorkerSpec
+from .. import FailureReason, LaunchError, TaskOutcome
 from .api import LXDApi
 
 ROUND_ROBIN = "round-robin"
@@ -193,38 +191,3 @@ def lost_outcome(member: str, why: str) -> TaskOutcome:
         "the task runs again on another member without spending a retry",
         host=member,
     )
-
-
-OOM_EXIT_CODE = 137  # the shell's status for a command killed by SIGKILL (the OOM killer's)
-OOM_PEAK_FRACTION = 0.9
-
-
-def explain_remote_oom(api: LXDApi, spec: WorkerSpec, outcome: TaskOutcome) -> TaskOutcome:
-    """Tell an OOM kill from the API, for a worker the host cannot see.
-
-    Remotely there is no cgroup OOM counter to read: a command killed by SIGKILL (exit 137)
-    whose worker's memory peak (LXD's ``usage_peak``) reached its ``limits.memory`` is taken
-    as an OOM kill. Where LXD no longer shows the peak (the worker stopped), it stays
-    EXIT_CODE.
-    """
-    if outcome.reason != FailureReason.EXIT_CODE or outcome.exit_code not in (OOM_EXIT_CODE, None):
-        return outcome
-    name = spec.worker_name
-    try:
-        record = api.client.api.instances[name].get().json()["metadata"]
-        state = api.client.api.instances[name].state.get().json()["metadata"]
-    except (pylxd.exceptions.LXDAPIException, requests.exceptions.RequestException):
-        return outcome
-    limit_text = (record.get("expanded_config") or {}).get("limits.memory", "")
-    peak = ((state or {}).get("memory") or {}).get("usage_peak") or 0
-    try:
-        limit = parse_size(limit_text) if limit_text and not limit_text.endswith("%") else 0
-    except ValueError:
-        limit = 0
-    if limit and peak >= OOM_PEAK_FRACTION * limit:
-        outcome.reason = FailureReason.OOM
-        outcome.detail = (
-            f"killed (exit {OOM_EXIT_CODE}) with the worker's memory at its limit "
-            f"({peak >> 20} MiB of {limit_text}): an OOM kill, as LXD's API shows it"
-        )
-    return outcome
