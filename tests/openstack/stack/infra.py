@@ -8,6 +8,7 @@ another libvirtd on this machine is neither seen nor disturbed.
 
 import configparser
 import glob
+import re
 import shlex
 import shutil
 import subprocess
@@ -154,12 +155,17 @@ def start_rabbit(layout: Layout, supervisor: Supervisor) -> None:
 def stop_rabbit(layout: Layout, supervisor: Supervisor) -> None:
     """Stop RabbitMQ, then the epmd it started on our port."""
     supervisor.stop("rabbitmq", timeout=30)
-    subprocess.run(
-        [EPMD, "-port", str(layout.ports["epmd"]), "-kill"],
-        capture_output=True,
-        timeout=10,
-        check=False,
-    )
+    for _ in range(20):  # epmd refuses while it still counts our (stopping) node
+        killed = subprocess.run(
+            [EPMD, "-port", str(layout.ports["epmd"]), "-kill"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if "Killed" in killed.stdout or killed.returncode != 0:
+            return
+        time.sleep(0.5)
 
 
 def start_libvirtd(layout: Layout, supervisor: Supervisor) -> None:
@@ -226,8 +232,32 @@ def destroy_domains(layout: Layout) -> list[str]:
     return names
 
 
-def release_mounts_and_loops(layout: Layout) -> list[str]:
-    """Unmount everything under the run directory, detach loop devices backed by it."""
+# Nova's instance disks as losetup names them once their mount is gone: relative to the
+# instances bind mount, often deleted already (nova's LoopMount can lose track of a device when
+# libvirt-lxc holds the mount in its own namespace).
+NOVA_DISK_RE = re.compile(r"^/[0-9a-f-]{36}(_del|_resize)?/disk( \(deleted\))?$")
+
+
+def loop_devices() -> dict[str, str]:
+    """Every attached loop device and its backing file."""
+    listed = subprocess.run(
+        [LOSETUP, "-nO", "NAME,BACK-FILE"], capture_output=True, text=True, check=False
+    )
+    devices = {}
+    for line in listed.stdout.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2:
+            devices[parts[0]] = parts[1].strip()
+    return devices
+
+
+def release_mounts_and_loops(
+    layout: Layout, loops_before: frozenset[str] = frozenset()
+) -> list[str]:
+    """Unmount everything under the run directory, detach loop devices backed by it.
+
+    A loop device that existed before the stack started (``loops_before``) is never touched.
+    """
     released = []
     mounts = []
     with open("/proc/self/mountinfo") as stream:
@@ -238,12 +268,9 @@ def release_mounts_and_loops(layout: Layout) -> list[str]:
     for target in sorted(set(mounts), key=len, reverse=True):
         subprocess.run([UMOUNT, "-l", target], capture_output=True, check=False)
         released.append(target)
-    listed = subprocess.run(
-        [LOSETUP, "-nO", "NAME,BACK-FILE"], capture_output=True, text=True, check=False
-    )
-    for line in listed.stdout.splitlines():
-        parts = line.split(None, 1)
-        if len(parts) == 2 and parts[1].strip().startswith(str(layout.root) + "/"):
-            subprocess.run([LOSETUP, "-d", parts[0]], capture_output=True, check=False)
-            released.append(parts[0])
+    for device, backing in loop_devices().items():
+        ours = backing.startswith(str(layout.root) + "/") or NOVA_DISK_RE.match(backing)
+        if ours and device not in loops_before:
+            subprocess.run([LOSETUP, "-d", device], capture_output=True, check=False)
+            released.append(device)
     return released

@@ -51,8 +51,10 @@ class KeystoneAdmin:
         return self._ensure("roles", {"name": name}, name=name)
 
     def implies(self, prior: str, implied: str) -> None:
-        """Make role ``prior`` imply role ``implied`` (ids)."""
-        self.session.put(f"{self.base}/roles/{prior}/implies/{implied}")
+        """Make role ``prior`` imply role ``implied`` (ids); nothing if it already does."""
+        url = f"{self.base}/roles/{prior}/implies/{implied}"
+        if self.session.head(url, raise_exc=False).status_code != 204:
+            self.session.put(url)
 
     def user(
         self, name: str, password: str, domain_id: str = "default", project_id: str = ""

@@ -40,6 +40,7 @@ class OpenStackStack:
         self.service_password = secrets.token_urlsafe(16)
         self.timings: dict[str, float] = {}
         self.nova_conf = layout.etc / "nova" / "nova.conf"
+        self.loops_before = frozenset(infra.loop_devices())
 
     @property
     def auth_url(self) -> str:
@@ -167,7 +168,7 @@ class OpenStackStack:
         infra.stop_rabbit(layout, sup)
         sup.stop("postgres", timeout=30)
         sup.stop_all()
-        report["mounts-and-loops"] = infra.release_mounts_and_loops(layout)
+        report["mounts-and-loops"] = infra.release_mounts_and_loops(layout, self.loops_before)
         return report
 
     def remove(self) -> None:

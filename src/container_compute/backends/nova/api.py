@@ -19,7 +19,8 @@ from .. import LaunchError
 
 logger = logging.getLogger(__name__)
 
-MICROVERSION = "2.87"  # soft-anti-affinity groups (2.64 form), nics='none' (2.37)
+MICROVERSION = "2.87"
+CONNECT_RETRIES = 3  # soft-anti-affinity groups (2.64 form), nics='none' (2.37)
 T = TypeVar("T")
 
 
@@ -68,7 +69,12 @@ class NovaApi:
                 auth=self.session.auth, timeout=getattr(self.session, "timeout", None) or 60
             )
             client = nova_client.Client(
-                MICROVERSION, session=session, region_name=self.region or None, timeout=60
+                MICROVERSION,
+                session=session,
+                region_name=self.region or None,
+                timeout=60,
+                # A pooled connection the API server closed meanwhile (keep-alive) resets.
+                connect_retries=CONNECT_RETRIES,
             )
             self._local.client = client
         return client
