@@ -63,6 +63,11 @@ def run(*argv: str, stdin: bytes | None = None, check: bool = True) -> str:
     return done.stdout.decode(errors="replace")
 
 
+def _succeeds(*argv: str) -> bool:
+    """Whether a host tool exits 0 (its output is dropped)."""
+    return subprocess.run(list(argv), capture_output=True, check=False).returncode == 0
+
+
 def free_subnet() -> ipaddress.IPv4Network:
     """Return a private /24 no interface of this host is on."""
     used = run(IP, "-4", "-o", "addr", "show")
@@ -378,13 +383,8 @@ class ClusterLab:
                 host.api.storage_pools[self.project].delete()
                 removed.append(f"pool {self.project}")
         for rule in self._iptables_rules():
-            while (
-                run(IPTABLES, "-C", "FORWARD", *rule, check=False) == ""
-                and subprocess.run(
-                    [IPTABLES, "-D", "FORWARD", *rule], capture_output=True, check=False
-                ).returncode
-                == 0
-            ):
+            while _succeeds(IPTABLES, "-C", "FORWARD", *rule):
+                run(IPTABLES, "-D", "FORWARD", *rule)
                 removed.append("iptables rule")
         if run(IP, "link", "show", self.bridge, check=False):
             run(IP, "link", "del", self.bridge, check=False)
