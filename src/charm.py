@@ -153,8 +153,8 @@ class ContainerComputeCharm(ops.CharmBase):
         address = self._formation.publish_identity(config)
         if not config.lxd_listen_https:
             return
-        self._formation.reconcile(config, address)
         departing = event.departing_unit if isinstance(event, ops.RelationDepartedEvent) else None
+        self._formation.reconcile(config, address, departing)
         certificates = self._peers.certificates(departing)
         try:
             changes = host.trust_peers(config, certificates)

@@ -87,8 +87,14 @@ class ClusterFormation:
         """The peer relation, once Juju created it."""
         return self._charm.model.get_relation(CLUSTER_ENDPOINT)
 
-    def reconcile(self, config: HostConfig, address: str) -> None:
-        """One pass: bootstrap and hand out tickets (leader), or join (peer); or undo."""
+    def reconcile(
+        self, config: HostConfig, address: str, departing: ops.Unit | None = None
+    ) -> None:
+        """One pass: bootstrap and hand out tickets (leader), or join (peer); or undo.
+
+        A unit ``departing`` the relation is taken out of the LXD cluster by the leader (LXD
+        refuses while it holds instances: logged, and the member stays).
+        """
         host = self._host
         try:
             if not config.lxd_cluster:
@@ -102,6 +108,8 @@ class ClusterFormation:
                 if host.bootstrap_cluster(config, name, address):
                     logger.info("lxd-cluster: bootstrapped an LXD cluster as %s", name)
                 self._hand_out_tickets(config)
+                if departing is not None and departing != self._charm.unit:
+                    self._remove_departed(config, departing)
             else:
                 self._join(config, name, address)
         except host.HostError as err:
@@ -141,6 +149,13 @@ class ClusterFormation:
         for key in [k for k in databag if k.startswith(JOIN_KEY_PREFIX)]:
             if key[len(JOIN_KEY_PREFIX) :] not in {u.name for u in relation.units}:
                 self._revoke(databag, key)  # the unit left before it joined
+
+    def _remove_departed(self, config: HostConfig, unit: ops.Unit) -> None:
+        name = member_name(unit)
+        if name not in {m.name for m in self._host.cluster_status(config).members}:
+            return
+        removed = self._host.remove_cluster_members(config, [name])
+        logger.info("lxd-cluster: %s left the relation; removed %s", unit.name, removed)
 
     def _revoke(self, databag: ops.RelationDataContent, key: str) -> None:
         secret_id = databag.get(key)

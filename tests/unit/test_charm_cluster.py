@@ -188,3 +188,15 @@ def test_an_unreadable_client_key_secret_blocks_naming_the_option(
     assert out.unit_status.name == "blocked"
     assert out.unit_status.message.startswith("invalid config: lxd-client-key: ")
     assert library.host.named("configure_host") == []
+
+
+def test_a_departed_peer_is_taken_out_of_the_cluster(
+    ctx: testing.Context, library: Library
+) -> None:
+    library.host.cluster = members("Online", "Online", "Online")
+    relation = testing.PeerRelation("cluster", peers_data={1: PEER, 2: PEER})
+    state = testing.State(leader=True, config=ON, relations=[relation])
+
+    ctx.run(ctx.on.relation_departed(relation, remote_unit=2, departing_unit=2), state)
+
+    assert library.host.named("remove_cluster_members") == [["container-compute-2"]]
