@@ -13,6 +13,7 @@ from typing import Any
 
 import ops
 
+from clustering import ClusterFormation
 from container_compute import actions, agent, host, identity
 from container_compute.actions import ACTION_PARAMS
 from container_compute.config import HostConfig
@@ -52,6 +53,7 @@ class ContainerComputeCharm(ops.CharmBase):
         self._peers = ClusterPeers(self)
         self._identity = IdentityRequirer(self)
         self._jobs = ComputeJobsServer(self)
+        self._formation = ClusterFormation(self, host, self._peers)
         for host_event in (
             self.on.install,
             self.on.start,
@@ -69,6 +71,8 @@ class ContainerComputeCharm(ops.CharmBase):
         framework.observe(cluster.relation_joined, self._on_cluster_relation)
         framework.observe(cluster.relation_changed, self._on_cluster_relation)
         framework.observe(cluster.relation_departed, self._on_cluster_relation)
+        framework.observe(self.on.leader_elected, self._on_cluster_relation)
+        framework.observe(self.on.secret_changed, self._on_cluster_relation)
         keystone = self.on[IDENTITY_ENDPOINT]
         framework.observe(keystone.relation_joined, self._on_identity_relation)
         framework.observe(keystone.relation_changed, self._on_identity_relation)
@@ -97,7 +101,8 @@ class ContainerComputeCharm(ops.CharmBase):
             logger.info("job agent service installed or updated")
         for relation in self._lxd.relations:
             self._serve_lxd_relation(relation, config, host_changed=report.changed)
-        self._publish_cluster_identity(config)
+        address = self._formation.publish_identity(config)
+        self._formation.reconcile(config, address)
         self._request_identity(config)
 
     def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
@@ -112,6 +117,8 @@ class ContainerComputeCharm(ops.CharmBase):
             return
         if reaped:
             logger.info("reaped %d orphaned workers: %s", len(reaped), ", ".join(reaped))
+        if config.lxd_cluster or self.unit.is_leader():
+            self._formation.reconcile(config, self._formation.publish_identity(config))
         if self.unit.is_leader():
             self._serve_compute_jobs(config)
 
@@ -138,15 +145,16 @@ class ContainerComputeCharm(ops.CharmBase):
             return
         self._serve_lxd_relation(event.relation, config, host_changed=False)
 
-    def _on_cluster_relation(self, event: ops.RelationEvent) -> None:
-        """Peers: publish our LXD certificate and trust every peer's."""
+    def _on_cluster_relation(self, event: ops.EventBase) -> None:
+        """Peers: publish our LXD certificate, trust every peer's, form the LXD cluster."""
         config = self._load_config()
         if config is None:
             return
-        self._publish_cluster_identity(config)
+        address = self._formation.publish_identity(config)
         if not config.lxd_listen_https:
             return
         departing = event.departing_unit if isinstance(event, ops.RelationDepartedEvent) else None
+        self._formation.reconcile(config, address, departing)
         certificates = self._peers.certificates(departing)
         try:
             changes = host.trust_peers(config, certificates)
@@ -212,7 +220,7 @@ class ContainerComputeCharm(ops.CharmBase):
     def _load_config_or_error(self) -> tuple[HostConfig | None, str]:
         """Return the typed config and "", or None and the message naming the bad option."""
         try:
-            return self.load_config(HostConfig), ""
+            return _host_config(self.model), ""
         except ValueError as err:
             return None, str(err)
 
@@ -239,20 +247,6 @@ class ContainerComputeCharm(ops.CharmBase):
         if group_changed:
             logger.info("added user %s to group %s", user, LXD_GROUP)
         self._lxd.renew_nonce(relation, force=group_changed or host_changed)
-
-    def _publish_cluster_identity(self, config: HostConfig) -> None:
-        """Publish our LXD certificate, fingerprint and address to peers (if listening)."""
-        if self._peers.relation is None:
-            return
-        if not config.lxd_listen_https:
-            self._peers.withdraw()
-            return
-        try:
-            server = host.server_identity(config, self._peers.ingress_address())
-        except host.HostError as err:
-            logger.error("cannot publish this host's LXD certificate to peers: %s", err)
-            return
-        self._peers.publish(server.certificate, server.fingerprint, server.address)
 
     def _request_identity(self, config: HostConfig) -> None:
         """Ask Keystone for the configured service user (and project) on every relation."""
@@ -293,9 +287,36 @@ class ContainerComputeCharm(ops.CharmBase):
         if missing is not None:
             user, application = missing
             return ops.WaitingStatus(f"waiting for user {user} to exist (from {application})")
+        clustering = self._formation.view(config)
+        if clustering.status is not None:
+            return clustering.status
         if not agent.agent_alive(STATE_DIR):
             return ops.BlockedStatus(AGENT_DOWN_MESSAGE)
-        return ops.ActiveStatus(report.summary)
+        summary = "; ".join(filter(None, (clustering.summary, report.summary)))
+        return ops.ActiveStatus(summary[:MAX_STATUS_LENGTH])
+
+
+def _host_config(model: ops.Model) -> HostConfig:
+    """Load the typed config; a Juju secret in lxd-client-key becomes a 0600 key file's path.
+
+    (ops' ``load_config`` would hand the secret over as an object; the library takes a path.)
+
+    Raises:
+        ValueError: naming the option that is wrong, or lxd-client-key when the secret
+            cannot be read.
+    """
+    values: dict[str, Any] = {k.replace("-", "_"): v for k, v in model.config.items()}
+    key = values.get("lxd_client_key")
+    if isinstance(key, str) and key.startswith("secret:"):
+        try:
+            pem = model.get_secret(id=key).get_content(refresh=True)["key"]
+        except (ops.SecretNotFoundError, ops.ModelError, KeyError) as err:
+            raise ValueError(
+                "lxd-client-key: the secret cannot be read or has no 'key' field; grant it "
+                "to this application (juju grant-secret) with key=<the PEM key>"
+            ) from err
+        values["lxd_client_key"] = str(host.store_client_key(STATE_DIR, pem))
+    return HostConfig(**values)
 
 
 def accept_credentials(credentials: identity.KeystoneCredentials) -> None:

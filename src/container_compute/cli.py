@@ -81,14 +81,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Shorter spellings of some configure-host flags.
+FLAG_ALIASES = {
+    "lxd-client-cert": ["--client-cert"],
+    "lxd-client-key": ["--client-key"],
+    "lxd-server-cert": ["--server-cert"],
+}
+
+
 def _add_flag(
     parser: argparse.ArgumentParser, name: str, dest: str, kind: str, help_text: str
 ) -> None:
     """Add ``--name`` for an option or parameter of JSON-schema type ``kind`` (unset: None)."""
     help_text = help_text.replace("%", "%%")
+    flags = [f"--{name}", *FLAG_ALIASES.get(name, [])]
     if kind == "boolean":
         parser.add_argument(
-            f"--{name}",
+            *flags,
             dest=dest,
             action=argparse.BooleanOptionalAction,
             default=None,
@@ -96,7 +105,7 @@ def _add_flag(
         )
     elif kind == "array":
         parser.add_argument(
-            f"--{name}",
+            *flags,
             dest=dest,
             action="append",
             default=None,
@@ -105,7 +114,7 @@ def _add_flag(
         )
     else:
         parser.add_argument(
-            f"--{name}",
+            *flags,
             dest=dest,
             default=None,
             help=help_text,
@@ -126,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(configure)
     configure.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    configure.add_argument(
+        "--lxd-remote",
+        metavar="NAME",
+        default=None,
+        help="use a remote of the lxc client (lxc remote add NAME ...) as lxd-endpoint: its "
+        "address, the client's certificate and key, and the server certificate lxc pinned",
+    )
     json_kinds = {bool: "boolean", int: "integer", str: "string"}
     for name, kind, default, description in config_options():
         help_text = f"{description} (default: {default!r})"
@@ -236,6 +252,21 @@ def _configure_host(args: argparse.Namespace, state_dir: Path) -> int:
         for name, _kind, _default, _description in config_options()
         if getattr(args, "opt_" + name.replace("-", "_")) is not None
     }
+    if args.lxd_remote:
+        from .lxdclient import LXDAccessError, lxc_remote
+
+        if overrides.get("lxd_endpoint"):
+            raise UsageError("lxd-remote: give either --lxd-remote or --lxd-endpoint, not both")
+        try:
+            remote = lxc_remote(args.lxd_remote)
+        except LXDAccessError as err:
+            raise UsageError(str(err)) from err
+        overrides.update(
+            lxd_endpoint=remote.url,
+            lxd_client_cert=overrides.get("lxd_client_cert", remote.client_cert),
+            lxd_client_key=overrides.get("lxd_client_key", remote.client_key),
+            lxd_server_cert=overrides.get("lxd_server_cert", remote.server_cert),
+        )
     try:
         config = HostConfig(**overrides)
     except ValueError as err:

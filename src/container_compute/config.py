@@ -26,8 +26,12 @@ _CPU_SET_RE = re.compile(r"^\d{1,4}(-\d{1,4})?(,\d{1,4}(-\d{1,4})?)*$")
 _PERCENT_RE = re.compile(r"^([1-9]\d?|100)%$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 _ZFS_DATASET_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_ENDPOINT_RE = re.compile(r"^https://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:(\d{1,5}))?/?$")
+_SECRET_URI_RE = re.compile(r"^secret:(//[A-Za-z0-9-]+/)?[a-z0-9]{20}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 _PRINTABLE_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,255}$")
+_PRINTABLE_PEM_RE = re.compile(r"^[^\x00-\x08\x0b-\x1f\x7f]{0,16384}$")
+PEM_MARK = "-----BEGIN "
 
 _TYPE_NAMES = {"str": str, "bool": bool, "int": int}
 _TYPE_WORDS = {str: "a string", int: "an integer", bool: "a boolean (true or false)"}
@@ -40,9 +44,16 @@ MAX_PARALLEL_WORKERS = 1024
 MAX_NOVA_CONSOLE_CAP = 96 << 10  # Nova's console-log API serves only the last 100 KiB
 
 
-def _opt(default: Any, description: str) -> Any:
-    """Declare a config option: its default and the description shown in config.yaml."""
-    return field(default=default, metadata={"description": description})
+def _opt(default: Any, description: str, juju_type: str = "") -> Any:
+    """Declare a config option: its default and the description shown in config.yaml.
+
+    ``juju_type`` overrides the Juju type derived from the Python type (``secret``: the
+    option holds a Juju secret URI on a unit).
+    """
+    metadata = {"description": description}
+    if juju_type:
+        metadata["juju_type"] = juju_type
+    return field(default=default, metadata=metadata)
 
 
 def _fail(option: str, message: str) -> None:
@@ -113,6 +124,37 @@ class HostConfig:
         "",
         "Address LXD listens on for HTTPS, e.g. '[::]:8443' or ':8443'. Empty: no network "
         "listener. Needed for hosts of this application to trust each other (cluster relation).",
+    )
+    lxd_endpoint: str = _opt(
+        "",
+        "HTTPS URL of the LXD that runs the workers, e.g. https://10.0.0.5:8443: a remote LXD "
+        "or any member of an LXD cluster (LXD's scheduler then places workers over every "
+        "member). Empty: this host's LXD over its unix socket. Needs lxd-client-cert, "
+        "lxd-client-key and lxd-server-cert.",
+    )
+    lxd_client_cert: str = _opt(
+        "",
+        "Client certificate that lxd-endpoint trusts (lxc config trust add): PEM text or the "
+        "path of a PEM file.",
+    )
+    lxd_client_key: str = _opt(
+        "",
+        "Key of lxd-client-cert. On a unit: a Juju secret (juju add-secret NAME key=@client.key; "
+        "juju grant-secret NAME APP) whose 'key' field holds the PEM key. Without Juju: the "
+        "path of the PEM key file. Never shown or logged.",
+        juju_type="secret",
+    )
+    lxd_server_cert: str = _opt(
+        "",
+        "Certificate lxd-endpoint must present, pinned by its SHA-256 fingerprint: PEM text or "
+        "the path of a PEM file. For an LXD cluster: the cluster certificate (cluster.crt).",
+    )
+    lxd_cluster: bool = _opt(
+        False,
+        "Form an LXD cluster of this application's units: the leader bootstraps it on its "
+        "host, each peer joins with a token handed over in a Juju secret; jobs then spread "
+        "over every member. Needs lxd-listen-https. Cannot be turned off while the cluster "
+        "holds instances.",
     )
     storage_driver: str = _opt(
         "btrfs",
@@ -246,6 +288,18 @@ class HostConfig:
                     f"{self.lxd_listen_https!r} is not an address:port such as '[::]:8443', "
                     "':8443' or '10.0.0.5:8443' (port 1-65535); empty for no listener",
                 )
+        _check_endpoint(self)
+        if self.lxd_cluster and not self.lxd_listen_https:
+            _fail(
+                "lxd-cluster",
+                "needs lxd-listen-https (e.g. ':8443') so that the members reach each other",
+            )
+        if self.lxd_cluster and self.lxd_endpoint:
+            _fail(
+                "lxd-cluster",
+                "forms a cluster of this application's own hosts; it cannot be combined with "
+                "lxd-endpoint (leave one of them empty)",
+            )
 
     def _check_worker(self) -> None:
         for module in self.kernel_modules:
@@ -278,6 +332,11 @@ class HostConfig:
         return tuple(dict.fromkeys(n for n in names if n))
 
     @property
+    def remote(self) -> bool:
+        """Whether workers run on an LXD endpoint rather than this host's daemon."""
+        return bool(self.lxd_endpoint)
+
+    @property
     def storage_size_bytes(self) -> int:
         """Loop file size in bytes."""
         return parse_size(self.storage_size)
@@ -296,6 +355,28 @@ class HostConfig:
     def task_results_cap_bytes(self) -> int:
         """Most bytes gathered from one task."""
         return parse_size(self.task_results_cap)
+
+
+def _check_endpoint(config: "HostConfig") -> None:
+    credentials = ("lxd-client-cert", "lxd-client-key", "lxd-server-cert")
+    for name in credentials:
+        value = getattr(config, name.replace("-", "_"))
+        if value and not _PRINTABLE_PEM_RE.match(value):
+            _fail(name, "holds control characters (give PEM text or a file path)")
+        if value and not value.lstrip().startswith(PEM_MARK):
+            if not (value.startswith("/") or _SECRET_URI_RE.match(value)):
+                _fail(name, "is neither PEM text, an absolute file path nor a Juju secret")
+    if not config.lxd_endpoint:
+        return
+    match = _ENDPOINT_RE.match(config.lxd_endpoint)
+    if not match or (match.group(3) and not 0 < int(match.group(3)) < 65536):
+        _fail(
+            "lxd-endpoint",
+            f"{config.lxd_endpoint!r} is not an https:// URL such as https://10.0.0.5:8443",
+        )
+    missing = [n for n in credentials if not getattr(config, n.replace("-", "_"))]
+    if missing:
+        _fail("lxd-endpoint", f"{config.lxd_endpoint} needs {', '.join(missing)} too")
 
 
 def check_nova_options(config: HostConfig) -> None:
@@ -374,6 +455,14 @@ def _check_jobs(config: "HostConfig") -> None:
 def option_name(field_name: str) -> str:
     """Return the Juju option name of a HostConfig field (underscores to dashes)."""
     return field_name.replace("_", "-")
+
+
+def juju_type(name: str) -> str:
+    """Return the Juju type of an option when it is not derived from its Python type."""
+    for f in dataclasses.fields(HostConfig):
+        if option_name(f.name) == name:
+            return str(f.metadata.get("juju_type", ""))
+    raise KeyError(name)
 
 
 def config_options() -> Iterator[tuple[str, type, Any, str]]:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .actions import ACTION_PARAMS
-from .config import config_options
+from .config import config_options, juju_type
 from .jobs.params import is_required, schema_type
 
 _JUJU_TYPES = {str: "string", int: "int", bool: "boolean"}
@@ -24,10 +24,17 @@ TABLE_END = "<!-- options:end -->\n"
 
 def render_config() -> str:
     """Return the text of config.yaml."""
-    options = {
-        name: {"type": _JUJU_TYPES[kind], "default": default, "description": description}
-        for name, kind, default, description in config_options()
-    }
+    options: dict[str, Any] = {}
+    for name, kind, default, description in config_options():
+        special = juju_type(name)
+        if special:  # e.g. secret: a Juju secret URI, which has no default
+            options[name] = {"type": special, "description": description}
+        else:
+            options[name] = {
+                "type": _JUJU_TYPES[kind],
+                "default": default,
+                "description": description,
+            }
     return _HEADER.format("config.py") + yaml.safe_dump(
         {"options": options}, sort_keys=False, width=99
     )

@@ -15,7 +15,8 @@ import pytest
 from ops import testing
 
 import charm
-from container_compute.host import HostReport, TeardownReport
+from container_compute.host import ClusterState, HostReport, TeardownReport
+from container_compute.host.cluster import ClusterMember
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB{}\n-----END CERTIFICATE-----\n"
 
@@ -50,6 +51,8 @@ class FakeHost:
         self.group_members: set[tuple[str, str]] = set()
         self.certificate = PEM.format("OURS")
         self.lxd_version = "5.0.2"
+        self.cluster = ClusterState(False)
+        self.cluster_instances: dict[str, int] = {}
 
     def named(self, name: str) -> list[Any]:
         """Return the arguments of every call to ``name``."""
@@ -83,6 +86,40 @@ class FakeHost:
     def trust_peers(self, config: Any, peers: dict[str, str]) -> list[str]:
         self.calls.append(("trust_peers", dict(peers)))
         return [f"trusted {unit}" for unit in peers]
+
+    def cluster_status(self, config: Any) -> ClusterState:
+        return self.cluster
+
+    def bootstrap_cluster(self, config: Any, server_name: str, address: str) -> bool:
+        self.calls.append(("bootstrap_cluster", (server_name, address)))
+        if self.cluster.enabled:
+            return False
+        member = ClusterMember(server_name, f"https://{address}", "Online")
+        self.cluster = ClusterState(True, server_name, (member,))
+        return True
+
+    def cluster_join_ticket(self, config: Any, server_name: str) -> dict[str, str]:
+        self.calls.append(("cluster_join_ticket", server_name))
+        return {"token": f"TOKEN-FOR-{server_name}", "member-config": "[]"}
+
+    def join_cluster(
+        self, config: Any, server_name: str, address: str, ticket: dict[str, str]
+    ) -> None:
+        self.calls.append(("join_cluster", (server_name, address, dict(ticket))))
+        member = ClusterMember(server_name, f"https://{address}", "Online")
+        self.cluster = ClusterState(True, server_name, (member,))
+
+    def cluster_leave_refusal(self, config: Any) -> str | None:
+        total = sum(self.cluster_instances.values())
+        return f"lxd-cluster cannot be turned off: the cluster holds {total}" if total else None
+
+    def remove_cluster_members(self, config: Any, names: list[str]) -> list[str]:
+        self.calls.append(("remove_cluster_members", list(names)))
+        return list(names)
+
+    def store_client_key(self, state_dir: Path, pem: str) -> Path:
+        self.calls.append(("store_client_key", "<key>"))
+        return state_dir / "lxd-client.key"
 
     def save_config(self, config: Any, state_dir: Path) -> bool:
         self.calls.append(("save_config", (config, state_dir)))

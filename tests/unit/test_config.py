@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from ops import testing
 
-from container_compute.config import HostConfig, config_options
+from container_compute.config import HostConfig, config_options, juju_type
 
 from .conftest import Library
 
@@ -19,6 +19,14 @@ INVALID = [
     ("lxd-listen-https", "8443", "is not an address:port"),
     ("lxd-listen-https", ":70000", "port 1-65535"),
     ("lxd-listen-https", ":0", "port 1-65535"),
+    ("lxd-endpoint", "http://10.0.0.5:8443", "is not an https:// URL"),
+    ("lxd-endpoint", "https://10.0.0.5:99999", "is not an https:// URL"),
+    ("lxd-endpoint", "https://10.0.0.5:8443", "needs lxd-client-cert, lxd-client-key"),
+    ("lxd-client-cert", "client.crt", "neither PEM text, an absolute file path"),
+    ("lxd-client-key", "secret:nope", "neither PEM text, an absolute file path"),
+    ("lxd-server-cert", "/x\x00", "control characters"),
+    ("lxd-cluster", True, "needs lxd-listen-https"),
+    ("lxd-cluster", "on", "is not a boolean"),
     ("storage-driver", "ceph", "is not one of dir, btrfs, lvm, zfs"),
     ("storage-source", "/dev/sd b", "contains spaces"),
     ("storage-source", "sdb", "must be a block device under /dev/"),
@@ -73,6 +81,16 @@ VALID = [
     ({"lxd-listen-https": ":1"}, {"lxd_listen_https": ":1"}),
     ({"lxd-listen-https": "10.0.0.5:65535"}, {"lxd_listen_https": "10.0.0.5:65535"}),
     ({"lxd-project": "a" * 63}, {"lxd_project": "a" * 63}),
+    (
+        {
+            "lxd-endpoint": "https://[fd00::5]:8443",
+            "lxd-client-cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            "lxd-client-key": "secret:d1g0c6co5kt6mg2r8fu0",
+            "lxd-server-cert": "/etc/cluster.crt",
+        },
+        {"remote": True},
+    ),
+    ({"lxd-cluster": True, "lxd-listen-https": ":8443"}, {"lxd_cluster": True, "remote": False}),
     ({"storage-driver": "dir", "storage-source": "/srv/pool"}, {"storage_source": "/srv/pool"}),
     ({"storage-driver": "zfs", "storage-source": "tank/lxd"}, {"storage_source": "tank/lxd"}),
     ({"storage-driver": "zfs", "storage-source": "/dev/sdc"}, {"storage_source": "/dev/sdc"}),
@@ -153,6 +171,7 @@ JUJU_TYPED_INVALID = [
     for option, value, words in INVALID
     if isinstance(value, OPTION_TYPES[option])
     and not (OPTION_TYPES[option] is int and isinstance(value, bool))
+    and not juju_type(option)  # a secret option only ever holds a secret URI Juju checked
 ]
 
 

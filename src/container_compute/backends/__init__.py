@@ -29,6 +29,7 @@ class FailureReason(str, Enum):
     CANCELLED = "cancelled"
     DISK_FULL = "disk-full"
     PROCESS_LIMIT = "process-limit"
+    MEMBER_LOST = "member-lost"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class WorkerSpec:
     cpu: str | None = None
     memory: str | None = None
     disk: str | None = None
+    placement: str = ""
     timeout_seconds: int = 0
     results_cap_bytes: int = 256 << 20
     # Backend-specific choices of the job (nova: flavor, network, availability_zone, spread).
@@ -70,6 +72,7 @@ class TaskOutcome:
     truncated: bool = False
     detail: str = ""
     skipped: list[str] = field(default_factory=list)
+    host: str = ""
 
     def __post_init__(self) -> None:
         """Refuse what is not an exit status (0..255): the attempt failed, the detail says why."""
@@ -94,6 +97,10 @@ class WorkerInfo:
     task_index: int | None
     attempt: int | None
     running: bool
+
+
+class WorkerUnreachableError(RuntimeError):
+    """A worker cannot be reached now (its LXD cluster member is offline); try again later."""
 
 
 class LaunchError(RuntimeError):

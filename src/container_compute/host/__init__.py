@@ -25,11 +25,14 @@ import pylxd.exceptions
 from .. import constants
 from ..config import HostConfig, config_options, option_name
 from ..lxdclient import LXDUnavailableError, connect
+from . import cluster
+from .cluster import ClusterState
 from .daemon import ensure_daemon, ensure_https, restart_daemon
 from .ids import ensure_group_member, ensure_subids, needed_subids, user_exists
 from .modules import ModulePlan, apply_modules, plan_modules
 from .profile import ensure_profile, network_problem, render_profile
 from .project import ensure_project
+from .remote import configure_remote, connect_remote
 from .storage import DISK_NOT_ENFORCED, ensure_pool
 from .sysctl import ensure_sysctl
 from .system import HostError, HostPaths, StepLog
@@ -37,17 +40,25 @@ from .teardown import TeardownReport, teardown_host
 from .trust import sync_trust
 
 __all__ = [
+    "ClusterState",
     "HostConfig",
     "HostError",
     "HostPaths",
     "HostReport",
     "ServerIdentity",
     "TeardownReport",
+    "bootstrap_cluster",
+    "cluster_join_ticket",
+    "cluster_leave_refusal",
+    "cluster_status",
     "configure_host",
     "ensure_group_member",
+    "join_cluster",
     "load_saved_config",
+    "remove_cluster_members",
     "save_config",
     "server_identity",
+    "store_client_key",
     "teardown_host",
     "trust_peers",
     "user_exists",
@@ -115,6 +126,8 @@ def configure_host(
     """
     paths = paths or HostPaths()
     log = StepLog(dry_run)
+    if config.remote:
+        return _configure_endpoint(config, paths, log)
     release = os.uname().release
     plan = plan_modules(config.kernel_modules, paths, release)
     report = HostReport(
@@ -147,6 +160,29 @@ def configure_host(
     report.changes, report.problems, report.notes = log.changes, log.problems, log.notes
     if any(note.startswith(DISK_NOT_ENFORCED) for note in log.notes):
         report.summary += f"; worker-disk {config.worker_disk} NOT enforced on this dir pool"
+    return report
+
+
+def _configure_endpoint(config: HostConfig, paths: HostPaths, log: StepLog) -> HostReport:
+    """configure_host for lxd-endpoint: the project, pool and profile there, nothing local."""
+    report = HostReport(
+        project=config.lxd_project,
+        pool=config.storage_pool,
+        driver=config.storage_driver,
+        kernel_modules_to_lxd=list(config.kernel_modules),
+        summary=f"{config.lxd_endpoint}: " + summarize(config, list(config.kernel_modules)),
+    )
+    client = connect_remote(config, log)
+    if client is not None:
+        environment = client.host_info["environment"]
+        report.lxd_version = environment.get("server_version", "")
+        if environment.get("server_clustered"):
+            report.summary = f"LXD cluster at {report.summary}"
+        try:
+            configure_remote(client, config, paths, log)
+        except pylxd.exceptions.LXDAPIException as err:
+            log.problems.append(f"LXD refused a change: {err}")
+    report.changes, report.problems, report.notes = log.changes, log.problems, log.notes
     return report
 
 
@@ -278,3 +314,109 @@ def load_saved_config(state_dir: Path) -> HostConfig:
         return HostConfig(**arguments)
     except ValueError as err:
         raise HostError(f"{path}: {err}") from err
+
+
+# LXD clustering of this application's hosts (the lxd-cluster option), on the local daemon.
+
+
+def cluster_status(config: HostConfig) -> ClusterState:
+    """Return whether this host's LXD is clustered, and its members with their state.
+
+    Raises:
+        HostError: when LXD does not answer.
+
+    """
+    try:
+        return cluster.cluster_state(_client())
+    except pylxd.exceptions.LXDAPIException as err:
+        raise HostError(f"LXD did not say whether it is clustered: {err}") from err
+
+
+def bootstrap_cluster(config: HostConfig, server_name: str, address: str) -> bool:
+    """Make this host's LXD the first member of a new cluster; False when it is clustered.
+
+    Raises:
+        HostError: when LXD refuses.
+
+    """
+    return cluster.bootstrap(_client(), server_name, address)
+
+
+def cluster_join_ticket(config: HostConfig, server_name: str) -> dict[str, str]:
+    """Return what a new member needs to join: ``token`` and ``member-config`` (JSON).
+
+    The token is a secret: hand it over in a Juju secret, never in plain relation data.
+
+    Raises:
+        HostError: when LXD refuses.
+
+    """
+    client = _client()
+    token = cluster.issue_join_token(client, server_name)
+    return {
+        "token": token,
+        "member-config": json.dumps(cluster.join_member_config(client), sort_keys=True),
+    }
+
+
+def join_cluster(
+    config: HostConfig, server_name: str, address: str, ticket: dict[str, str]
+) -> None:
+    """Join this host's LXD to a cluster with a ticket from ``cluster_join_ticket``.
+
+    Raises:
+        HostError: when the ticket is malformed or LXD refuses (the token is never shown).
+
+    """
+    try:
+        token = ticket["token"]
+        member_config = json.loads(ticket.get("member-config") or "[]")
+    except (KeyError, ValueError) as err:
+        raise HostError("lxd-cluster: the join ticket from the leader is malformed") from err
+    preseed = cluster.render_join_preseed(server_name, address, token, member_config)
+    cluster.join(preseed)
+
+
+def cluster_leave_refusal(config: HostConfig) -> str | None:
+    """Why clustering cannot be turned off now (the cluster holds instances); None if it can.
+
+    Raises:
+        HostError: when LXD does not answer.
+
+    """
+    try:
+        return cluster.refuse_leaving(cluster.instance_counts(_client()))
+    except pylxd.exceptions.LXDAPIException as err:
+        raise HostError(f"LXD did not list its instances: {err}") from err
+
+
+def remove_cluster_members(config: HostConfig, names: list[str]) -> list[str]:
+    """Remove these members from this host's cluster; return the ones removed.
+
+    Raises:
+        HostError: when LXD refuses.
+
+    """
+    client = _client()
+    return [name for name in names if cluster.remove_member(client, name)]
+
+
+CLIENT_KEY_FILE = "lxd-client.key"
+
+
+def store_client_key(state_dir: Path, pem: str) -> Path:
+    """Keep the lxd-endpoint client key (from a Juju secret) in a 0600 file; return its path."""
+    path = state_dir / CLIENT_KEY_FILE
+    text = pem.strip() + "\n"
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if path.read_text() == text:
+            return path
+    except FileNotFoundError:
+        pass
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    temporary.replace(path)
+    return path

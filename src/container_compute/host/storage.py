@@ -10,7 +10,7 @@ import pylxd.exceptions
 
 from .. import constants
 from ..config import HostConfig
-from ..lxdclient import connect, size_unenforced, socket_path
+from ..lxdclient import connect, endpoint_of, is_local, size_unenforced, socket_path
 from ..units import parse_size
 from .system import HostPaths, StepLog
 
@@ -33,7 +33,7 @@ def driver_problem(client: pylxd.Client, driver: str, paths: HostPaths) -> str |
     reasons = []
     if driver not in supported:
         reasons.append(f"LXD does not support {driver} here")
-    if driver == "btrfs":
+    if driver == "btrfs" and is_local(client):
         try:
             kernel = "btrfs" in paths.proc_filesystems.read_text().split()
         except FileNotFoundError:
@@ -65,6 +65,30 @@ def _pool_request(config: HostConfig) -> dict[str, Any]:
     }
 
 
+MEMBER_POOL_KEYS = ("source", "size", "zfs.pool_name", "lvm.vg_name", "lvm.thinpool_name")
+
+
+def create_pool(client: pylxd.Client, request: dict[str, Any]) -> None:
+    """Create a storage pool; on a cluster, first on every member, then cluster-wide.
+
+    LXD creates a clustered pool in two steps: a pending definition per member (with the
+    member-specific keys such as ``source`` and ``size``), then the pool itself.
+    """
+    if not client.host_info["environment"].get("server_clustered"):
+        client.api.storage_pools.post(json=request)
+        return
+    config = request.get("config") or {}
+    local = {k: v for k, v in config.items() if k in MEMBER_POOL_KEYS}
+    shared = {k: v for k, v in config.items() if k not in MEMBER_POOL_KEYS}
+    for url in client.api.cluster.members.get().json()["metadata"]:
+        member = url.rsplit("/", 1)[-1]
+        client.api.storage_pools.post(
+            params={"target": member},
+            json={"name": request["name"], "driver": request["driver"], "config": local},
+        )
+    client.api.storage_pools.post(json={**request, "config": shared})
+
+
 def _instances_using(used_by: list[str]) -> list[str]:
     names = []
     for url in used_by:
@@ -84,7 +108,7 @@ def ensure_pool(client: pylxd.Client, config: HostConfig, paths: HostPaths, log:
         pool = None
     if pool is not None and pool["driver"] == driver:
         _note_pool_differences(pool, config, log)
-        _note_disk_enforcement(pool, config, log)
+        _note_disk_enforcement(pool, config, log, client)
         return True
     problem = driver_problem(client, driver, paths)
     if problem:
@@ -97,10 +121,10 @@ def ensure_pool(client: pylxd.Client, config: HostConfig, paths: HostPaths, log:
     )
     log.changes.append(f"created {driver} storage pool {name} on {where}")
     if log.dry_run:
-        _note_disk_enforcement(None, config, log)
+        _note_disk_enforcement(None, config, log, client)
         return True
     try:
-        client.api.storage_pools.post(json=_pool_request(config))
+        create_pool(client, _pool_request(config))
     except pylxd.exceptions.LXDAPIException as err:
         log.changes.pop()
         log.problems.append(
@@ -111,16 +135,27 @@ def ensure_pool(client: pylxd.Client, config: HostConfig, paths: HostPaths, log:
     created = None
     with contextlib.suppress(pylxd.exceptions.LXDAPIException):
         created = client.api.storage_pools[name].get().json()["metadata"]
-    _note_disk_enforcement(created, config, log)
+    _note_disk_enforcement(created, config, log, client)
     return True
 
 
-def _note_disk_enforcement(pool: dict[str, Any] | None, config: HostConfig, log: StepLog) -> None:
+def _note_disk_enforcement(
+    pool: dict[str, Any] | None,
+    config: HostConfig,
+    log: StepLog,
+    client: pylxd.Client | None = None,
+) -> None:
     """Note (not a problem) that worker-disk is not enforced when the pool ignores sizes.
 
     ``pool`` is the pool's record, or None for one not created yet (dry run).
     """
     if not config.worker_disk:
+        return
+    if client is not None and not is_local(client):
+        log.notes.append(
+            f"worker-disk: whether {config.storage_pool} enforces it is not checked on an LXD "
+            "endpoint (a dir pool enforces it only on filesystems with project quotas)"
+        )
         return
     if pool is not None:
         driver, source = pool["driver"], (pool.get("config") or {}).get("source", "")
@@ -190,7 +225,7 @@ def _remove_pool(
     log.changes.append(f"deleted {pool['driver']} storage pool {name} (it held no instance)")
     if log.dry_run:
         return True
-    scoped = connect(project=config.lxd_project)
+    scoped = connect(project=config.lxd_project, endpoint=endpoint_of(config))
     with contextlib.suppress(pylxd.exceptions.NotFound):
         profile = scoped.profiles.get(constants.WORKER_PROFILE)
         profile.devices = {k: v for k, v in profile.devices.items() if v.get("pool") != name}

@@ -612,6 +612,17 @@ class _AttemptRows(_Store):
             )
         ]
 
+    def host_counts(self, job_id: str) -> dict[str, int]:
+        """Return host -> finished tasks whose last attempt ran there (hosts that are known)."""
+        rows = self._query(
+            "SELECT json_extract(a.outcome, '$.host') AS host, COUNT(*) FROM attempts a "
+            "JOIN tasks t ON t.job = a.job AND t.idx = a.idx AND t.attempts = a.attempt "
+            "WHERE a.job = ? AND t.state IN (?, ?) AND a.outcome IS NOT NULL "
+            "GROUP BY host HAVING host IS NOT NULL AND host != '' ORDER BY host",
+            (job_id, TaskState.SUCCEEDED.value, TaskState.FAILED.value),
+        )
+        return {str(host): int(count) for host, count in rows}
+
 
 class Ledger(_JobRows, _TaskRows, _AttemptRows):
     """The job ledger of one state directory; safe to share between threads."""

@@ -1,9 +1,9 @@
 """An attempt's outcome: what is recorded of it, and what becomes of its task.
 
 ``decide`` is the whole retry policy: success ends the task; a cancelled job or a passed
-deadline fails it; a worker lost to the host (vanished, or a launch error within the free
-budget) runs it again without spending its retries; otherwise it is retried with exponential
-back-off while retries remain, and fails after.
+deadline fails it; a worker lost to the host (vanished, its LXD cluster member lost, or a
+launch error within the free budget) runs it again without spending its retries; otherwise
+it is retried with exponential back-off while retries remain, and fails after.
 """
 
 import logging
@@ -63,7 +63,9 @@ def decide(
         return Decision(TaskState.FAILED, True, now)
     if outcome.reason in (FailureReason.DEADLINE, FailureReason.CANCELLED):
         return Decision(TaskState.FAILED, True, now)
-    if vanished:
+    if vanished or outcome.reason == FailureReason.MEMBER_LOST:
+        # The worker (or the cluster member it ran on) went away: the command is not to
+        # blame, so it runs again, elsewhere, without spending the task's retries.
         return Decision(TaskState.PENDING, False, now)
     if (
         outcome.reason == FailureReason.LAUNCH_ERROR
@@ -105,6 +107,7 @@ def outcome_record(spec: WorkerSpec, outcome: TaskOutcome) -> dict[str, Any]:
         "send": len(spec.env.get("TASK_INPUT", "").encode()),
         "truncated": outcome.truncated,
         "skipped": outcome.skipped[:20],
+        "host": outcome.host,
     }
 
 

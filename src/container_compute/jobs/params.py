@@ -35,6 +35,7 @@ RESERVED_ENV = (
     "CC_WRAPPER",
 )
 
+ROUND_ROBIN = "round-robin"
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -95,6 +96,17 @@ class ActionParams:
                 fail(name, "contains a NUL byte")
 
 
+def _check_placement(placement: str) -> None:
+    if not placement or placement == ROUND_ROBIN:
+        return
+    members = [m.strip() for m in placement.split(",")]
+    if not all(_NAME_RE.match(m) for m in members):
+        fail(
+            "placement",
+            f"{placement!r} is not 'round-robin' or a comma-separated list of cluster members",
+        )
+
+
 @dataclass(frozen=True)
 class LaunchJobParams(ActionParams):
     """launch-job: run ``command`` once per task, each in its own worker."""
@@ -149,6 +161,13 @@ class LaunchJobParams(ActionParams):
         "Empty: the host's.",
     )
     name: str = param("", "A name for the job, shown by job-status and list-jobs.")
+    placement: str = param(
+        "",
+        "On an LXD cluster, where workers go: empty (LXD's scheduler places each one), "
+        "'round-robin' (over the members that are online, in turn), or a comma-separated list "
+        "of members (in turn over those). A task retried after its member was lost goes to "
+        "another one. Ignored where LXD is not clustered.",
+    )
     backend: str = param(
         "",
         "Where tasks run: lxd or nova. Empty: the default-backend option.",
@@ -196,6 +215,7 @@ class LaunchJobParams(ActionParams):
             check_disk_limit("disk", self.disk)
         if self.name and not _NAME_RE.match(self.name):
             fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
+        _check_placement(self.placement)
         for name in ("flavor", "network", "availability_zone"):
             value = getattr(self, name)
             if value and not _NOVA_NAME_RE.match(value):

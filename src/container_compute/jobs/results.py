@@ -7,7 +7,8 @@ Layout::
 
 A task's directory is written by the backend into a temporary sibling, then renamed into
 place whole (``install_task_dir``), so readers never see half a task. The joblog is
-regenerated from the ledger, never appended to: it cannot hold a task twice.
+regenerated from the ledger, never appended to: it cannot hold a task twice. Its Host column
+is the LXD cluster member that ran the task's last attempt, else the worker's name.
 
 The tree is private to its owner: directories 0700, files 0600 (``private``).
 """
@@ -140,7 +141,7 @@ def render_joblog(ledger: Ledger, job_id: str) -> str:
             "\t".join(
                 (
                     str(attempt.index + 1),
-                    attempt.worker,
+                    _tsv_field(str(outcome.get("host") or attempt.worker)),
                     f"{started:.3f}",
                     f"{max(0.0, finished - started):.3f}",
                     str(outcome.get("send", 0)),

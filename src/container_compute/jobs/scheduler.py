@@ -32,7 +32,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from ..backends import Backend, FailureReason, LaunchError, TaskOutcome, WorkerSpec, open_backend
+from ..backends import (
+    Backend,
+    FailureReason,
+    LaunchError,
+    TaskOutcome,
+    WorkerSpec,
+    WorkerUnreachableError,
+    open_backend,
+)
 from ..config import HostConfig
 from ..units import parse_duration
 from . import housekeeping, results
@@ -86,6 +94,7 @@ def worker_spec(
         cpu=params.get("cpu") or None,
         memory=params.get("memory") or None,
         disk=params.get("disk") or None,
+        placement=params.get("placement") or "",
         timeout_seconds=parse_duration(params.get("timeout") or "0"),
         results_cap_bytes=results_cap,
         options=dict(params.get("backend-options") or {}),
@@ -440,6 +449,8 @@ class Engine:
     def _delete_worker(self, backend_name: str, name: str) -> None:
         try:
             self.backend(backend_name).delete(name)
+        except WorkerUnreachableError as err:  # e.g. its cluster member is offline
+            logger.warning("worker %s left for the reaper: %s", name, err)
         except Exception:  # the reaper will get it
             logger.exception("could not delete worker %s", name)
 

@@ -75,6 +75,9 @@ def job_status(ledger: Ledger, job: JobRecord) -> dict[str, Any]:
         "elapsed-seconds": round(end - (job.started or job.created), 3),
         "command": job.params.get("command", ""),
     }
+    hosts = ledger.host_counts(job.id)
+    if hosts:  # on an LXD cluster: which member ran how many of the finished tasks
+        status["hosts"] = hosts
     if job.deadline is not None:
         status["deadline"] = iso_time(job.deadline)
     if failures:

@@ -14,7 +14,7 @@ import pylxd
 import requests
 
 from ...config import HostConfig
-from ...lxdclient import LXDUnavailableError, connect
+from ...lxdclient import Endpoint, LXDUnavailableError, connect, endpoint_of
 
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{12,64}$")
 TRANSIENT_ERRORS = (
@@ -51,7 +51,7 @@ def is_transient(err: Exception) -> bool:
 
 def image_exists(config: HostConfig, image: str) -> bool:
     """Tell whether ``image`` is an image alias or fingerprint in ``config.lxd_project``."""
-    client = connect(project=config.lxd_project)
+    client = connect(project=config.lxd_project, endpoint=endpoint_of(config))
     return image_source(client, image) is not None
 
 
@@ -76,18 +76,20 @@ class LXDApi:
         client: pylxd.Client | None = None,
         retry_seconds: float = 120.0,
         poll_seconds: float = 0.5,
+        endpoint: Endpoint | None = None,
     ) -> None:
-        """Connect lazily to ``project`` (or use ``client``)."""
+        """Connect lazily to ``project`` of the local daemon or ``endpoint`` (or ``client``)."""
         self.project = project
         self.retry_seconds = retry_seconds
         self.poll_seconds = poll_seconds
+        self.endpoint = endpoint
         self._client = client
 
     @property
     def client(self) -> pylxd.Client:
         """A client of the project (connected on first use, reconnected when lost)."""
         if self._client is None:
-            self._client = connect(project=self.project)
+            self._client = connect(project=self.project, endpoint=self.endpoint)
         return self._client
 
     def retry(self, what: str, call: Callable[[], _T]) -> _T:
@@ -129,7 +131,8 @@ class LXDApi:
         body = response.json()
         if body.get("type") != "async":
             return body.get("metadata") or {}
-        operation_id = body["operation"].rsplit("/", 1)[-1]
+        # A cluster answers /1.0/operations/<id>?project=...: the id is before the query.
+        operation_id = body["operation"].split("?", 1)[0].rsplit("/", 1)[-1]
         end = time.monotonic() + timeout
         while True:
             left = end - time.monotonic()

@@ -11,6 +11,7 @@ Following the worker and gathering its results is ``watch``'s job.
 
 import contextlib
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,14 +28,30 @@ from ...constants import (
     RESULTS_DIR_IN_WORKER,
     WORKER_PROFILE,
 )
-from .. import FailureReason, LaunchError, TaskOutcome, WorkerInfo, WorkerSpec
+from ...lxdclient import LXDUnavailableError, endpoint_of
+from .. import (
+    FailureReason,
+    LaunchError,
+    TaskOutcome,
+    WorkerInfo,
+    WorkerSpec,
+    WorkerUnreachableError,
+)
 from ..gather import safe_name
 from .api import LXDApi, OperationFailedError, image_source, is_transient
 from .disk import explain_disk_full
+from .members import (
+    LostMemberGuard,
+    MemberBook,
+    lost_outcome,
+    unreachable,
+)
+from .remote import RemoteAttemptWatcher, explain_remote_oom
 from .watch import LABEL_STARTED, AttemptWatcher
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESERVED_ENV = ("CC_COMMAND", "CC_WRAPPER")
+MEMBER_LOST_WAIT_SECONDS = 60.0  # for LXD to count an unreachable member offline
 BUSY_WAIT_SECONDS = 60.0  # LXD refuses to delete an instance while another operation runs on it
 LAUNCHER_TIMEOUT_SECONDS = 60.0  # the launcher only forks the wrapper and returns
 DELETE_TIMEOUT_SECONDS = 60.0
@@ -71,10 +88,14 @@ class LXDBackend:
         poll_seconds: float = 0.5,
         host_access: bool = True,
     ) -> None:
-        """Set up the backend; ``host_access=False`` reads workers through the files API only."""
+        """Set up the backend; ``host_access=False`` (or lxd-endpoint) reads through the API."""
         self.config = config
-        self.api = LXDApi(config.lxd_project, client, retry_seconds, poll_seconds)
-        self.watcher = AttemptWatcher(self.api, host_access)
+        endpoint = endpoint_of(config)
+        self.api = LXDApi(config.lxd_project, client, retry_seconds, poll_seconds, endpoint)
+        self.host_access = host_access and endpoint is None
+        self.watcher = AttemptWatcher(self.api, self.host_access)
+        self.remote_watcher = RemoteAttemptWatcher(self.api)
+        self.members = MemberBook(self.api)
         self._images: dict[str, dict[str, str]] = {}
         self._launched: set[str] = set()  # workers whose launcher this backend ran
 
@@ -139,9 +160,12 @@ class LXDBackend:
             "devices": devices,
         }
 
+        target = self.members.target(spec.placement, spec.task_index)
+        where = {"params": {"target": target}} if target else {}
+
         def create() -> None:
             try:
-                self.api.wait_operation(self.client.api.instances.post(json=body))
+                self.api.wait_operation(self.client.api.instances.post(json=body, **where))
             except (pylxd.exceptions.LXDAPIException, OperationFailedError) as err:
                 if is_transient(err):
                     raise
@@ -166,6 +190,7 @@ class LXDBackend:
         name = spec.worker_name
         self._create(spec, source)
         try:
+            self.members.look_up(name)
             self._boot(name)
             self._exec_launcher(name, spec, env)
         except (LaunchError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
@@ -243,14 +268,18 @@ class LXDBackend:
 
         A worker this backend did not start (an attempt adopted after a crash) first gets its
         command started again if it never ran: see ``relaunch``. A failure with a full root
-        disk is told apart (``explain_disk_full``).
+        disk is told apart (``explain_disk_full``). On a cluster the outcome names the member
+        (``host``); a member lost meanwhile ends it as MEMBER_LOST, nothing gathered (the
+        engine runs it elsewhere).
         """
         name = spec.worker_name
         relaunch = None if name in self._launched else (lambda: self.relaunch(spec))
         try:
-            outcome = self.watcher.wait(spec, task_dir, should_stop, relaunch)
+            outcome = _follow_on_member(self, spec, task_dir, should_stop, relaunch)
         finally:
             self._launched.discard(name)
+        if outcome.reason == FailureReason.MEMBER_LOST:
+            return outcome
         return explain_disk_full(self.api, spec, outcome, task_dir)
 
     def delete(self, name: str) -> bool:
@@ -260,38 +289,14 @@ class LXDBackend:
 
         Raises:
             ValueError: when the instance carries no container-compute labels (not a worker).
+            WorkerUnreachableError: when it is on a cluster member that is offline.
 
         """
-        record = self.api.instance(name)
-        if record is None:
-            return False
-        if LABEL_JOB not in record.get("config", {}):
-            raise ValueError(f"instance {name!r} is not a container-compute worker (no labels)")
-
-        def remove() -> bool:
-            try:
-                self.api.wait_operation(
-                    self.client.api.instances[name].delete(), timeout=DELETE_TIMEOUT_SECONDS
-                )
-            except pylxd.exceptions.NotFound:
-                return True
-            return True
-
-        known_running = record.get("status") != "Stopped"
-        busy_until = time.monotonic() + BUSY_WAIT_SECONDS
-        while True:
-            self.api.force_stop(name, known_running=known_running)
-            known_running = False
-            try:
-                return self.api.retry(f"deleting worker {name}", remove)
-            except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
-                if isinstance(err, pylxd.exceptions.NotFound) or self.api.instance(name) is None:
-                    return True
-                text = str(err).lower()
-                retry = "busy" in text or "running" in text
-                if not retry or time.monotonic() >= busy_until:
-                    raise
-                time.sleep(self.poll_seconds)  # a stop still running, or started again: again
+        try:
+            return _remove_worker(self.api, name)
+        except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+            _raise_if_unreachable(self.members, name, err)
+            raise
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker of this backend's project that carries container-compute labels."""
@@ -301,18 +306,11 @@ class LXDBackend:
         )
         workers = []
         for record in records:
-            config = record.get("config", {})
-            if LABEL_JOB not in config:
-                continue
-            workers.append(
-                WorkerInfo(
-                    name=record["name"],
-                    job_id=config.get(LABEL_JOB),
-                    task_index=_int_or_none(config.get(LABEL_TASK)),
-                    attempt=_int_or_none(config.get(LABEL_ATTEMPT)),
-                    running=record.get("status") == "Running",
-                )
-            )
+            if record.get("status") == "Error" and self.members.lost(record.get("location", "")):
+                continue  # on a member that is offline: listed (and reaped) once it is back
+            info = _worker_info(record)
+            if info is not None:
+                workers.append(info)
         return sorted(workers, key=lambda w: w.name)
 
 
@@ -349,6 +347,104 @@ def check_spec(spec: WorkerSpec) -> dict[str, str]:
     if "\0" in spec.command or not spec.command.strip():
         raise LaunchError("the command is empty or contains a NUL byte")
     return env
+
+
+def _remove_worker(api: LXDApi, name: str) -> bool:
+    """Stop and delete a labelled worker (riding out a busy instance); False if absent."""
+    record = api.instance(name)
+    if record is None:
+        return False
+    if LABEL_JOB not in record.get("config", {}):
+        raise ValueError(f"instance {name!r} is not a container-compute worker (no labels)")
+
+    def remove() -> bool:
+        try:
+            api.wait_operation(
+                api.client.api.instances[name].delete(), timeout=DELETE_TIMEOUT_SECONDS
+            )
+        except pylxd.exceptions.NotFound:
+            return True
+        return True
+
+    known_running = record.get("status") != "Stopped"
+    busy_until = time.monotonic() + BUSY_WAIT_SECONDS
+    while True:
+        api.force_stop(name, known_running=known_running)
+        known_running = False
+        try:
+            return api.retry(f"deleting worker {name}", remove)
+        except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+            if isinstance(err, pylxd.exceptions.NotFound) or api.instance(name) is None:
+                return True
+            text = str(err).lower()
+            retry = "busy" in text or "running" in text
+            if not retry or time.monotonic() >= busy_until:
+                raise
+            time.sleep(api.poll_seconds)  # a stop still running, or started again: again
+
+
+def _worker_info(record: dict[str, Any]) -> WorkerInfo | None:
+    """The worker an instance record describes; None when it carries no labels."""
+    config = record.get("config", {})
+    if LABEL_JOB not in config:
+        return None
+    return WorkerInfo(
+        name=record["name"],
+        job_id=config.get(LABEL_JOB),
+        task_index=_int_or_none(config.get(LABEL_TASK)),
+        attempt=_int_or_none(config.get(LABEL_ATTEMPT)),
+        running=record.get("status") == "Running",
+    )
+
+
+def _raise_if_unreachable(members: MemberBook, name: str, err: Exception) -> None:
+    """Raise WorkerUnreachableError when ``err`` came from a worker's member being offline."""
+    member = members.location(name)
+    if member and (unreachable(err) or members.lost(member, fresh=True)):
+        raise WorkerUnreachableError(
+            f"worker {name} is on cluster member {member}, which is offline; it is reaped "
+            f"once {member} is back"
+        ) from err
+
+
+def _follow_on_member(
+    backend: LXDBackend,
+    spec: WorkerSpec,
+    task_dir: Path,
+    should_stop: Callable[[], FailureReason | None],
+    relaunch: Callable[[], None] | None,
+) -> TaskOutcome:
+    """Watch an attempt host side (a worker of this host) or through the API; mind its member."""
+    members = backend.members
+    member = members.location(spec.worker_name)
+    local = backend.host_access and member in ("", members.own_name())
+    watcher = backend.watcher if local else backend.remote_watcher
+    guard = LostMemberGuard(members, member)
+    try:
+        outcome = watcher.wait(spec, task_dir, lambda: should_stop() or guard.check(), relaunch)
+    except (LXDUnavailableError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+        if not member or not (unreachable(err) or members.lost(member)):
+            raise
+        if not members.wait_lost(member, MEMBER_LOST_WAIT_SECONDS):
+            raise
+        outcome = lost_outcome(member, str(err))
+    if outcome.reason == FailureReason.MEMBER_LOST:
+        _empty(task_dir)
+        outcome = lost_outcome(member, outcome.detail)
+    elif not local:
+        peak = backend.remote_watcher.take_peak(spec.worker_name)
+        outcome = explain_remote_oom(backend.api, spec, outcome, peak)
+    outcome.host = member
+    return outcome
+
+
+def _empty(directory: Path) -> None:
+    """Remove what a half-finished gathering left in ``directory``."""
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -19,7 +19,7 @@ import pylxd
 import pylxd.exceptions
 
 from ...config import HostConfig
-from ...lxdclient import LXDUnavailableError, connect, size_unenforced
+from ...lxdclient import LXDUnavailableError, connect, endpoint_of, is_local, size_unenforced
 from ...units import format_size, parse_size
 from .. import FailureReason, TaskOutcome, WorkerSpec
 from .api import LXDApi, OperationFailedError
@@ -35,8 +35,10 @@ def disk_limit_note(config: HostConfig, limit: str, client: pylxd.Client | None 
     Raises:
         pylxd.exceptions.LXDAPIException: when LXD does not know the pool.
     """
-    client = client or connect()
+    client = client or connect(endpoint=endpoint_of(config))
     pool = client.api.storage_pools[config.storage_pool].get().json()["metadata"]
+    if not is_local(client):
+        return ""  # the pool's filesystem is not this host's to look at
     source = (pool.get("config") or {}).get("source", "")
     reason = size_unenforced(pool["driver"], source)
     if reason is None:
