@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SQUARE = "echo $((TASK_INDEX * TASK_INDEX)) > /results/square"
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without what points Python or pip at the source tree or tox's venv."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 @pytest.fixture(scope="module")
 def venv_bin() -> Iterator[Path]:
     """Build the wheel and install it (with its dependencies) in a fresh venv in /tmp."""
@@ -36,11 +41,18 @@ def venv_bin() -> Iterator[Path]:
             check=True,
             capture_output=True,
             cwd=work,
+            env=clean_env(),
         )
         (wheel,) = work.glob("container_compute-*.whl")
-        subprocess.run([sys.executable, "-m", "venv", work / "venv"], check=True)
+        subprocess.run([sys.executable, "-m", "venv", work / "venv"], check=True, env=clean_env())
         pip = work / "venv" / "bin" / "pip"
-        subprocess.run([pip, "install", "-q", wheel], check=True, capture_output=True, cwd=work)
+        subprocess.run(
+            [pip, "install", "-q", wheel],
+            check=True,
+            capture_output=True,
+            cwd=work,
+            env=clean_env(),
+        )
         yield work / "venv" / "bin"
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -48,7 +60,7 @@ def venv_bin() -> Iterator[Path]:
 
 def run(venv_bin: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     """Run one of the venv's commands from a directory outside the repository, no PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = clean_env()
     with tempfile.TemporaryDirectory(prefix="cc-elsewhere-") as elsewhere:
         return subprocess.run(
             [str(venv_bin / argv[0]), *argv[1:]],

@@ -35,9 +35,10 @@ LINGER_SECONDS = 1800
 NOVA_USER_DATA_LIMIT = 65535  # bytes of base64, Nova's limit
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESULT_RE = re.compile(
-    r"^exit=(?P<exit>-?\d+) size=(?P<size>\d+) sha256=(?P<sha>[0-9a-f]{64}) "
-    r"truncated=(?P<truncated>[01]) full=(?P<full>\d+)$"
+    r"^exit=(?P<exit>-?\d{1,20}) size=(?P<size>\d{1,20}) sha256=(?P<sha>[0-9a-f]{64}) "
+    r"truncated=(?P<truncated>[01]) full=(?P<full>\d{1,20})$"
 )
+_BASE64_LINE_RE = re.compile(r"^[A-Za-z0-9+/=]*$")
 _OUTER_MEMBERS = ("stdout", "stderr", "exit_code", "results.tar")
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -119,21 +120,30 @@ def parse_console(console: str, tag: str) -> ConsolePayload:
         started = any(line == f"CC-START {tag}" for line in lines)
         return ConsolePayload(PayloadState.STARTED if started else PayloadState.ABSENT)
     first = begins[-1]
-    if first + 1 >= len(lines) or not lines[first + 1].startswith(f"CC-RESULT {tag} "):
-        return ConsolePayload(PayloadState.PARTIAL)
-    match = _RESULT_RE.match(lines[first + 1][len(f"CC-RESULT {tag} ") :])
+    last = next((i for i in ends if i > first), None)
+    # Console chatter (kernel, init) may land between the markers: the first CC-RESULT line
+    # after CC-BEGIN is taken, and lines that cannot be base64 are left out of the payload
+    # (its size and checksum still decide whether it is whole).
+    result_prefix = f"CC-RESULT {tag} "
+    stop = len(lines) if last is None else last
+    result = next((i for i in range(first + 1, stop) if lines[i].startswith(result_prefix)), None)
+    if result is None:
+        if last is None:
+            return ConsolePayload(PayloadState.PARTIAL)
+        return ConsolePayload(PayloadState.CORRUPT, detail="no CC-RESULT line before CC-END")
+    match = _RESULT_RE.match(lines[result][len(result_prefix) :].strip())
     if match is None:
         return ConsolePayload(PayloadState.CORRUPT, detail="malformed CC-RESULT line")
-    last = next((i for i in ends if i > first), None)
     if last is None:
         return ConsolePayload(PayloadState.PARTIAL, exit_code=int(match["exit"]))
-    return _decode(lines[first + 2 : last], lines[last][len(end_prefix) :].strip(), match)
+    return _decode(lines[result + 1 : last], lines[last][len(end_prefix) :].strip(), match)
 
 
 def _decode(body: list[str], end_sum: str, match: re.Match[str]) -> ConsolePayload:
     exit_code = int(match["exit"])
+    text = "".join(line.strip() for line in body if _BASE64_LINE_RE.match(line.strip()))
     try:
-        data = base64.b64decode("".join(line.strip() for line in body), validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return ConsolePayload(
             PayloadState.CORRUPT, exit_code, detail="the payload is not valid base64"
@@ -240,6 +250,8 @@ def unpack(data: bytes, staging: Path, cap_bytes: int) -> tuple[list[str], bool]
                 if member.name not in _OUTER_MEMBERS or not member.isreg():
                     skipped.append(f"{member.name} (unexpected in the payload)")
                     continue
+                if member.name == "exit_code":
+                    continue  # the exit code is the CC-RESULT line's: this copy is not read
                 if member.name == "results.tar":
                     inner = outer.extractfile(member)
                     if inner is not None:
