@@ -140,7 +140,7 @@ def test_a_member_lost_mid_job(
             )
         )
 
-    thread = threading.Thread(target=run_job)
+    thread = threading.Thread(target=run_job, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not any(w[1:] == ("Running", "member2") for w in workers(cluster_config)):
@@ -151,36 +151,42 @@ def test_a_member_lost_mid_job(
         time.sleep(0.3)
     time.sleep(1.0)  # the tasks' commands are running (they sleep 12 s)
     lab.stop_member(2)
-    lab.wait_offline(2)
-    state = cluster.cluster_state(lab.local_client(1))
-    assert state.offline == ["member2"] and state.size == 3
-    assert "member2 offline" in state.summary()
-    thread.join(timeout=300)
-    assert not thread.is_alive()
-
-    assert outcome["state"] == "succeeded", outcome
-    job_id = outcome["job"]
-    check_squares(state_dir, job_id, 9)
-    rows = joblog(state_dir, job_id)
-    assert sorted(int(r["Seq"]) for r in rows) == list(range(1, 10))  # each task once
-    assert {r["Host"] for r in rows} <= {"member1", "member3"}
-    ledger = Ledger(state_dir)
     try:
-        attempts = ledger.attempts(job_id)
-    finally:
-        ledger.close()
-    for index in range(9):
-        mine = [a.outcome or {} for a in attempts if a.index == index]
-        assert [o["succeeded"] for o in mine].count(True) == 1  # recorded exactly once
-        # retries=0: every other attempt was one the host lost, not charged to the task
-        assert {o["reason"] for o in mine if not o["succeeded"]} <= {"member-lost", "launch-error"}
-    lost = [a.outcome or {} for a in attempts if (a.outcome or {}).get("reason") == "member-lost"]
-    assert lost and {o["host"] for o in lost} == {"member2"}
-    report = status(cluster_config, state_dir, job_id)
-    assert report["counts"]["succeeded"] == 9 and report["counts"]["failed"] == 0
-    assert "member2" not in report["hosts"]
+        lab.wait_offline(2)
+        state = cluster.cluster_state(lab.local_client(1))
+        assert state.offline == ["member2"] and state.size == 3
+        assert "member2 offline" in state.summary()
+        thread.join(timeout=300)
+        assert not thread.is_alive()
 
-    lab.start_member(2)
+        assert outcome["state"] == "succeeded", outcome
+        job_id = outcome["job"]
+        check_squares(state_dir, job_id, 9)
+        rows = joblog(state_dir, job_id)
+        assert sorted(int(r["Seq"]) for r in rows) == list(range(1, 10))  # each task once
+        assert {r["Host"] for r in rows} <= {"member1", "member3"}
+        ledger = Ledger(state_dir)
+        try:
+            attempts = ledger.attempts(job_id)
+        finally:
+            ledger.close()
+        for index in range(9):
+            mine = [a.outcome or {} for a in attempts if a.index == index]
+            assert [o["succeeded"] for o in mine].count(True) == 1  # recorded exactly once
+            # retries=0: every other attempt was one the host lost, not charged to the task
+            assert {o["reason"] for o in mine if not o["succeeded"]} <= {
+                "member-lost",
+                "launch-error",
+            }
+        lost = [
+            a.outcome or {} for a in attempts if (a.outcome or {}).get("reason") == "member-lost"
+        ]
+        assert lost and {o["host"] for o in lost} == {"member2"}
+        report = status(cluster_config, state_dir, job_id)
+        assert report["counts"]["succeeded"] == 9 and report["counts"]["failed"] == 0
+        assert "member2" not in report["hosts"]
+    finally:
+        lab.start_member(2)  # whatever happened: the next tests need all three
     left = [w for w in workers(cluster_config) if w[2] == "member2"]
     assert left, "the lost workers are still recorded on member2 while it was away"
     reaped = actions.reap(cluster_config, state_dir)

@@ -37,6 +37,18 @@ class OperationTimeoutError(OperationFailedError):
     """An LXD background operation did not end in time (it may still be running)."""
 
 
+# What LXD answers while it restarts, or while its cluster database elects a new leader (a
+# member went away): worth retrying for a while.
+_TRANSIENT_MARKS = (
+    "shutting down",
+    "not ready",
+    "database is closed",
+    "no available dqlite leader",
+    "not leader",
+    "leadership lost",
+)
+
+
 def is_transient(err: Exception) -> bool:
     """Tell whether an error means "the daemon is away or restarting", not a real refusal."""
     if isinstance(err, TRANSIENT_ERRORS):
@@ -45,7 +57,7 @@ def is_transient(err: Exception) -> bool:
         response = getattr(err, "response", None)
         code = getattr(response, "status_code", 0)
         text = str(err).lower()
-        return code in (502, 503, 504) or "shutting down" in text or "not ready" in text
+        return code in (502, 503, 504) or any(mark in text for mark in _TRANSIENT_MARKS)
     return False
 
 
