@@ -11,7 +11,16 @@ PACKAGE = ROOT / "src" / "container_compute"
 MAX_CLASS_LINES = 260
 
 # What each part of the library may import (besides the foundation modules below).
-FOUNDATION = {"config", "constants", "units", "errors", "rendering", "lxdclient", "identity"}
+FOUNDATION = {
+    "config",
+    "constants",
+    "units",
+    "errors",
+    "rendering",
+    "rootfs",
+    "lxdclient",
+    "identity",
+}
 ALLOWED = {
     "host": {"host"},
     "backends": {"backends"},

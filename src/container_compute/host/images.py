@@ -29,10 +29,7 @@ from ..constants import (
     INPUT_DIR_IN_WORKER,
     RESULTS_DIR_IN_WORKER,
 )
-
-_INITTAB = "::sysinit:/bin/mount -t tmpfs -o mode=1777 tmpfs /tmp\n::restart:/sbin/init\n"
-_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"  # noqa: S105
-_GROUP = "root:x:0:\nnogroup:x:65534:\n"
+from ..rootfs import busybox_rootfs
 
 
 @dataclass(frozen=True)
@@ -68,44 +65,6 @@ def _metadata_tar(description: str, architecture: str, created: int) -> bytes:
         info.size = len(text)
         tar.addfile(info, io.BytesIO(text))
     return gzip.compress(buffer.getvalue(), mtime=0)
-
-
-def _busybox_rootfs(root: Path, busybox: str) -> None:
-    """Lay out a minimal rootfs: busybox with every applet linked, an init, users."""
-    for directory in (
-        "bin",
-        "sbin",
-        "usr/bin",
-        "usr/sbin",
-        "etc",
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-        "root",
-        "results",
-        "input",
-        "run",
-        "var/tmp",
-    ):
-        (root / directory).mkdir(parents=True, exist_ok=True)
-    target = root / "bin" / "busybox"
-    target.write_bytes(Path(busybox).read_bytes())
-    target.chmod(0o755)
-    listing = subprocess.run(
-        [busybox, "--list-full"], check=True, capture_output=True, text=True
-    ).stdout.split()
-    for applet_path in listing:
-        link = root / applet_path
-        if link.name == "busybox" or link.exists():
-            continue
-        link.parent.mkdir(parents=True, exist_ok=True)
-        depth = len(Path(applet_path).parts) - 1
-        link.symlink_to("../" * depth + "bin/busybox")
-    (root / "etc" / "inittab").write_text(_INITTAB)
-    (root / "etc" / "passwd").write_text(_PASSWD)
-    (root / "etc" / "group").write_text(_GROUP)
-    (root / "tmp").chmod(0o1777)
 
 
 def _rootfs_tar(root: Path) -> bytes:
@@ -157,7 +116,7 @@ def build_busybox_image(
     architecture = client.host_info["environment"]["architectures"][0]
     with tempfile.TemporaryDirectory(prefix="cc-image-") as tmp:
         root = Path(tmp) / "rootfs"
-        _busybox_rootfs(root, busybox)
+        busybox_rootfs(root, busybox)
         rootfs = _rootfs_tar(root)
     created = int(Path(busybox).stat().st_mtime)
     metadata = _metadata_tar("container-compute busybox worker", architecture, created)

@@ -6,8 +6,6 @@ mount it as the server's root) holding busybox with every applet linked and an i
 """
 
 import hashlib
-import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -16,27 +14,12 @@ from typing import Any
 
 from ...constants import BUSYBOX_BIN
 from ...rendering import render
+from ...rootfs import busybox_rootfs
 
 MKFS_EXT4 = "/sbin/mkfs.ext4"
 DEFAULT_METADATA_URLS = ("http://169.254.169.254",)
 IMAGE_SIZE_MIB = 32
 FETCH_ATTEMPTS = 60
-_DIRS = (
-    "bin",
-    "sbin",
-    "usr/bin",
-    "usr/sbin",
-    "etc",
-    "proc",
-    "sys",
-    "dev",
-    "tmp",
-    "run",
-    "root",
-    "results",
-    "input",
-    "var/tmp",
-)
 
 
 @dataclass(frozen=True)
@@ -60,11 +43,6 @@ class GlanceImageReport:
         }
 
 
-def _applets(busybox: str) -> list[str]:
-    listed = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
-    return [name for name in listed.stdout.split() if name and "/" not in name]
-
-
 def build_raw_image(target: Path, metadata_urls: tuple[str, ...] = DEFAULT_METADATA_URLS) -> Path:
     """Build the raw ext4 image at ``target``; return it.
 
@@ -76,21 +54,13 @@ def build_raw_image(target: Path, metadata_urls: tuple[str, ...] = DEFAULT_METAD
             raise FileNotFoundError(f"{tool} is missing (install busybox-static and e2fsprogs)")
     with tempfile.TemporaryDirectory(prefix="cc-nova-image-") as staging:
         root = Path(staging)
-        for directory in _DIRS:
-            (root / directory).mkdir(parents=True, exist_ok=True)
-        os.chmod(root / "tmp", 0o1777)  # noqa: S103 - the image's /tmp, as on any system
-        shutil.copy(BUSYBOX_BIN, root / "bin" / "busybox")
-        for applet in _applets(BUSYBOX_BIN):
-            link = root / "bin" / applet
-            if not link.exists():
-                link.symlink_to("busybox")
+        busybox_rootfs(root, BUSYBOX_BIN)
         init = root / "sbin" / "init"
+        init.unlink(missing_ok=True)  # busybox's init applet link: ours fetches the user-data
         init.write_text(
             render("nova-init.sh.j2", metadata_urls=list(metadata_urls), attempts=FETCH_ATTEMPTS)
         )
         init.chmod(0o755)
-        (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-        (root / "etc" / "group").write_text("root:x:0:\n")
         target.unlink(missing_ok=True)
         with target.open("wb") as image:
             image.truncate(IMAGE_SIZE_MIB << 20)
