@@ -40,6 +40,7 @@ LABEL_STARTED = "user.container-compute.started"
 WRAPPER_START_CHECKS = 15  # liveness checks (2 s apart) without /run/cc/pid: never started
 LIVENESS_SECONDS = 2.0
 CHECK_TIMEOUT_SECONDS = 10.0
+SECOND_LOOK_SECONDS = 0.3  # between two looks at a /run/cc seen gone (a replacement?)
 SETTLE_SECONDS = 3.0  # how long a worker whose task's shell died may take to stop or reboot
 # Exits 0 while the wrapper lives, 1 once it is gone, 3 when its pid cannot be read safely.
 _WRAPPER_CHECK = (
@@ -293,9 +294,21 @@ class AttemptJudge:
         """Judge the workers ``watcher`` reads."""
         self.watcher = watcher
 
+    def read_settled(self, view: WorkerView, name: str, content: bool = True) -> Found | None:
+        """Read /run/cc/``name``; a /run/cc seen gone is looked at once more a moment later.
+
+        A task that replaces /run/cc (``mv`` then ``ln -s``) shows no /run/cc for an instant:
+        the second look tells "removed" from "replaced" with what is there.
+        """
+        found = self.watcher.read_cc(view, name, content=content)
+        if found is not None and found.cc_problem.startswith("the task removed"):
+            time.sleep(SECOND_LOOK_SECONDS)
+            found = self.watcher.read_cc(view, name, content=content)
+        return found
+
     def exit_status(self, view: WorkerView) -> TaskOutcome | None:
         """Return the outcome /run/cc/exit_code tells (None: the command has not ended yet)."""
-        found = self.watcher.read_cc(view, "exit_code")
+        found = self.read_settled(view, "exit_code")
         if found is None or (found.kind == "missing" and not found.cc_problem):
             return None
         if found.cc_problem:
@@ -392,7 +405,7 @@ class AttemptJudge:
 
     def _find_wrapper(self, view: WorkerView) -> TaskOutcome | None:
         """Learn the wrapper's pid (``view.wrapper_pid``); an outcome if it cannot be followed."""
-        found = self.watcher.read_cc(view, "pid", content=view.rootfs is not None)
+        found = self.read_settled(view, "pid", content=view.rootfs is not None)
         if found is None:
             return None
         if found.cc_problem:
