@@ -419,7 +419,7 @@ def _follow_on_member(
     member = members.location(spec.worker_name)
     local = backend.host_access and member in ("", members.own_name())
     watcher = backend.watcher if local else backend.remote_watcher
-    guard = LostMemberGuard(members, member)
+    guard = LostMemberGuard(members, member, spec.worker_name)
     try:
         outcome = watcher.wait(spec, task_dir, lambda: should_stop() or guard.check(), relaunch)
     except (LXDUnavailableError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
@@ -427,10 +427,13 @@ def _follow_on_member(
             raise
         if not members.wait_lost(member, MEMBER_LOST_WAIT_SECONDS):
             raise
+        if members.answers_for(spec.worker_name):
+            raise  # the member is back (or was only listed offline during an election)
         outcome = lost_outcome(member, str(err))
     if outcome.reason == FailureReason.MEMBER_LOST:
         _empty(task_dir)
-        outcome = lost_outcome(member, outcome.detail)
+        if outcome.host != member:  # told by the guard, not yet said which member
+            outcome = lost_outcome(member, outcome.detail)
     elif not local:
         peak = backend.remote_watcher.take_peak(spec.worker_name)
         outcome = explain_remote_oom(backend.api, spec, outcome, peak)
