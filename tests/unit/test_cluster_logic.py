@@ -85,7 +85,9 @@ class FakeInstances:
 class FakeApi:
     """Just what MemberBook asks of LXDApi."""
 
-    def __init__(self, members: dict[str, str] | None, answering: set[str] = frozenset()) -> None:
+    def __init__(
+        self, members: dict[str, str] | None, answering: frozenset[str] = frozenset()
+    ) -> None:
         self.members = members
         self.client = self
         self.api = self
@@ -101,7 +103,7 @@ class FakeApi:
         return call()
 
 
-def book(members: dict[str, str] | None, answering: set[str] = frozenset()) -> MemberBook:
+def book(members: dict[str, str] | None, answering: frozenset[str] = frozenset()) -> MemberBook:
     return MemberBook(FakeApi(members, answering))  # type: ignore[arg-type]
 
 
@@ -142,7 +144,7 @@ def test_the_guard_stops_an_attempt_once_its_member_is_offline() -> None:
 
 def test_a_member_listed_offline_that_answers_for_its_worker_is_not_lost() -> None:
     """While a new leader is elected, LXD may list every member offline for a moment."""
-    members = book({"member1": "Offline", "member2": "Offline"}, answering={"w1"})
+    members = book({"member1": "Offline", "member2": "Offline"}, answering=frozenset({"w1"}))
 
     assert LostMemberGuard(members, "member1", "w1", every=0).check() is None
     assert LostMemberGuard(members, "member2", "w2", every=0).check() == FailureReason.MEMBER_LOST
