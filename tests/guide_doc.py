@@ -19,9 +19,11 @@ Shown output is compared with the real output after these normalisations, and on
   are paired; from then on the shown id stands for the real one, in later commands too;
 - the test's own state directory, LXD project/pool and copies of /etc and /proc/sys are
   written as ``/var/lib/container-compute``, ``container-compute``, ``/etc`` and ``/proc/sys``;
-- timestamps (ISO 8601 and the joblog's epoch seconds), durations in seconds (``5s``, any
+- timestamps (ISO 8601 and the joblog's epoch seconds), the joblog's JobRuntime, durations in seconds (``5s``, any
   ``...-seconds`` key), SHA-256 fingerprints, an image's ``size-bytes`` and ``lxd-version``
   are compared as ``<time>``, ``<seconds>``, ``<sha256>``, ``<bytes>`` and ``<version>``;
+- ``(kernel <release>)`` stands for this machine's kernel release;
+- a shown line ``...`` stands for any number of lines (to leave out what does not matter);
 - trailing blanks and trailing empty lines are ignored.
 """
 
@@ -44,6 +46,7 @@ FENCE_RE = re.compile(r"^(\s*)```(\S*)\s*$")
 JOB_ID_RE = re.compile(r"\bj[0-9a-f]{8}\b")
 SESSION_FRESH = "<!-- guide-session: fresh -->"
 PLACEHOLDER = "<!-- idmap-figures -->"
+ELLIPSIS = "..."
 
 # (pattern, replacement) applied to shown and real output alike, in this order.
 NORMALISATIONS: list[tuple[re.Pattern[str], str]] = [
@@ -53,9 +56,11 @@ NORMALISATIONS: list[tuple[re.Pattern[str], str]] = [
         "<time>",
     ),
     (re.compile(r"\b1\d{9}\.\d+\b"), "<time>"),
+    (re.compile(r"^(\d+\t[^\t]*\t<time>\t)[0-9.]+\t"), r"\1<seconds>\t"),
     (re.compile(r"\b\d+(\.\d+)?s\b"), "<seconds>"),
     (re.compile(r"(seconds\"?:\s*)\d+(\.\d+)?"), r"\1<seconds>"),
     (re.compile(r"(size-bytes\"?:\s*\"?)\d+"), r"\1<bytes>"),
+    (re.compile(r"\(kernel [^)]+\)"), "(kernel <release>)"),
     (re.compile(r"(lxd-version\"?:\s*\"?)[0-9][0-9.]*"), r"\1<version>"),
 ]
 
@@ -210,6 +215,15 @@ def normalise(lines: list[str]) -> list[str]:
     return result
 
 
+def lines_match(shown: list[str], real: list[str]) -> bool:
+    """Equal line by line, where a shown line ``...`` stands for any number of real lines."""
+    if not shown:
+        return not real
+    if shown[0] == ELLIPSIS:
+        return any(lines_match(shown[1:], real[skip:]) for skip in range(len(real) + 1))
+    return bool(real) and shown[0] == real[0] and lines_match(shown[1:], real[1:])
+
+
 def unique_ids(lines: list[str]) -> list[str]:
     """Job ids in order of first appearance."""
     seen: list[str] = []
@@ -236,7 +250,7 @@ def compare(shown: list[str], real: list[str], ids: dict[str, str]) -> str | Non
         learned[shown_id] = real_id
     back = {real_id: shown_id for shown_id, real_id in learned.items()}
     real_as_shown = [JOB_ID_RE.sub(lambda m: back.get(m.group(0), m.group(0)), x) for x in real]
-    if problem is None and normalise(shown) != normalise(real_as_shown):
+    if problem is None and not lines_match(normalise(shown), normalise(real_as_shown)):
         problem = "the output differs"
     if problem is not None:
         return "\n".join(
@@ -287,7 +301,8 @@ _JujuDumper.add_representer(str, _represent_str)
 def juju_yaml(results: dict[str, Any]) -> list[str]:
     """The lines ``juju run`` prints for an action's results (keys sorted)."""
     text = yaml.dump(
-        juju_results(results), Dumper=_JujuDumper, sort_keys=True, default_flow_style=False
+        juju_results(results), Dumper=_JujuDumper, sort_keys=True, default_flow_style=False,
+        width=1 << 20,
     )
     return text.rstrip("\n").splitlines()
 
