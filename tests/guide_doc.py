@@ -41,6 +41,7 @@ RUNNABLE = "console"
 STATIC = "console-static"
 OUR_APP = "worker"
 OUR_CHARM_FILE_RE = re.compile(r"^\./container-compute_[a-z0-9]+\.charm$")
+LOCAL_CHARM_RE = re.compile(r"^\./[a-z0-9-]+_[a-z0-9]+\.charm$")
 EXIT_RE = re.compile(r"\s+# exit (\d+)$")
 FENCE_RE = re.compile(r"^(\s*)```(\S*)\s*$")
 JOB_ID_RE = re.compile(r"\bj[0-9a-f]{8}\b")
@@ -393,7 +394,7 @@ def check_config(pairs: list[str]) -> None:
                 raise GuideError(f"{key}: {text!r} is not true or false")
             values[key] = text == "true"
         elif text.startswith("secret:") and key == "lxd-client-key":
-            continue  # a Juju secret's id; the charm reads it into a key file
+            values[key] = "/var/lib/container-compute/lxd-client.key"  # the charm writes it
         else:
             values[key] = text
     try:
@@ -433,6 +434,8 @@ def check_juju(argv: list[str], apps: dict[str, str]) -> None:
         known = {spec["charm"] for spec in bundle()["applications"].values()} | {"ubuntu"}
         if OUR_CHARM_FILE_RE.match(charm) or charm == "container-compute":
             charm = "container-compute"
+        elif LOCAL_CHARM_RE.match(charm):
+            charm = "local"  # the reader's own charm: only our side of its relations is checked
         elif charm not in known:
             raise GuideError(f"juju deploy: unknown charm {charm!r}")
         apps[app or charm] = charm
@@ -444,10 +447,11 @@ def check_juju(argv: list[str], apps: dict[str, str]) -> None:
         for (app, endpoint), (other, other_endpoint) in (ends, ends[::-1]):
             if apps[app] != "container-compute":
                 continue
+            endpoint = endpoint or other_endpoint  # juju picks the endpoint of the same name
             if endpoint not in ours:
                 raise GuideError(f"juju integrate: {app} has no endpoint {endpoint!r}")
             pair = frozenset((f"{app}:{endpoint}", f"{other}:{other_endpoint}"))
-            if other_endpoint != "juju-info" and pair not in relations:
+            if other_endpoint != "juju-info" and apps[other] != "local" and pair not in relations:
                 raise GuideError(f"juju integrate: {sorted(pair)} is not in the bundle")
     elif sub == "config":
         if rest[0] != OUR_APP:
@@ -574,6 +578,49 @@ def check_repo_tool(argv: list[str]) -> None:
         raise GuideError(f"{argv[0]}: not a command of this repository")
 
 
+def check_cli(argv: list[str]) -> None:
+    """``container-compute ...``: the real argument parser takes it, the params class too.
+
+    Raises:
+        GuideError: with argparse's or the params class's message.
+    """
+    import contextlib
+    import io
+
+    from container_compute import cli
+
+    parser = cli.build_parser()
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            args = parser.parse_args(argv[1:])
+    except SystemExit as err:
+        raise GuideError(errors.getvalue().strip().splitlines()[-1]) from err
+    if args.subcommand != "configure-host":
+        try:
+            cli.params_from_args(args.subcommand, args)
+        except cli.UsageError as err:
+            raise GuideError(str(err)) from err
+
+
+SHELL_TOOLS = ("ls", "cat", "head", "tail")
+
+
+def runnable_kind(argv: list[str]) -> str:
+    """How the functional harness runs a console command: ``cli``, ``juju`` or ``shell``.
+
+    Raises:
+        GuideError: for a command it cannot run (it belongs in a console-static block).
+    """
+    if argv[0] == "container-compute":
+        return "cli"
+    if argv[:3] == ["juju", "run", f"{OUR_APP}/0"] and len(argv) > 3:
+        return "juju"
+    if argv[0] in SHELL_TOOLS:
+        return "shell"
+    raise GuideError(f"the harness cannot run {' '.join(argv[:3])!r}: use console-static")
+
+
 def check_static(command: Command, apps: dict[str, str]) -> None:
     """Check a console-static command against the repository.
 
@@ -583,6 +630,7 @@ def check_static(command: Command, apps: dict[str, str]) -> None:
     env, argv = program(command.argv())
     checks: dict[str, Callable[[], None]] = {
         "juju": lambda: check_juju(argv, apps),
+        "container-compute": lambda: check_cli(argv),
         "conjure-up": lambda: check_conjure_up(argv),
         "openstack": lambda: check_openstack(env, argv),
         "journalctl": lambda: check_service(argv),
@@ -602,7 +650,9 @@ def check_static(command: Command, apps: dict[str, str]) -> None:
 
 def static_apps() -> dict[str, str]:
     """Applications a static block may name before deploying them: the bundle's."""
-    return {name: spec["charm"] for name, spec in bundle()["applications"].items()}
+    apps = {name: spec["charm"] for name, spec in bundle()["applications"].items()}
+    apps[OUR_APP] = "container-compute"
+    return apps
 
 
 def all_commands(pages: list[Path] | None = None) -> Iterator[Command]:
