@@ -59,7 +59,7 @@ NORMALISATIONS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b1\d{9}\.\d+\b"), "<time>"),
     (re.compile(r"^(\d+\t[^\t]*\t<time>\t)[0-9.]+\t"), r"\1<seconds>\t"),
     (re.compile(r"\b\d+(\.\d+)?s\b"), "<seconds>"),
-    (re.compile(r"(seconds\"?:\s*)\d+(\.\d+)?"), r"\1<seconds>"),
+    (re.compile(r"(seconds\"?:\s*\"?)\d+(\.\d+)?"), r"\1<seconds>"),
     (re.compile(r"(size-bytes\"?:\s*\"?)\d+"), r"\1<bytes>"),
     (re.compile(r"\(kernel [^)]+\)"), "(kernel <release>)"),
     (re.compile(r"(lxd-version\"?:\s*\"?)[0-9][0-9.]*"), r"\1<version>"),

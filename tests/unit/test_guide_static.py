@@ -336,6 +336,9 @@ def test_output_comparison_catches_differences_and_maps_ids() -> None:
     assert ids == {"j00000001": "jabcdef12"}
     assert guide_doc.compare(["job: j00000001", "state: failed"], real[:2], ids)
     assert guide_doc.compare(["job: j00000001"], ["job: j99999999"], ids)  # id already taken
+    assert guide_doc.compare(['elapsed-seconds: "1.4"'], ['elapsed-seconds: "22.5"'], ids) is None
+    assert guide_doc.compare(["elapsed-seconds: 1.4"], ["elapsed-seconds: 22"], ids) is None
+    assert guide_doc.compare(["tasks: 4"], ["tasks: 5"], ids)
     assert guide_doc.compare(["a", "...", "z"], ["a", "b", "c", "z"], ids) is None
     assert guide_doc.compare(["a", "...", "z"], ["a", "b", "c"], ids)
     assert guide_doc.compare(["a"], ["a", "b"], ids)
