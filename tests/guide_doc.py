@@ -1,4 +1,4 @@
-"""The operator's guide as data: its console blocks, how shown output is compared, static checks.
+r"""The operator's guide as data: its console blocks, how shown output is compared, static checks.
 
 Conventions of the guide (README.md and docs/*.md), read by tests/unit/test_guide_static.py
 (no LXD) and tests/functional/test_guide.py (runs every command on the real LXD):
@@ -19,9 +19,10 @@ Shown output is compared with the real output after these normalisations, and on
   are paired; from then on the shown id stands for the real one, in later commands too;
 - the test's own state directory, LXD project/pool and copies of /etc and /proc/sys are
   written as ``/var/lib/container-compute``, ``container-compute``, ``/etc`` and ``/proc/sys``;
-- timestamps (ISO 8601 and the joblog's epoch seconds), the joblog's JobRuntime, durations in seconds (``5s``, any
-  ``...-seconds`` key), SHA-256 fingerprints, an image's ``size-bytes`` and ``lxd-version``
-  are compared as ``<time>``, ``<seconds>``, ``<sha256>``, ``<bytes>`` and ``<version>``;
+- timestamps (ISO 8601 and the joblog's epoch seconds), the joblog's JobRuntime, durations
+  in seconds (``5s``, any ``...-seconds`` key), SHA-256 fingerprints, an image's
+  ``size-bytes`` and ``lxd-version`` are compared as ``<time>``, ``<seconds>``,
+  ``<sha256>``, ``<bytes>`` and ``<version>``;
 - ``(kernel <release>)`` stands for this machine's kernel release;
 - a shown line ``...`` stands for any number of lines (to leave out what does not matter);
 - trailing blanks and trailing empty lines are ignored.
@@ -146,36 +147,32 @@ def parse_block(block: Block) -> Block:
         if pending is not None:
             pending.text = pending.text[:-1].rstrip() + " " + line.strip()
             pending.end_line = number
-            if not pending.text.endswith("\\"):
-                _finish(pending)
-                pending = None
-            continue
-        if line.startswith("$ "):
+            pending = _finish(pending)
+        elif line.startswith("$ "):
             command = Command(block.page, number, line[2:].rstrip(), static, end_line=number)
             commands.append(command)
-            if command.text.endswith("\\"):
-                pending = command
-            else:
-                _finish(command)
-        elif not commands:
-            if line.strip():
-                raise GuideError(f"{block.page.relative_to(REPO)}:{number}: not a '$ ' line")
-        else:
+            pending = _finish(command)
+        elif commands:
             commands[-1].shown.append(line.rstrip())
+        elif line.strip():
+            raise GuideError(f"{block.page.relative_to(REPO)}:{number}: not a '$ ' line")
     if pending is not None:
         raise GuideError(f"{pending.where}: the continued command never ends")
+    if not commands:
+        raise GuideError(f"{block.page.relative_to(REPO)}:{block.line}: a block without '$ '")
     for command in commands:
         while command.shown and not command.shown[-1]:
             command.shown.pop()
         if static and command.shown:
             raise GuideError(f"{command.where}: a console-static command shows no output")
-    if not commands:
-        raise GuideError(f"{block.page.relative_to(REPO)}:{block.line}: a block without '$ '")
     block.commands = commands
     return block
 
 
-def _finish(command: Command) -> None:
+def _finish(command: Command) -> Command | None:
+    """Read ``# exit N`` of a complete command; return the command while it continues."""
+    if command.text.endswith("\\"):
+        return command
     match = EXIT_RE.search(command.text)
     if match:
         command.expected_exit = int(match.group(1))
@@ -184,6 +181,7 @@ def _finish(command: Command) -> None:
         command.argv()
     except ValueError as err:
         raise GuideError(f"{command.where}: cannot be split like a shell would: {err}") from err
+    return None
 
 
 def console_blocks(page: Path) -> list[Block]:
@@ -302,7 +300,10 @@ _JujuDumper.add_representer(str, _represent_str)
 def juju_yaml(results: dict[str, Any]) -> list[str]:
     """The lines ``juju run`` prints for an action's results (keys sorted)."""
     text = yaml.dump(
-        juju_results(results), Dumper=_JujuDumper, sort_keys=True, default_flow_style=False,
+        juju_results(results),
+        Dumper=_JujuDumper,
+        sort_keys=True,
+        default_flow_style=False,
         width=1 << 20,
     )
     return text.rstrip("\n").splitlines()
@@ -419,59 +420,79 @@ def _our_endpoints() -> dict[str, str]:
     }
 
 
+def _check_deploy(rest: list[str], apps: dict[str, str]) -> None:
+    charm, app = rest[0], rest[1] if len(rest) > 1 and not rest[1].startswith("-") else ""
+    known = {spec["charm"] for spec in bundle()["applications"].values()} | {"ubuntu"}
+    if OUR_CHARM_FILE_RE.match(charm) or charm == "container-compute":
+        charm = "container-compute"
+    elif LOCAL_CHARM_RE.match(charm):
+        charm = "local"  # the reader's own charm: only our side of its relations is checked
+    elif charm not in known:
+        raise GuideError(f"juju deploy: unknown charm {charm!r}")
+    apps[app or charm] = charm
+
+
+def _check_integrate(rest: list[str], apps: dict[str, str]) -> None:
+    ends = [_endpoint(word, apps) for word in rest]
+    if len(ends) != 2:
+        raise GuideError("juju integrate takes two endpoints")
+    ours = _our_endpoints()
+    relations = {frozenset(pair) for pair in bundle().get("relations", [])}
+    for (app, endpoint), (other, other_endpoint) in (ends, ends[::-1]):
+        if apps[app] != "container-compute":
+            continue
+        endpoint = endpoint or other_endpoint  # juju picks the endpoint of the same name
+        if endpoint not in ours:
+            raise GuideError(f"juju integrate: {app} has no endpoint {endpoint!r}")
+        pair = frozenset((f"{app}:{endpoint}", f"{other}:{other_endpoint}"))
+        if other_endpoint != "juju-info" and apps[other] != "local" and pair not in relations:
+            raise GuideError(f"juju integrate: {sorted(pair)} is not in the bundle")
+
+
+def _check_config(rest: list[str], _apps: dict[str, str]) -> None:
+    if rest[0] != OUR_APP:
+        raise GuideError(f"juju config: {rest[0]!r} is not container-compute")
+    check_config(rest[1:])
+
+
+def _check_run(rest: list[str], _apps: dict[str, str]) -> None:
+    if not rest[0].startswith(f"{OUR_APP}/"):
+        raise GuideError(f"juju run: {rest[0]!r} is not a unit of {OUR_APP}")
+    check_action(rest[1], rest[2:])
+
+
+def _check_add_secret(rest: list[str], _apps: dict[str, str]) -> None:
+    if not all(word.split("#")[0].split("=")[0] == "key" for word in rest[1:]):
+        raise GuideError("juju add-secret: the charm reads the secret's 'key' field")
+
+
+def _check_grant_secret(rest: list[str], _apps: dict[str, str]) -> None:
+    if rest[1] != OUR_APP:
+        raise GuideError(f"juju grant-secret: {rest[1]!r} is not {OUR_APP}")
+
+
+JUJU_CHECKS: dict[str, Callable[[list[str], dict[str, str]], None]] = {
+    "deploy": _check_deploy,
+    "integrate": _check_integrate,
+    "config": _check_config,
+    "run": _check_run,
+    "add-secret": _check_add_secret,
+    "grant-secret": _check_grant_secret,
+}
+
+
 def check_juju(argv: list[str], apps: dict[str, str]) -> None:
-    """``juju deploy|integrate|config|run|add-secret|grant-secret|status|debug-log``.
+    """``juju deploy|integrate|config|run|add-secret|grant-secret``.
 
     ``apps`` maps application names to charms; deploy adds to it.
 
     Raises:
         GuideError: naming what is wrong.
     """
-    sub, rest = argv[1], argv[2:]
-    ours = _our_endpoints()
-    if sub == "deploy":
-        charm, app = rest[0], rest[1] if len(rest) > 1 and not rest[1].startswith("-") else ""
-        known = {spec["charm"] for spec in bundle()["applications"].values()} | {"ubuntu"}
-        if OUR_CHARM_FILE_RE.match(charm) or charm == "container-compute":
-            charm = "container-compute"
-        elif LOCAL_CHARM_RE.match(charm):
-            charm = "local"  # the reader's own charm: only our side of its relations is checked
-        elif charm not in known:
-            raise GuideError(f"juju deploy: unknown charm {charm!r}")
-        apps[app or charm] = charm
-    elif sub == "integrate":
-        ends = [_endpoint(word, apps) for word in rest]
-        if len(ends) != 2:
-            raise GuideError("juju integrate takes two endpoints")
-        relations = {frozenset(pair) for pair in bundle().get("relations", [])}
-        for (app, endpoint), (other, other_endpoint) in (ends, ends[::-1]):
-            if apps[app] != "container-compute":
-                continue
-            endpoint = endpoint or other_endpoint  # juju picks the endpoint of the same name
-            if endpoint not in ours:
-                raise GuideError(f"juju integrate: {app} has no endpoint {endpoint!r}")
-            pair = frozenset((f"{app}:{endpoint}", f"{other}:{other_endpoint}"))
-            if other_endpoint != "juju-info" and apps[other] != "local" and pair not in relations:
-                raise GuideError(f"juju integrate: {sorted(pair)} is not in the bundle")
-    elif sub == "config":
-        if rest[0] != OUR_APP:
-            raise GuideError(f"juju config: {rest[0]!r} is not container-compute")
-        check_config(rest[1:])
-    elif sub == "run":
-        if not rest[0].startswith(f"{OUR_APP}/"):
-            raise GuideError(f"juju run: {rest[0]!r} is not a unit of {OUR_APP}")
-        check_action(rest[1], rest[2:])
-    elif sub in ("add-secret", "grant-secret"):
-        if sub == "grant-secret" and rest[1] != OUR_APP:
-            raise GuideError(f"juju grant-secret: {rest[1]!r} is not {OUR_APP}")
-        if sub == "add-secret" and not all(w.split("#")[0].split("=")[0] == "key" for w in rest[1:]):
-            raise GuideError("juju add-secret: the charm reads the secret's 'key' field")
-    elif sub in ("status", "debug-log"):
-        for word in rest:
-            if word.startswith("--include="):
-                check_juju(["juju", "run", word.split("=", 1)[1], "job-status"], apps)
-    else:
-        raise GuideError(f"juju {sub}: the guide harness cannot check it")
+    check = JUJU_CHECKS.get(argv[1])
+    if check is None:
+        raise GuideError(f"juju {argv[1]}: the guide harness cannot check it")
+    check(argv[2:], apps)
 
 
 def check_conjure_up(argv: list[str]) -> None:

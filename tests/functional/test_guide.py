@@ -143,8 +143,7 @@ def sessions(run_prefix: str, lxd_client: object) -> Iterator[dict[Path, Session
     """A session per page with runnable commands; agents stopped and files removed at the end."""
     root = Path(tempfile.mkdtemp(prefix="cc-guide-"))
     made = {
-        page: Session(f"{run_prefix}-g{n}", root / str(n))
-        for n, page in enumerate(RUNNABLE_PAGES)
+        page: Session(f"{run_prefix}-g{n}", root / str(n)) for n, page in enumerate(RUNNABLE_PAGES)
     }
     yield made
     for session in made.values():
@@ -177,7 +176,9 @@ def prepare(session: Session, fresh: bool) -> None:
     )
 
 
-def run_container_compute(session: Session, env: dict[str, str], argv: list[str]) -> tuple[int, str]:
+def run_container_compute(
+    session: Session, env: dict[str, str], argv: list[str]
+) -> tuple[int, str]:
     """Run the CLI as the guide shows it; return exit status and output (stdout, stderr)."""
     args = [session.as_real(word) for word in argv[1:]]
     if args and args[0] == "configure-host":
@@ -213,7 +214,9 @@ def run_container_compute(session: Session, env: dict[str, str], argv: list[str]
     return done.returncode, done.stdout + done.stderr
 
 
-def run_juju(session: Session, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+def run_juju(
+    session: Session, argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
     """Run ``juju run worker/0 ACTION k=v ...`` through the real charm; print as Juju does."""
     action = argv[3]
     params = guide_doc.juju_action_params([session.as_real(w) for w in argv[4:]])
@@ -258,13 +261,37 @@ def run_command(
     return code, [line.rstrip() for line in session.as_shown(output).rstrip("\n").splitlines()]
 
 
-def rewrite(page: Path, replacements: list[tuple[Command, list[str]]], ids: dict[str, str]) -> None:
+def rewrite(
+    page: Path, replacements: list[tuple[Command, list[str]]], ids: dict[str, str]
+) -> None:
     """Write real outputs over the shown ones, and the real job ids over the shown ones."""
     lines = page.read_text().splitlines()
     for command, real in sorted(replacements, key=lambda item: -item[0].line):
         start = command.end_line
         lines[start : start + len(command.shown)] = real
     page.write_text(guide_doc.with_real_ids("\n".join(lines) + "\n", ids))
+
+
+def run_and_compare(
+    session: Session, command: Command, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[str], list[str] | None]:
+    """Run a command; return what is wrong, and (refreshing) the output to write instead."""
+    problems = []
+    code, real = run_command(session, command, monkeypatch)
+    if code != command.expected_exit:
+        problems.append(
+            f"{command.where}: {command.text}\n"
+            f"exit {code}, the guide says {command.expected_exit}\n" + "\n".join(real)
+        )
+    mismatch = guide_doc.compare(command.shown, real, session.ids)
+    if mismatch is None:
+        return problems, None
+    if not REFRESH:
+        return [*problems, f"{command.where}: {command.text}\n{mismatch}"], None
+    shown_ids = guide_doc.unique_ids(command.shown)
+    for old, new in zip(shown_ids, guide_doc.unique_ids(real), strict=False):
+        session.ids.setdefault(old, new)
+    return problems, real
 
 
 @pytest.mark.parametrize(
@@ -290,23 +317,11 @@ def test_every_command_of_the_page_runs_as_shown(
     problems: list[str] = []
     replacements: list[tuple[Command, list[str]]] = []
     for block in blocks:
-        if block.lang != guide_doc.RUNNABLE:
-            continue
-        for command in block.commands:
-            code, real = run_command(session, command, monkeypatch)
-            if code != command.expected_exit:
-                problems.append(
-                    f"{command.where}: {command.text}\n"
-                    f"exit {code}, the guide says {command.expected_exit}\n" + "\n".join(real)
-                )
-            mismatch = guide_doc.compare(command.shown, real, session.ids)
-            if mismatch and REFRESH:
-                shown_ids = guide_doc.unique_ids(command.shown)
-                for old, new in zip(shown_ids, guide_doc.unique_ids(real), strict=False):
-                    session.ids.setdefault(old, new)
+        for command in block.commands if block.lang == guide_doc.RUNNABLE else []:
+            found, real = run_and_compare(session, command, monkeypatch)
+            problems.extend(found)
+            if real is not None:
                 replacements.append((command, real))
-            elif mismatch:
-                problems.append(f"{command.where}: {command.text}\n{mismatch}")
     if replacements:
         rewrite(page, replacements, session.ids)
     assert not problems, "\n\n".join(problems)

@@ -1,6 +1,8 @@
-"""The operator's guide, checked without LXD: its blocks parse, it covers every action, option
-and exit code, its static commands are true of the charm, its links resolve, and its example
-requirer charm runs. (tests/functional/test_guide.py runs the console blocks.)"""
+"""The operator's guide, checked without LXD (tests/functional/test_guide.py runs it).
+
+Its blocks parse; it covers every action, option and exit code; its static commands are true
+of the charm; its links resolve; its example requirer charm runs; the harness can fail.
+"""
 
 import dataclasses
 import json
@@ -143,7 +145,9 @@ def test_every_config_option_is_in_the_guide_and_linked() -> None:
 
 def test_every_exit_status_is_documented_and_shown() -> None:
     codes = {
-        value for name, value in vars(cli).items() if name.startswith("EXIT_") and isinstance(value, int)
+        value
+        for name, value in vars(cli).items()
+        if name.startswith("EXIT_") and isinstance(value, int)
     }
     assert codes == set(range(6))
     text = (DOCS / "cli.md").read_text()
@@ -224,7 +228,7 @@ def _library_page_blocks() -> tuple[dict, dict, str]:
 def test_the_requirer_charm_of_the_library_page_runs() -> None:
     requires, actions, source = _library_page_blocks()
     module = types.ModuleType("portal_charm")
-    exec(compile(source, "docs/compute-jobs-library.md", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(source, "docs/compute-jobs-library.md", "exec"), module.__dict__)
     assert requires["requires"]["compute-jobs"]["interface"] == "compute-jobs"
     meta = {"name": "portal", **requires}
     context = testing.Context(module.PortalCharm, meta=meta, actions=actions)
@@ -278,7 +282,9 @@ def test_a_malformed_console_block_is_refused(tmp_path: Path, body: str) -> None
 
 def test_output_after_a_static_command_is_refused(tmp_path: Path) -> None:
     with pytest.raises(GuideError):
-        guide_doc.parse_block(_block(tmp_path, "$ juju config worker\nsome output", "console-static"))
+        guide_doc.parse_block(
+            _block(tmp_path, "$ juju config worker\nsome output", "console-static")
+        )
 
 
 def test_exit_codes_and_continuations_are_read(tmp_path: Path) -> None:
