@@ -262,14 +262,34 @@ def run_command(
 
 
 def rewrite(
-    page: Path, replacements: list[tuple[Command, list[str]]], ids: dict[str, str]
+    page: Path,
+    blocks: list[guide_doc.Block],
+    replacements: list[tuple[Command, list[str]]],
+    ids: dict[str, str],
 ) -> None:
-    """Write real outputs over the shown ones, and the real job ids over the shown ones."""
+    """Write real outputs over the shown ones, with as few job ids changed as can be.
+
+    A shown id still in an output that stays keeps standing for its real id (the new outputs
+    are written with it); any other shown id is replaced by its real id everywhere.
+    """
+    replaced = {id(command) for command, _ in replacements}
+    kept = {
+        shown_id
+        for block in blocks
+        for command in block.commands
+        if id(command) not in replaced
+        for shown_id in guide_doc.unique_ids(command.shown)
+    }
+    back = {real: shown for shown, real in ids.items() if shown in kept}
     lines = page.read_text().splitlines()
     for command, real in sorted(replacements, key=lambda item: -item[0].line):
         start = command.end_line
-        lines[start : start + len(command.shown)] = real
-    page.write_text(guide_doc.with_real_ids("\n".join(lines) + "\n", ids))
+        lines[start : start + len(command.shown)] = [
+            guide_doc.JOB_ID_RE.sub(lambda m: back.get(m.group(0), m.group(0)), line)
+            for line in real
+        ]
+    changed = {shown: real for shown, real in ids.items() if shown not in kept}
+    page.write_text(guide_doc.with_real_ids("\n".join(lines) + "\n", changed))
 
 
 def run_and_compare(
@@ -323,5 +343,5 @@ def test_every_command_of_the_page_runs_as_shown(
             if real is not None:
                 replacements.append((command, real))
     if replacements:
-        rewrite(page, replacements, session.ids)
+        rewrite(page, blocks, replacements, session.ids)
     assert not problems, "\n\n".join(problems)
