@@ -226,7 +226,8 @@ def run_juju(
     try:
         context.run(context.on.action(action, params=params), state)
     except testing.ActionFailed as failed:
-        return 1, f"ERROR {failed.message}\n"
+        # How Juju prints a failed action is not something this harness can show truly.
+        raise GuideError(f"juju run {action} failed: {failed.message}") from failed
     return 0, "\n".join(guide_doc.juju_yaml(context.action_results or {})) + "\n"
 
 
