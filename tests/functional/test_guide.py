@@ -4,7 +4,9 @@ Each guide page (README.md, docs/*.md) is one session: its own state directory, 
 dir pool ``<run prefix>-g<n>``, and a map of the job ids it shows to the real ones. A page
 marked ``<!-- guide-session: fresh -->`` starts from nothing (its first command configures the
 host); any other page starts on a prepared host, as a deployed unit is: configured as the
-charm's install hook does, the busybox worker image built, the job agent running.
+charm's install hook does (dir pool, 256MiB workers, no per-worker idmap isolation: on this
+LXD, isolated workers started at once sometimes fail and are retried, which would change
+attempt counts from run to run), the busybox worker image built, the job agent running.
 
 How a command runs (conventions and normalisations: tests/guide_doc.py):
 
