@@ -17,6 +17,7 @@ from pathlib import Path
 import pylxd
 import pytest
 
+from container_compute import constants
 from container_compute.config import HostConfig
 from container_compute.host import HostPaths, configure_host
 from container_compute.host.images import build_busybox_image
@@ -149,3 +150,28 @@ def lxd_daemon_down(pause: float = 2.0) -> Iterator[int]:
                 check=True,
             )
         subprocess.run([LXD_BIN, "waitready", "--timeout=120"], check=True, capture_output=True)
+
+
+def worker_names(config: HostConfig, templates: bool = False) -> list[str]:
+    """The workers of the test project (and its worker templates with ``templates``).
+
+    A template made for the image (not for one job) stays between jobs, by design.
+    """
+    client = connect(project=config.lxd_project)
+    listing = client.api.instances.get(params={"recursion": "1"}).json()["metadata"]
+    names = sorted(record["name"] for record in listing)
+    return [n for n in names if templates or not n.startswith(constants.TEMPLATE_NAME_PREFIX)]
+
+
+def no_workers_left(config: HostConfig, timeout: float = 30.0) -> bool:
+    """Wait (bounded) until the test project has no worker (a daemon away counts as some)."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            if not worker_names(config):
+                return True
+        except pylxd.exceptions.LXDAPIException:
+            pass
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.5)

@@ -26,7 +26,7 @@ from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import LaunchJobParams
 from container_compute.lxdclient import connect, size_unenforced
 
-from .conftest import host_paths_in
+from .conftest import host_paths_in, no_workers_left
 
 pytestmark = pytest.mark.functional
 
@@ -87,16 +87,6 @@ def launch(config: HostConfig, state_dir: Path, **params: Any) -> dict[str, Any]
     values: dict[str, Any] = {"wait": True, "wait_timeout": "5m", "timeout": "2m"}
     values.update(params)
     return actions.run_action("launch-job", LaunchJobParams(**values), config, state_dir)
-
-
-def no_workers_left(config: HostConfig, timeout: float = 30.0) -> bool:
-    """Wait (bounded) until the project has no instance."""
-    end = time.time() + timeout
-    while connect(project=config.lxd_project).instances.all():
-        if time.time() > end:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 def outcome(state_dir: Path, job_id: str, index: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Every project and pool is named with the session's run prefix and purged at the 
 import datetime
 import json
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -314,7 +315,11 @@ def test_worker_limits_are_enforced_by_the_kernel(policy_project: Any, run_prefi
     memory = host_cgroup_file(worker, "memory", "memory.limit_in_bytes")
     assert int(memory) == 128 << 20
     assert host_cgroup_file(worker, "pids", "pids.max").strip() == "100"
-    assert run_in(worker, "nproc").strip() == "1"
+    # LXD pins a count limit (limits.cpu=1) to a CPU by its balancer, a moment after start.
+    end = time.monotonic() + 15
+    while run_in(worker, "nproc").strip() != "1":
+        assert time.monotonic() < end, "limits.cpu=1 never showed as one CPU in the worker"
+        time.sleep(0.5)
 
 
 def test_privileged_worker_maps_host_ids(policy_project: Any, run_prefix: str) -> None:

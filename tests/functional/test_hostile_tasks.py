@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pylxd
 import pytest
 
 from container_compute import actions, host
@@ -30,6 +29,8 @@ from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import JobParams, LaunchJobParams
 from container_compute.jobs.scheduler import Engine
 from container_compute.lxdclient import connect, socket_path
+
+from .conftest import no_workers_left, worker_names
 
 pytestmark = pytest.mark.functional
 
@@ -76,12 +77,6 @@ def _job(backend: LXDBackend, prefix: str) -> str:
     return prefix + ("a" if not backend.watcher.host_access else "h")
 
 
-def instance_names(config: HostConfig) -> list[str]:
-    """Names of every instance of the test project."""
-    instances = connect(project=config.lxd_project).instances.all()
-    return sorted(i.name.split("?")[0] for i in instances)
-
-
 def _finish(
     backend: LXDBackend, spec: WorkerSpec, tmp_path: Path, bound: float = BOUND_SECONDS
 ) -> tuple[TaskOutcome, Path, float]:
@@ -94,7 +89,7 @@ def _finish(
     deleting = time.monotonic()
     assert backend.delete(spec.worker_name) is True
     assert time.monotonic() - deleting < BOUND_SECONDS, "deleting the worker took too long"
-    assert spec.worker_name not in instance_names(backend.config)
+    assert spec.worker_name not in worker_names(backend.config)
     assert took < bound, f"the attempt took {took:.1f}s: {outcome}"
     return outcome, task_dir, took
 
@@ -166,7 +161,7 @@ def test_forged_exit_code_does_not_wedge_the_job(
         assert failure["reason"] == "exit-code"
         assert failure.get("exit-code") is None
         assert "99999999999999999999999" in failure["detail"]
-    assert _no_workers_left(configured_host)
+    assert no_workers_left(configured_host)
 
 
 # 2. Workers that power off, reboot, or hold special files ---------------------------------
@@ -267,7 +262,7 @@ def test_fifo_and_poweroff_do_not_wedge_the_job_through_the_files_api(
     assert "stopped before its command finished" in failure["detail"]
     task_dir = results.task_dir(state_dir, result["job"], 0)
     assert (task_dir / "files" / "x").read_text() == "x\n"
-    assert _no_workers_left(configured_host)
+    assert no_workers_left(configured_host)
 
 
 # 5. A broken /run/cc, and attempts adopted after a crash -----------------------------------
@@ -358,7 +353,7 @@ def test_engine_adopts_a_never_started_attempt_in_seconds(
         threading.excepthook = hook
     running = Ledger(state_dir).attempts(job_id, state="running")
     assert len(running) == 1
-    assert running[0].worker in instance_names(configured_host)
+    assert running[0].worker in worker_names(configured_host)
     began = time.monotonic()
     engine = runner.open_engine(configured_host, state_dir)
     assert engine.run(job_id=job_id, poll=0.2, until=time.time() + 120)
@@ -369,7 +364,7 @@ def test_engine_adopts_a_never_started_attempt_in_seconds(
     attempts = Ledger(state_dir).attempts(job_id)
     assert [(a.attempt, a.state) for a in attempts] == [(1, "succeeded")]
     assert took < 15, f"adopting took {took:.1f}s"
-    assert _no_workers_left(configured_host)
+    assert no_workers_left(configured_host)
     print(f"engine adopted a never-started attempt in {took:.1f}s")
 
 
@@ -406,17 +401,3 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 def launch(config: HostConfig, state_dir: Path, **params: Any) -> dict[str, Any]:
     """Run the launch-job action."""
     return actions.run_action("launch-job", LaunchJobParams(**params), config, state_dir)
-
-
-def _no_workers_left(config: HostConfig, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            names = [n for n in instance_names(config) if n.startswith("cc-j")]
-        except pylxd.exceptions.LXDAPIException:
-            names = ["?"]
-        if not names:
-            return True
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.5)

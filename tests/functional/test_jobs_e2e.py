@@ -27,10 +27,9 @@ from container_compute.config import HostConfig
 from container_compute.jobs import results, runner
 from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import GatherResultsParams, JobParams, LaunchJobParams
-from container_compute.lxdclient import connect
 
 from ..unit.test_cli import INVALID, INVALID_ON_THIS_HOST
-from .conftest import lxd_daemon_down, lxd_daemon_process
+from .conftest import lxd_daemon_down, lxd_daemon_process, no_workers_left, worker_names
 
 pytestmark = pytest.mark.functional
 
@@ -52,20 +51,6 @@ def state_dir(configured_host: HostConfig) -> Iterator[Path]:
     host.save_config(configured_host, path)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def worker_names(config: HostConfig) -> list[str]:
-    instances = connect(project=config.lxd_project).instances.all()
-    return sorted(i.name.split("?")[0] for i in instances)  # pylxd 2.4 appends ?project=
-
-
-def no_workers_left(config: HostConfig, timeout: float = 60.0) -> bool:
-    end = time.time() + timeout
-    while worker_names(config):
-        if time.time() > end:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 def launch(config: HostConfig, state_dir: Path, **params: Any) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from container_compute.config import HostConfig
 from container_compute.jobs import runner
 from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import JobParams, LaunchJobParams
-from container_compute.lxdclient import connect
+
+from .conftest import worker_names
 
 pytestmark = pytest.mark.functional
 
@@ -61,11 +62,6 @@ def workers_of(state_dir: Path, job_id: str) -> list[str]:
         ledger.close()
 
 
-def instances(config: HostConfig) -> list[str]:
-    listing = connect(project=config.lxd_project).api.instances.get(params={"recursion": "1"})
-    return sorted(record["name"] for record in listing.json()["metadata"])
-
-
 def test_tasks_share_workers_and_each_starts_clean(
     configured_host: HostConfig, state_dir: Path
 ) -> None:
@@ -78,7 +74,7 @@ def test_tasks_share_workers_and_each_starts_clean(
         task = state_dir / "results" / report["job"] / str(index)
         assert (task / "files" / "index").read_text() == f"{index}\n"
         assert (task / "stdout").read_text() == "ok\n"
-    assert instances(configured_host) == []  # workers and the job's template are gone
+    assert worker_names(configured_host, templates=True) == []  # and the job's template
 
 
 @pytest.mark.parametrize(
@@ -92,15 +88,25 @@ def test_tasks_share_workers_and_each_starts_clean(
 def test_a_worker_a_task_left_dirty_is_replaced(
     configured_host: HostConfig, state_dir: Path, dirty: str
 ) -> None:
-    """Task 0 leaves its worker dirty; the tasks after it still each start clean."""
-    command = CLEAN_START + f'if [ "$TASK_INDEX" = 0 ]; then {dirty}fi; echo ok'
+    """Task 0 leaves its worker dirty: task 1 gets a fresh one, tasks 2 and 3 reuse that.
+
+    Each task says whether a file an earlier task left outside /results and /tmp (not wiped
+    between tasks) is there: only in a reused worker.
+    """
+    command = (
+        CLEAN_START + "if [ -e /var/seen ]; then echo reused; else echo fresh; fi; "
+        f'touch /var/seen; if [ "$TASK_INDEX" = 0 ]; then {dirty}fi'
+    )
     report = run_job(configured_host, state_dir, command, tasks=4, parallelism=1)
 
     assert report["counts"]["succeeded"] == 4, report
-    used = workers_of(state_dir, report["job"])
-    assert used[1] != used[0]  # the dirty worker was not reused
-    assert len(set(used[1:])) == 1  # the clean one was
-    assert instances(configured_host) == []
+    said = [
+        (state_dir / "results" / report["job"] / str(i) / "stdout").read_text().split()[0]
+        for i in range(4)
+    ]
+    assert said == ["fresh", "fresh", "reused", "reused"]  # the dirty worker was replaced
+    assert len(set(workers_of(state_dir, report["job"]))) == 1  # under the same name
+    assert worker_names(configured_host) == []
 
 
 def test_timeouts_retries_and_failures_in_warm_workers(
@@ -126,4 +132,4 @@ def test_timeouts_retries_and_failures_in_warm_workers(
     assert (by_task[(1, 2)].outcome or {})["succeeded"] is True
     assert by_task[(1, 2)].worker != by_task[(1, 1)].worker  # never the timed-out worker
     assert [(by_task[(2, n)].outcome or {}).get("exit-code") for n in (1, 2)] == [3, 3]
-    assert instances(configured_host) == []
+    assert worker_names(configured_host) == []
