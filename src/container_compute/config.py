@@ -187,8 +187,10 @@ class HostConfig:
     )
     worker_idmap_isolated: bool = _opt(
         True,
-        "Give every unprivileged worker its own uid/gid range (security.idmap.isolated), so "
-        "that workers cannot touch each other's files. Ignored for privileged workers.",
+        "Give every job's unprivileged workers a uid/gid range of their own "
+        "(security.idmap.isolated with one security.idmap.base per job), so that workers of "
+        "different jobs cannot touch each other's files; workers of one job share it. Off: "
+        "every worker shares LXD's default map. Ignored for privileged workers.",
     )
     worker_cpu: str = _opt(
         "1",

@@ -191,3 +191,27 @@ def test_the_default_parallelism_follows_the_hosts_cpus(monkeypatch: pytest.Monk
         lxd_server_cert="/s.pem",
     )
     assert default_parallelism(remote, "lxd") == 16
+
+
+def test_a_warm_attempt_left_by_a_crash_is_adopted_in_its_worker(tmp_path: Path) -> None:
+    crashing = {"on": True}
+
+    def plan(spec: WorkerSpec) -> Plan:
+        return Plan(crash_in_wait=crashing["on"], stdout=f"{spec.task_index}\n")
+
+    backend = WarmBackend(plan=plan)
+    first = make_engine(tmp_path, backend)
+    job = first.submit(LaunchJobParams(command="x", tasks=2, parallelism=2, reuse_workers=True))
+    first.step()
+    first.drain()  # both threads "died" in wait: their workers run on
+    running = {a.index: a for a in first.ledger.attempts(job.id)}
+    crashing["on"] = False
+    second = make_engine(tmp_path, backend)
+    run_until_done(second)
+
+    assert second.ledger.job(job.id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert len(backend.started) == 2  # adopted in the warm workers, not started again
+    adopted = backend.waited[2:]
+    assert sorted(adopted) == sorted(a.worker for a in running.values())
+    assert [a.attempt for a in second.ledger.attempts(job.id)] == [1, 1]
+    assert backend.workers == {}  # an adopted warm worker is deleted after its task

@@ -42,8 +42,15 @@ class Engine(Protocol):
         """Return how many attempts the engine follows."""
         ...
 
-    def spec(self, job: JobRecord, index: int, task_input: str | None, attempt: int) -> WorkerSpec:
-        """Return the WorkerSpec of an attempt."""
+    def spec(
+        self,
+        job: JobRecord,
+        index: int,
+        task_input: str | None,
+        attempt: int,
+        warm: tuple[str, float] | None = None,
+    ) -> WorkerSpec:
+        """Return the WorkerSpec of an attempt (``warm``: its warm worker and start time)."""
         ...
 
     def spawn(self, job: JobRecord, spec: WorkerSpec, adopt: bool) -> None:
@@ -80,7 +87,9 @@ def resume(engine: Engine) -> bool:
                 listed = engine.backend(job.backend).list_workers()
                 workers[job.backend] = {worker.name for worker in listed}
             task = ledger.task(attempt.job, attempt.index)
-            spec = engine.spec(job, attempt.index, task.input if task else None, attempt.attempt)
+            warm = (attempt.worker, attempt.started) if job.params.get("reuse_workers") else None
+            task_input = task.input if task else None
+            spec = engine.spec(job, attempt.index, task_input, attempt.attempt, warm)
             if attempt.worker in workers[job.backend]:
                 logger.info("adopting worker %s", attempt.worker)
                 engine.spawn(job, spec, adopt=True)
