@@ -173,5 +173,7 @@ def no_workers_left(config: HostConfig, timeout: float = 30.0) -> bool:
         except pylxd.exceptions.LXDAPIException:
             pass
         if time.monotonic() > end:
+            with contextlib.suppress(pylxd.exceptions.LXDAPIException):
+                print(f"workers left in {config.lxd_project}: {worker_names(config)}")
             return False
         time.sleep(0.5)

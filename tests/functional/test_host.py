@@ -78,8 +78,15 @@ def start_worker(client: pylxd.Client, name: str) -> Any:
 
 
 def run_in(instance: Any, *command: str) -> str:
-    """Run a command in a worker; return its stdout (a non-zero exit fails the test)."""
-    result = instance.execute(list(command))
+    """Run a command in a worker; return its stdout (a non-zero exit fails the test).
+
+    pylxd's websocket exec sometimes loses its pipe on a busy host: tried again once.
+    """
+    try:
+        result = instance.execute(list(command))
+    except (BrokenPipeError, RuntimeError):
+        time.sleep(1)
+        result = instance.execute(list(command))
     assert result.exit_code == 0, f"{command} failed: {result.stderr}"
     return result.stdout
 

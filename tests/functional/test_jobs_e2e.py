@@ -270,8 +270,14 @@ def test_reaper_deletes_workers_of_unknown_jobs(
     )
     backend.start(spec)
     assert spec.worker_name in worker_names(configured_host)
-    assert actions.reap(configured_host, state_dir) == [spec.worker_name]
+    # The unknown job's template (isolated ids: one per job) goes with its worker.
+    template = backend.templates.name_for(
+        backend.templates.fingerprint({"alias": "busybox"}), "jdeadbeef"
+    )
+    assert template in worker_names(configured_host, templates=True)
+    assert actions.reap(configured_host, state_dir) == [spec.worker_name, template]
     assert spec.worker_name not in worker_names(configured_host)
+    assert template not in worker_names(configured_host, templates=True)
     assert actions.reap(configured_host, state_dir) == []
 
 

@@ -191,11 +191,37 @@ def _note_pool_differences(pool: dict[str, Any], config: HostConfig, log: StepLo
                 )
 
 
+def _templates_using(used_by: list[str], project: str) -> dict[str, str]:
+    """The worker templates of ``project`` among a pool's users: url -> name."""
+    found = {}
+    for url in used_by:
+        parsed = urlparse(url)
+        name = parsed.path.rsplit("/", 1)[-1]
+        in_project = parse_qs(parsed.query).get("project", ["default"])[0] == project
+        if parsed.path.startswith(_INSTANCE_URLS) and in_project:
+            if name.startswith(constants.TEMPLATE_NAME_PREFIX):
+                found[url] = name
+    return found
+
+
+def delete_instances(scoped: pylxd.Client, names: list[str]) -> None:
+    """Delete instances of the client's project (force-stopped first); gone ones are fine."""
+    for name in names:
+        with contextlib.suppress(pylxd.exceptions.NotFound):
+            instance = scoped.instances.get(name)
+            if instance.status != "Stopped":
+                instance.stop(force=True, wait=True)
+            instance.delete(wait=True)
+
+
 def _remove_pool(
     client: pylxd.Client, config: HostConfig, pool: dict[str, Any], log: StepLog
 ) -> bool:
     """Delete a pool of another driver that holds no instance; False (problem) otherwise."""
     name, used_by = pool["name"], pool.get("used_by") or []
+    # Worker templates are ours and made again from the image: they never keep a pool.
+    templates = _templates_using(used_by, config.lxd_project)
+    used_by = [url for url in used_by if url not in templates]
     instances = _instances_using(used_by)
     if instances:
         shown = ", ".join(instances[:5]) + (", ..." if len(instances) > 5 else "")
@@ -222,10 +248,15 @@ def _remove_pool(
             f"storage-driver={pool['driver']}"
         )
         return False
+    log.changes.extend(
+        f"deleted worker template {template} (made again from its image)"
+        for template in templates.values()
+    )
     log.changes.append(f"deleted {pool['driver']} storage pool {name} (it held no instance)")
     if log.dry_run:
         return True
     scoped = connect(project=config.lxd_project, endpoint=endpoint_of(config))
+    delete_instances(scoped, list(templates.values()))
     with contextlib.suppress(pylxd.exceptions.NotFound):
         profile = scoped.profiles.get(constants.WORKER_PROFILE)
         profile.devices = {k: v for k, v in profile.devices.items() if v.get("pool") != name}

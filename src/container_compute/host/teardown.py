@@ -18,6 +18,7 @@ import pylxd.exceptions
 from .. import constants
 from ..config import HostConfig
 from ..lxdclient import LXDUnavailableError, connect
+from .storage import delete_instances
 from .sysctl import ensure_sysctl
 from .system import HostPaths, remove_if_present
 
@@ -80,11 +81,7 @@ def _delete_workers(scoped: pylxd.Client, report: TeardownReport, dry_run: bool)
         report.changes.append(f"deleted {kind} {name}")
         if dry_run:
             continue
-        with contextlib.suppress(pylxd.exceptions.NotFound):
-            instance = scoped.instances.get(name)
-            if instance.status != "Stopped":
-                instance.stop(force=True, wait=True)
-            instance.delete(wait=True)
+        delete_instances(scoped, [name])
     if foreign:
         report.left.append(
             f"instances {', '.join(sorted(foreign))} in project {scoped.project}: "
