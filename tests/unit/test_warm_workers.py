@@ -215,3 +215,18 @@ def test_a_warm_attempt_left_by_a_crash_is_adopted_in_its_worker(tmp_path: Path)
     assert sorted(adopted) == sorted(a.worker for a in running.values())
     assert [a.attempt for a in second.ledger.attempts(job.id)] == [1, 1]
     assert backend.workers == {}  # an adopted warm worker is deleted after its task
+
+
+def test_idle_workers_of_a_job_cancelled_meanwhile_are_deleted(tmp_path: Path) -> None:
+    backend = WarmBackend()
+    engine = make_engine(tmp_path, backend)
+    job = engine.submit(LaunchJobParams(command="x", tasks=4, reuse_workers=True))
+    idle = engine.keeper.pool.take(job.id)
+    backend.workers[idle] = WorkerInfo(idle, job.id, 0, 1, True)
+    engine.keeper.pool.give_back(job.id, idle)
+    assert engine.ledger.set_job_state(job.id, JobState.CANCELLED)  # by another client
+
+    engine.step()
+
+    assert engine.wait_deletions(10)
+    assert backend.deleted == [idle] and engine.idle_workers() == set()

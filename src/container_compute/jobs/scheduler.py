@@ -397,6 +397,7 @@ class Engine:
             self.resume()
         now = self.clock()
         self.stops.refresh(self.ledger, self.threads.job_ids())
+        self.keeper.release_finished()
         active = self.ledger.active_jobs()
         for job in active:
             if job.deadline is not None and now >= job.deadline:

@@ -85,6 +85,11 @@ class WarmPool:
             self._closed.add(job_id)
             return self._idle.pop(job_id, [])
 
+    def jobs(self) -> list[str]:
+        """The jobs that have idle workers."""
+        with self._lock:
+            return [job_id for job_id, workers in self._idle.items() if workers]
+
     def idle(self) -> set[str]:
         """The names of every idle worker (the reaper leaves them alone)."""
         with self._lock:
@@ -128,6 +133,16 @@ class WorkerKeeper:
             logger.warning("worker %s left for the reaper: %s", name, err)
         except Exception:  # the reaper will get it
             logger.exception("could not delete worker %s", name)
+
+    def release_finished(self) -> None:
+        """Release the jobs with idle workers that ended meanwhile (e.g. cancelled)."""
+        for job_id in self.pool.jobs():
+            job = self.ledger.job(job_id)
+            if job is None:
+                for worker in self.pool.close(job_id):
+                    self.delete_worker("lxd", worker)
+            elif job.state.finished:
+                self.release(job)
 
     def release_if_over(self, job: JobRecord) -> None:
         """Release what the job kept once the ledger says it is over."""
