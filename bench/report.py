@@ -1,0 +1,176 @@
+"""Pure logic of the bench: samples, medians, best parallelism, ratios and the printed lines.
+
+Nothing here touches LXD, podman or docker, so every function is unit-tested
+(tests/unit/test_bench_report.py).
+"""
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median, minimum and maximum of the samples of one figure, and how many there were."""
+
+    median: float
+    low: float
+    high: float
+    count: int
+
+
+def summarise(values: Sequence[float]) -> Summary:
+    """Return the summary of non-empty ``values``.
+
+    Raises:
+        ValueError: when there are no values.
+    """
+    if not values:
+        raise ValueError("no samples")
+    return Summary(statistics.median(values), min(values), max(values), len(values))
+
+
+@dataclass
+class Samples:
+    """Samples of every figure, keyed by (figure, parallelism); 0 when one has no parallelism."""
+
+    values: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
+    extras: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, figure: str, parallel: int, seconds: float, cpu: float | None = None) -> None:
+        """Record one measurement (seconds) and, when known, the CPU seconds it cost LXD."""
+        self.values[(figure, parallel)].append(seconds)
+        if cpu is not None:
+            self.extras[(figure, parallel)].append(cpu)
+
+    def by_parallel(self, figure: str) -> dict[int, list[float]]:
+        """The samples of one figure by parallelism."""
+        return {p: v for (f, p), v in self.values.items() if f == figure and v}
+
+    def best(self, figure: str) -> tuple[int, Summary] | None:
+        """The parallelism with the lowest median and its summary; None without samples."""
+        choices = self.by_parallel(figure)
+        if not choices:
+            return None
+        parallel = best_parallel(choices)
+        return parallel, summarise(choices[parallel])
+
+    def cpu(self, figure: str, parallel: int) -> Summary | None:
+        """The summary of the CPU seconds recorded with a figure, if any."""
+        values = self.extras.get((figure, parallel))
+        return summarise(values) if values else None
+
+
+def best_parallel(samples: dict[int, list[float]]) -> int:
+    """Return the parallelism whose samples have the lowest median (ties: the smaller one).
+
+    Raises:
+        ValueError: when no parallelism has samples.
+    """
+    candidates = {p: statistics.median(v) for p, v in samples.items() if v}
+    if not candidates:
+        raise ValueError("no samples")
+    return min(candidates, key=lambda p: (candidates[p], p))
+
+
+def parallels_for_round(
+    round_index: int, figure: str, samples: Samples, parallels: Sequence[int]
+) -> list[int]:
+    """Which parallelisms to measure in a round: all of them in the first, then the best one."""
+    if round_index == 0:
+        return list(parallels)
+    best = samples.best(figure)
+    return [best[0]] if best else list(parallels)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """Return numerator / denominator, or None when either is missing or the divisor is 0."""
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def format_seconds(summary: Summary) -> str:
+    """``12.34s (min 11.00, max 13.50, n=5)``; one sample prints alone."""
+    if summary.count == 1:
+        return f"{summary.median:.2f}s (n=1)"
+    return (
+        f"{summary.median:.2f}s (min {summary.low:.2f}, max {summary.high:.2f}, n={summary.count})"
+    )
+
+
+def figure_line(label: str, parallel: int, summary: Summary, cpu: Summary | None = None) -> str:
+    """One printed row: the label, its parallelism, the median with min/max, LXD's CPU."""
+    where = f" P={parallel}" if parallel else ""
+    line = f"  {label + where:<38} {format_seconds(summary)}"
+    if cpu is not None:
+        line += f"  LXD CPU {cpu.median:.1f}s"
+    return line
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the issue, checked against a measured value (printed, never asserted)."""
+
+    name: str
+    value: float | None
+    limit: float
+    at_most: bool
+    unit: str = "x"
+    why_missing: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the value meets the target; None when it was not measured."""
+        if self.value is None or math.isnan(self.value):
+            return None
+        return self.value <= self.limit if self.at_most else self.value >= self.limit
+
+    def line(self) -> str:
+        """``name: 0.42x (target <= 0.5x): met``, or why it could not be measured."""
+        sign = "<=" if self.at_most else ">="
+        goal = f"target {sign} {self.limit:g}{self.unit}"
+        if self.value is None:
+            return f"  {self.name}: not measured ({goal}){': ' if self.why_missing else ''}" + (
+                self.why_missing
+            )
+        verdict = {True: "met", False: "NOT met"}[bool(self.met)]
+        number = (
+            f"{self.value:.0f}" if self.unit == "" and self.value >= 100 else (f"{self.value:.2f}")
+        )
+        return f"  {self.name}: {number}{self.unit} ({goal}): {verdict}"
+
+
+@dataclass(frozen=True)
+class TaskAttempts:
+    """What the ledger says of one task: its attempts, charged ones, and launch errors."""
+
+    attempts: int
+    charged: int
+    succeeded: bool
+    launch_errors: int
+
+
+def launch_failures(tasks: Iterable[TaskAttempts]) -> int:
+    """Count attempts lost to the host: launch errors, or attempts charged to no one.
+
+    An attempt that failed to launch is uncharged too, so each task counts the larger of its
+    launch errors and its uncharged attempts (the successful final attempt is not one).
+    """
+    total = 0
+    for task in tasks:
+        uncharged = task.attempts - task.charged - (1 if task.succeeded else 0)
+        total += max(task.launch_errors, uncharged, 0)
+    return total
+
+
+def per_second(count: int, seconds: float) -> float | None:
+    """Return count / seconds, or None when no time was measured."""
+    return count / seconds if seconds > 0 else None
+
+
+def mib(kib: int) -> str:
+    """KiB as MiB with one decimal."""
+    return f"{kib / 1024:.1f} MiB"
