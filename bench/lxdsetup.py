@@ -86,7 +86,7 @@ def purge(prefix: str) -> None:
     for attempt in range(12):
         try:
             removed = purge_run(prefix)
-        except Exception as err:  # noqa: BLE001 - the shared daemon may be restarting
+        except Exception as err:  # the shared daemon may be restarting
             print(f"cleanup attempt {attempt + 1} failed: {err}")
             time.sleep(10)
             continue

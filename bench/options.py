@@ -1,6 +1,7 @@
 """The bench's command line: which parts run, on which pools and images, how many rounds."""
 
 import argparse
+import sys
 from dataclasses import dataclass
 
 DRIVERS = ("btrfs", "dir")
@@ -52,8 +53,10 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
 def _parallels(text: str) -> tuple[int, ...]:
     try:
         values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--parallel: {text!r} is not a list of integers")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"--parallel: {text!r} is not a list of integers"
+        ) from err
     if not values or values[0] < 1:
         raise argparse.ArgumentTypeError("--parallel: give positive integers, e.g. 4,8")
     return values
@@ -111,8 +114,9 @@ def parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> Options:
     """Parse and check the command line; --smoke sets small defaults for what is not given."""
     parse = parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parse.parse_args(argv)
-    given = set(argv or [])
+    given = set(argv)
     if args.smoke:
         smoke = {
             "--rounds": ("rounds", 1),

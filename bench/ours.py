@@ -32,8 +32,8 @@ from .common import (
     BenchError,
     Measured,
     check_square,
-    mem_available_kib,
     measure,
+    mem_available_kib,
 )
 from .report import TaskAttempts, launch_failures
 
@@ -226,7 +226,7 @@ class Sampler(threading.Thread):
                     self.peak_running = max(
                         self.peak_running, ledger.task_counts(job.id)["running"]
                     )
-            except Exception:  # noqa: BLE001, S112 - the ledger may be busy; sample next time
+            except Exception:  # the ledger may be busy: sample next time
                 continue
         if ledger is not None:
             ledger.close()

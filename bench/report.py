@@ -137,9 +137,7 @@ class Target:
                 self.why_missing
             )
         verdict = {True: "met", False: "NOT met"}[bool(self.met)]
-        number = (
-            f"{self.value:.0f}" if self.unit == "" and self.value >= 100 else (f"{self.value:.2f}")
-        )
+        number = f"{self.value:.0f}" if self.value.is_integer() else f"{self.value:.2f}"
         return f"  {self.name}: {number}{self.unit} ({goal}): {verdict}"
 
 

@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "lib"), str(ROOT)]
 
 from bench import competitors, hostlimits, lxdsetup, ours
 from bench.bigjob import run_big_job
-from bench.common import BenchError, Measured, lxd_pid, mem_available_kib, measure
+from bench.common import BenchError, Measured, lxd_pid, measure, mem_available_kib
 from bench.images import BenchImage, prepare_busybox, prepare_debootstrap
 from bench.options import Options, parse_args
 from bench.report import (
@@ -170,7 +170,7 @@ class Bench:
             if runner is not None:
                 try:
                     runner.close()
-                except Exception as err:  # noqa: BLE001 - clean up the rest anyway
+                except Exception as err:  # clean up the rest anyway
                     print(f"cleanup of {type(runner).__name__}: {err}")
 
     # -- helpers ------------------------------------------------------------------------
@@ -190,12 +190,16 @@ class Bench:
             traceback.print_exc(limit=3)
             return None
 
-    def _record(self, figure: str, parallel: int, measured: Measured, note: str = "") -> None:
-        self.samples.add(figure, parallel, measured.seconds, measured.lxd_cpu)
+    def _record(
+        self, figure: str, parallel: int, measured: Measured, note: str = "", lxd: bool = True
+    ) -> None:
+        """Keep a measurement and print it (with LXD's CPU for the methods that use LXD)."""
+        self.samples.add(figure, parallel, measured.seconds, measured.lxd_cpu if lxd else None)
         where = f" P={parallel}" if parallel else ""
+        cpu = f"LXD CPU {measured.lxd_cpu:.1f}s, " if lxd else ""
         print(
             f"  {figure}{where}: {measured.seconds:.2f}s "
-            f"(LXD CPU {measured.lxd_cpu:.1f}s, bench CPU {measured.own_cpu:.1f}s){note}"
+            f"({cpu}bench CPU {measured.own_cpu:.1f}s){note}"
         )
 
     # -- the methods ----------------------------------------------------------------------
@@ -245,7 +249,7 @@ class Bench:
             )
         )
         shutil.rmtree(directory, ignore_errors=True)
-        self._record(f"{image} {kind}", parallel, measured)
+        self._record(f"{image} {kind}", parallel, measured, lxd=False)
 
     def _bare_exec(self, combo: Combo, parallel: int) -> None:
         per_call = ours.bare_exec(
@@ -410,8 +414,8 @@ class Bench:
             f"  MemAvailable before {mib(before)}, lowest {mib(sampler.mem_low)} "
             f"(peak use {mib(before - sampler.mem_low)}, "
             f"{(before - sampler.mem_low) / max(1, sampler.peak_running):.0f} KiB per worker)\n"
-            f"  LXD daemon CPU {run.measured.lxd_cpu:.1f}s, bench CPU {run.measured.own_cpu:.1f}s, "
-            f"LXD open files peak {sampler.fds_peak}"
+            f"  LXD daemon CPU {run.measured.lxd_cpu:.1f}s, "
+            f"bench CPU {run.measured.own_cpu:.1f}s, LXD open files peak {sampler.fds_peak}"
         )
 
     # -- the report -----------------------------------------------------------------------
