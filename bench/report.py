@@ -9,6 +9,9 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,14 @@ def parallels_for_round(
         return list(parallels)
     best = samples.best(figure)
     return [best[0]] if best else list(parallels)
+
+
+def rotated(items: list[T], shift: int) -> list[T]:
+    """The items starting at ``shift`` (mod length): each round changes who goes first."""
+    if not items:
+        return items
+    shift %= len(items)
+    return items[shift:] + items[:shift]
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

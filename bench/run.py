@@ -49,6 +49,7 @@ from bench.report import (
     parallels_for_round,
     per_second,
     ratio,
+    rotated,
     summarise,
 )
 from container_compute.config import HostConfig
@@ -68,14 +69,6 @@ class Combo:
     def label(self) -> str:
         """``btrfs/busybox``."""
         return f"{self.driver}/{self.image.name}"
-
-
-def rotated(items: list, shift: int) -> list:  # type: ignore[type-arg]
-    """The items starting at ``shift`` (mod length): each round changes who goes first."""
-    if not items:
-        return items
-    shift %= len(items)
-    return items[shift:] + items[:shift]
 
 
 class Bench:

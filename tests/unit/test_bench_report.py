@@ -1,0 +1,175 @@
+"""The bench's pure logic: summaries, best parallelism, ratios, target lines, the command line."""
+
+from pathlib import Path
+
+import pytest
+
+from bench import hostlimits
+from bench.options import parse_args
+from bench.report import (
+    Samples,
+    Target,
+    TaskAttempts,
+    best_parallel,
+    figure_line,
+    format_seconds,
+    launch_failures,
+    parallels_for_round,
+    per_second,
+    ratio,
+    rotated,
+    summarise,
+)
+
+
+def test_summary_is_median_min_max_and_count():
+    summary = summarise([3.0, 1.0, 10.0, 2.0])
+    assert (summary.median, summary.low, summary.high, summary.count) == (2.5, 1.0, 10.0, 4)
+
+
+def test_summary_of_nothing_is_an_error():
+    with pytest.raises(ValueError):
+        summarise([])
+
+
+def test_best_parallelism_has_the_lowest_median_and_ties_go_to_the_smaller():
+    assert best_parallel({4: [9.0, 9.2, 30.0], 8: [9.4, 9.6]}) == 4  # medians, not means
+    assert best_parallel({8: [5.0], 4: [5.0]}) == 4
+    with pytest.raises(ValueError):
+        best_parallel({4: []})
+
+
+def test_first_round_tries_every_parallelism_then_only_the_best():
+    samples = Samples()
+    assert parallels_for_round(0, "cold", samples, (4, 8)) == [4, 8]
+    assert parallels_for_round(1, "cold", samples, (4, 8)) == [4, 8]  # nothing measured yet
+    samples.add("cold", 4, 12.0)
+    samples.add("cold", 8, 9.0)
+    samples.add("other", 4, 1.0)
+    assert parallels_for_round(1, "cold", samples, (4, 8)) == [8]
+    assert samples.best("cold") == (8, summarise([9.0]))
+    assert samples.best("missing") is None
+
+
+def test_cpu_is_kept_only_when_given():
+    samples = Samples()
+    samples.add("podman", 4, 5.0)
+    samples.add("lxd", 4, 5.0, cpu=2.0)
+    samples.add("lxd", 4, 7.0, cpu=4.0)
+    assert samples.cpu("podman", 4) is None
+    cpu = samples.cpu("lxd", 4)
+    assert cpu is not None and cpu.median == 3.0
+
+
+def test_ratio_and_rate_need_both_numbers():
+    assert ratio(5.0, 10.0) == 0.5
+    assert ratio(None, 10.0) is None
+    assert ratio(5.0, None) is None
+    assert ratio(5.0, 0.0) is None
+    assert per_second(500, 20.0) == 25.0
+    assert per_second(500, 0.0) is None
+
+
+def test_rotation_changes_who_goes_first():
+    assert rotated([1, 2, 3], 0) == [1, 2, 3]
+    assert rotated([1, 2, 3], 1) == [2, 3, 1]
+    assert rotated([1, 2, 3], 4) == [2, 3, 1]
+    assert rotated([], 3) == []
+
+
+def test_seconds_are_printed_with_min_max_unless_alone():
+    assert format_seconds(summarise([2.0, 1.0, 3.0])) == "2.00s (min 1.00, max 3.00, n=3)"
+    assert format_seconds(summarise([4.25])) == "4.25s (n=1)"
+    line = figure_line("btrfs/busybox ours cold", 8, summarise([1.0]), summarise([0.5]))
+    assert "btrfs/busybox ours cold P=8" in line and line.endswith("LXD CPU 0.5s")
+
+
+@pytest.mark.parametrize(
+    ("target", "met", "text"),
+    [
+        (Target("cold / bench", 0.42, 0.5, at_most=True), True, "0.42x (target <= 0.5x): met"),
+        (Target("cold / bench", 0.62, 0.5, at_most=True), False, "0.62x (target <= 0.5x): NOT"),
+        (Target("tasks/s", 43.0, 25, at_most=False, unit=""), True, "43 (target >= 25): met"),
+        (Target("failures", 0.0, 0, at_most=True, unit=""), True, "failures: 0 (target <= 0)"),
+        (Target("failures", 3.0, 0, at_most=True, unit=""), False, "3 (target <= 0): NOT met"),
+    ],
+)
+def test_target_lines_say_whether_each_target_is_met(target, met, text):
+    assert target.met is met
+    assert text in target.line()
+
+
+def test_a_target_not_measured_says_why():
+    target = Target("warm tasks/s", None, 25, at_most=False, unit="", why_missing="no warm")
+    assert target.met is None
+    assert target.line() == "  warm tasks/s: not measured (target >= 25): no warm"
+
+
+def test_launch_failures_count_launch_errors_or_uncharged_attempts_once():
+    tasks = [
+        TaskAttempts(attempts=1, charged=0, succeeded=True, launch_errors=0),  # clean
+        TaskAttempts(attempts=3, charged=0, succeeded=True, launch_errors=2),  # 2 lost, retried
+        TaskAttempts(attempts=2, charged=0, succeeded=True, launch_errors=0),  # worker vanished
+        TaskAttempts(attempts=2, charged=2, succeeded=False, launch_errors=0),  # the command
+        TaskAttempts(attempts=4, charged=1, succeeded=False, launch_errors=3),  # gave up
+    ]
+    assert launch_failures(tasks) == 0 + 2 + 1 + 0 + 3
+
+
+def test_smoke_defaults_apply_only_to_what_is_not_given():
+    options = parse_args(["--smoke"])
+    assert (options.rounds, options.drivers, options.images) == (1, ("btrfs",), ("busybox",))
+    assert options.tasks == 8 and options.parallels == (4,)
+    assert options.skip == {"bigjob"}
+    options = parse_args(["--smoke", "--rounds", "2", "--skip=docker,podman", "--tasks=16"])
+    assert options.rounds == 2 and options.tasks == 16
+    assert options.skip == {"docker", "podman"}
+    assert not options.runs("docker") and options.runs("cold")
+
+
+def test_full_defaults_run_everything():
+    options = parse_args([])
+    assert options.rounds == 5 and options.drivers == ("btrfs", "dir")
+    assert options.images == ("busybox", "debootstrap")
+    assert options.parallels == (4, 8) and options.tasks == 32
+    assert options.skip == frozenset() and options.wide_workers == 200
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--drivers", "zfs"],
+        ["--images", "alpine"],
+        ["--skip", "everything"],
+        ["--parallel", "four"],
+        ["--parallel", "0,4"],
+        ["--rounds", "0"],
+    ],
+)
+def test_bad_command_lines_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_lists_are_deduplicated_in_order():
+    options = parse_args(["--drivers", "dir,btrfs,dir", "--parallel", "8,2,8"])
+    assert options.drivers == ("dir", "btrfs")
+    assert options.parallels == (2, 8)
+
+
+def test_subuid_range_and_isolated_capacity(tmp_path: Path):
+    subuid = tmp_path / "subuid"
+    subuid.write_text("_lxd:100000:10000001\nroot:100000:10000001\nroot:bad\nroot:1:70000\n")
+    assert hostlimits.subuid_range("root", subuid) == 10000001
+    assert hostlimits.subuid_range("nobody", subuid) == 0
+    assert hostlimits.isolated_capacity(10000001) == 152
+    assert hostlimits.isolated_capacity(65535) == 0
+
+
+def test_pid_max_wanted_grows_with_workers():
+    small = hostlimits.wanted_sysctls(10, 500)["kernel.pid_max"]
+    large = hostlimits.wanted_sysctls(200, 500)["kernel.pid_max"]
+    assert small < large
+    assert hostlimits.wanted_sysctls(200, 500)["fs.inotify.max_user_instances"] >= 1048576
