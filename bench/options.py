@@ -21,6 +21,7 @@ class Options:
     """The parsed command line."""
 
     rounds: int
+    dir_rounds: int
     drivers: tuple[str, ...]
     images: tuple[str, ...]
     skip: frozenset[str]
@@ -72,6 +73,12 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parse.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parse.add_argument(
+        "--dir-rounds",
+        type=int,
+        default=3,
+        help="rounds on the dir pool, at most --rounds (default 3: it copies every image)",
+    )
     parse.add_argument("--drivers", default=",".join(DRIVERS), help="storage drivers: btrfs,dir")
     parse.add_argument("--images", default=",".join(IMAGES), help="images: busybox,debootstrap")
     parse.add_argument(
@@ -90,7 +97,10 @@ def parser() -> argparse.ArgumentParser:
         "--exec-calls", type=int, default=200, help="bare API exec calls per parallelism (200)"
     )
     parse.add_argument(
-        "--loop-rounds", type=int, default=1, help="rounds that run the slow lxc loop (1)"
+        "--loop-rounds",
+        type=int,
+        default=1,
+        help="rounds that run the slow lxc loop, on the first driver and image only (1)",
     )
     parse.add_argument("--wide-workers", type=int, default=200, help="live workers at once (200)")
     parse.add_argument("--wide-sleep", type=int, default=30, help="seconds each wide task sleeps")
@@ -137,6 +147,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     try:
         options = Options(
             rounds=args.rounds,
+            dir_rounds=min(args.dir_rounds, args.rounds),
             drivers=_choices(args.drivers, DRIVERS, "--drivers"),
             images=_choices(args.images, IMAGES, "--images"),
             skip=frozenset(_choices(args.skip, PARTS, "--skip")),
@@ -153,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         )
     except argparse.ArgumentTypeError as err:
         parse.error(str(err))
-    for name in ("rounds", "tasks", "warm_tasks", "exec_calls", "wide_workers"):
+    for name in ("rounds", "dir_rounds", "tasks", "warm_tasks", "exec_calls", "wide_workers"):
         if getattr(options, name) < 1:
             parse.error(f"--{name.replace('_', '-')} must be at least 1")
     if not options.drivers or not options.images:

@@ -53,17 +53,21 @@ class JobRun:
     measured: Measured
     clean_seconds: float
     launch_failures: int
+    failure_details: tuple[str, ...] = ()
 
 
-def count_launch_failures(state: Path, job: str) -> int:
-    """Attempts of the job lost to the host, from the ledger (see report.launch_failures)."""
+def count_launch_failures(state: Path, job: str) -> tuple[int, tuple[str, ...]]:
+    """Attempts of the job lost to the host (see report.launch_failures), and their details."""
     ledger = Ledger(state)
     try:
         errors: dict[int, int] = {}
+        details: list[str] = []
         for attempt in ledger.attempts(job):
-            if (attempt.outcome or {}).get("reason") == FailureReason.LAUNCH_ERROR.value:
+            outcome = attempt.outcome or {}
+            if outcome.get("reason") == FailureReason.LAUNCH_ERROR.value:
                 errors[attempt.index] = errors.get(attempt.index, 0) + 1
-        return launch_failures(
+                details.append(f"task {attempt.index}: {str(outcome.get('detail'))[:300]}")
+        count = launch_failures(
             TaskAttempts(
                 task.attempts,
                 task.charged,
@@ -72,6 +76,7 @@ def count_launch_failures(state: Path, job: str) -> int:
             )
             for task in ledger.tasks(job)
         )
+        return count, tuple(details[:5])
     finally:
         ledger.close()
 
@@ -116,13 +121,13 @@ def run_job(
     if result.get("state") != "succeeded":
         failures = result.get("failures") or result.get("counts")
         raise BenchError(f"job {job} ended {result.get('state')}: {failures}")
-    failures = count_launch_failures(state, job)
+    failures, details = count_launch_failures(state, job)
     if check_results:
         job_dir = Path(result["results-dir"])
         for index in range(params.task_count):
             check_square(job_dir / str(index) / "files", index, f"job {job}")
     clean = wait_workers_gone(config, job)
-    return JobRun(measured, clean, failures)
+    return JobRun(measured, clean, failures, details)
 
 
 def job_params(image: str, tasks: int, parallel: int, warm: bool = False) -> LaunchJobParams:

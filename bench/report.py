@@ -79,13 +79,25 @@ def best_parallel(samples: dict[int, list[float]]) -> int:
 
 
 def parallels_for_round(
-    round_index: int, figure: str, samples: Samples, parallels: Sequence[int]
+    round_index: int,
+    figure: str,
+    samples: Samples,
+    parallels: Sequence[int],
+    like: str = "",
 ) -> list[int]:
-    """Which parallelisms to measure in a round: all of them in the first, then the best one."""
-    if round_index == 0:
+    """Which parallelisms to measure in a round.
+
+    A figure of its own (``like`` empty) tries all of them in the first round, then only its
+    best. A figure ``like`` another one (the same method on a slower pool or a bigger image)
+    uses its own best once it has one, else the other figure's best, else all of them.
+    """
+    if round_index == 0 and not like:
         return list(parallels)
-    best = samples.best(figure)
-    return [best[0]] if best else list(parallels)
+    for source in (figure, like):
+        best = samples.best(source) if source else None
+        if best is not None:
+            return [best[0]]
+    return list(parallels)
 
 
 def rotated(items: list[T], shift: int) -> list[T]:

@@ -176,7 +176,7 @@ class Bench:
         """Run one measurement; a failure is recorded (exit non-zero later), not fatal."""
         try:
             return action()
-        except (BenchError, subprocess.CalledProcessError, OSError, RuntimeError) as err:
+        except Exception as err:  # any failure of one measurement: reported, the rest runs
             detail = err.stderr if isinstance(err, subprocess.CalledProcessError) else ""
             self.broken.append(f"{what}: {err} {detail or ''}".strip())
             print(f"  BROKEN {what}: {err} {detail or ''}")
@@ -204,7 +204,7 @@ class Bench:
         self.launch_failures += run.launch_failures
         note = f", workers gone {run.clean_seconds:.1f}s later"
         if run.launch_failures:
-            note += f", LAUNCH FAILURES {run.launch_failures}"
+            note += f", LAUNCH FAILURES {run.launch_failures}: {'; '.join(run.failure_details)}"
         self._record(figure, parallel, run.measured, note)
 
     def _lxd_benchmark(self, combo: Combo, tasks: int, parallel: int) -> Measured:
@@ -251,57 +251,64 @@ class Bench:
         self.samples.add(f"{combo.label} bare exec", parallel, per_call)
         print(f"  {combo.label} bare exec P={parallel}: {per_call * 1000:.1f} ms per call")
 
-    def _combo_round(self, round_index: int, combo: Combo, reference: bool) -> None:
-        """Every LXD method on one driver and image, in an order that changes each round."""
+    def _steps(
+        self,
+        round_index: int,
+        figure: str,
+        like: str,
+        action: Callable[[str, int], None],
+    ) -> list[tuple[str, Callable[[], None]]]:
+        """One method's measurements this round, at the parallelisms report.py picks."""
+        return [
+            (f"{figure} P={p}", lambda p=p: action(figure, p))
+            for p in parallels_for_round(
+                round_index, figure, self.samples, self.options.parallels, like
+            )
+        ]
+
+    def _combo_round(self, round_index: int, combo: Combo, reference: Combo) -> None:
+        """Every LXD method on one driver and image, in an order that changes each round.
+
+        The reference (first driver and image) tries every parallelism in the first round;
+        the other combinations start from its best. The warm throughput job, the bare exec
+        and the lxc loop run on the reference only.
+        """
         tasks = self.options.tasks
+        is_reference = combo is reference
         steps: list[tuple[str, Callable[[], None]]] = []
+
+        def like(method: str) -> str:
+            return "" if is_reference else f"{reference.label} {method}"
+
         if self.options.runs("cold"):
-            figure = f"{combo.label} ours cold"
-            for p in parallels_for_round(
-                round_index, figure, self.samples, self.options.parallels
-            ):
-                steps.append(
-                    (
-                        f"{figure} P={p}",
-                        lambda p=p, f=figure: self._ours(combo, f, tasks, p, False),
-                    )
-                )
+            steps += self._steps(
+                round_index,
+                f"{combo.label} ours cold",
+                like("ours cold"),
+                lambda f, p: self._ours(combo, f, tasks, p, False),
+            )
         if self.options.runs("warm") and self.warm:
-            figure = f"{combo.label} ours warm"
-            for p in parallels_for_round(
-                round_index, figure, self.samples, self.options.parallels
-            ):
-                steps.append(
-                    (f"{figure} P={p}", lambda p=p, f=figure: self._ours(combo, f, tasks, p, True))
-                )
-            if reference:
-                p = self.options.parallels[0]
-                many = self.options.warm_tasks
-                steps.append(
-                    (
-                        "warm many",
-                        lambda: self._ours(
-                            combo, f"{combo.label} ours warm x{many}", many, p, True
-                        ),
-                    )
-                )
-        if reference and self.options.runs("warm"):
+            steps += self._steps(
+                round_index,
+                f"{combo.label} ours warm",
+                like("ours warm"),
+                lambda f, p: self._ours(combo, f, tasks, p, True),
+            )
+            if is_reference:
+                p, many = self.options.parallels[0], self.options.warm_tasks
+                figure = f"{combo.label} ours warm x{many}"
+                steps.append((figure, lambda: self._ours(combo, figure, many, p, True)))
+        if is_reference and self.options.runs("warm"):
             for p in sorted({1, self.options.parallels[0]}):
                 steps.append(("bare exec", lambda p=p: self._bare_exec(combo, p)))
         if self.options.runs("lxd-benchmark"):
-            figure = f"{combo.label} lxd-benchmark"
-            for p in parallels_for_round(
-                round_index, figure, self.samples, self.options.parallels
-            ):
-                steps.append(
-                    (
-                        f"{figure} P={p}",
-                        lambda p=p, f=figure: self._record(
-                            f, p, self._lxd_benchmark(combo, tasks, p)
-                        ),
-                    )
-                )
-        if self.options.runs("loop") and round_index < self.options.loop_rounds:
+            steps += self._steps(
+                round_index,
+                f"{combo.label} lxd-benchmark",
+                like("lxd-benchmark"),
+                lambda f, p: self._record(f, p, self._lxd_benchmark(combo, tasks, p)),
+            )
+        if is_reference and self.options.runs("loop") and round_index < self.options.loop_rounds:
             steps.append(("lxc loop", lambda: self._loop(combo)))
         for what, step in rotated(steps, round_index):
             self._try(f"round {round_index + 1} {what}", step)
@@ -323,35 +330,39 @@ class Bench:
     def _image_round(self, round_index: int, image: str) -> None:
         """Podman and docker on one image (their storage is their own, not LXD's pool)."""
         steps: list[tuple[str, Callable[[], None]]] = []
+        first = self.options.images[0]
         for kind, runner in (("podman", self.podman), ("docker", self.docker)):
-            if runner is None:
-                continue
-            figure = f"{image} {kind}"
-            for p in parallels_for_round(
-                round_index, figure, self.samples, self.options.parallels
-            ):
-                steps.append((figure, lambda k=kind, p=p: self._container_runner(k, image, p)))
+            if runner is not None:
+                steps += self._steps(
+                    round_index,
+                    f"{image} {kind}",
+                    "" if image == first else f"{first} {kind}",
+                    lambda _f, p, k=kind: self._container_runner(k, image, p),
+                )
         for what, step in rotated(steps, round_index):
             self._try(f"round {round_index + 1} {what}", step)
 
     # -- the run --------------------------------------------------------------------------
 
     def rounds(self) -> None:
-        """The interleaved rounds."""
+        """The interleaved rounds (the dir pool takes part in the first --dir-rounds only)."""
         if not self.warm and self.options.runs("warm"):
             print("warm mode: not available in this build (LaunchJobParams has no reuse_workers)")
         reference = self.combos[0]
         for round_index in range(self.options.rounds):
             begin = time.monotonic()
             print(f"\nround {round_index + 1}/{self.options.rounds}")
+            combos = [
+                c
+                for c in self.combos
+                if c.driver != "dir" or round_index < self.options.dir_rounds
+            ]
             images = list(self.images)
-            for combo in rotated(self.combos, round_index):
-                self._combo_round(round_index, combo, combo is reference)
-                if combo.driver == self.options.drivers[-1] and combo.image.name in images:
+            for combo in rotated(combos, round_index):
+                self._combo_round(round_index, combo, reference)
+                if combo.image.name in images:  # podman and docker once per image and round
                     images.remove(combo.image.name)
                     self._image_round(round_index, combo.image.name)
-            for image in images:
-                self._image_round(round_index, image)
             print(f"round {round_index + 1} took {time.monotonic() - begin:.0f}s")
 
     def wide_job(self) -> None:
@@ -393,6 +404,8 @@ class Bench:
             if notes:
                 print(f"  host limits put back: {'; '.join(notes)}")
         self.launch_failures += run.launch_failures
+        if run.failure_details:
+            print(f"  launch failures: {'; '.join(run.failure_details)}")
         self.wide = ours.WideRun(
             run.measured,
             run.launch_failures,
@@ -494,6 +507,11 @@ class Bench:
             extra.append(f"  cold ours / docker run --rm: {cold / docker:.2f}x")
         if loop is not None and cold is not None:
             extra.append(f"  sequential lxc loop / cold ours: {loop / cold:.1f}x faster")
+        for name, figure in (("ours cold", "ours cold"), ("lxd-benchmark", "lxd-benchmark")):
+            best = self.samples.best(f"{ref.label} {figure}")
+            cpu = self.samples.cpu(f"{ref.label} {figure}", best[0]) if best else None
+            if cpu is not None:
+                extra.append(f"  LXD CPU per task, {name}: {cpu.median / self.options.tasks:.2f}s")
         if self.benchmark_failures:
             extra.append(f"  lxd-benchmark launches that failed: {self.benchmark_failures}")
         if self.wide is not None:

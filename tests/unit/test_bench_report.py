@@ -129,7 +129,8 @@ def test_smoke_defaults_apply_only_to_what_is_not_given():
 
 def test_full_defaults_run_everything():
     options = parse_args([])
-    assert options.rounds == 5 and options.drivers == ("btrfs", "dir")
+    assert options.rounds == 5 and options.dir_rounds == 3
+    assert options.drivers == ("btrfs", "dir")
     assert options.images == ("busybox", "debootstrap")
     assert options.parallels == (4, 8) and options.tasks == 32
     assert options.skip == frozenset() and options.wide_workers == 200
@@ -173,3 +174,20 @@ def test_pid_max_wanted_grows_with_workers():
     large = hostlimits.wanted_sysctls(200, 500)["kernel.pid_max"]
     assert small < large
     assert hostlimits.wanted_sysctls(200, 500)["fs.inotify.max_user_instances"] >= 1048576
+
+
+def test_a_figure_like_another_starts_from_the_others_best():
+    samples = Samples()
+    parallels = (4, 8)
+    # nothing measured anywhere: every parallelism, even in the first round
+    assert parallels_for_round(0, "dir ours", samples, parallels, like="btrfs ours") == [4, 8]
+    samples.add("btrfs ours", 4, 9.0)
+    samples.add("btrfs ours", 8, 11.0)
+    assert parallels_for_round(0, "dir ours", samples, parallels, like="btrfs ours") == [4]
+    samples.add("dir ours", 8, 20.0)  # its own samples win once it has some
+    assert parallels_for_round(1, "dir ours", samples, parallels, like="btrfs ours") == [8]
+
+
+def test_dir_rounds_never_exceed_rounds():
+    assert parse_args(["--rounds", "2"]).dir_rounds == 2
+    assert parse_args(["--rounds", "6", "--dir-rounds", "4"]).dir_rounds == 4
