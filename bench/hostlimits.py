@@ -61,6 +61,34 @@ def wanted_sysctls(workers: int, threads: int) -> dict[str, int]:
     return wanted
 
 
+def key_users(path: Path = Path("/proc/key-users")) -> dict[int, tuple[int, int]]:
+    """Keys each uid holds against its quota: {uid: (keys, maxkeys)} from /proc/key-users."""
+    users: dict[int, tuple[int, int]] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return users
+    for line in text.splitlines():
+        uid, sep, rest = line.partition(":")
+        fields = rest.split()
+        if not sep or len(fields) < 3 or "/" not in fields[2]:
+            continue
+        try:
+            keys, maxkeys = (int(n) for n in fields[2].split("/"))
+            users[int(uid)] = (keys, maxkeys)
+        except ValueError:
+            continue
+    return users
+
+
+def checked(workers: int) -> list[str]:
+    """The limits checked for ``workers`` live workers, as ``key have (wanted)``."""
+    lines = []
+    for key, value in wanted_sysctls(workers, threads_now()).items():
+        lines.append(f"{key} {read_sysctl(key)} (wanted >= {value})")
+    return lines
+
+
 def raise_limits(workers: int) -> Raised:
     """Raise the kernel settings below what ``workers`` need, and our own fd soft limit."""
     raised = Raised()

@@ -27,6 +27,7 @@ from container_compute.jobs.model import TaskState
 from container_compute.jobs.params import LaunchJobParams
 from container_compute.lxdclient import connect
 
+from . import hostlimits
 from .common import (
     TASK_COMMAND,
     BenchError,
@@ -198,6 +199,8 @@ class WideRun:
     mem_before_kib: int
     mem_low_kib: int
     lxd_fds_peak: int
+    keys_peak: tuple[int, int]
+    threads_peak: int
 
 
 class Sampler(threading.Thread):
@@ -212,12 +215,17 @@ class Sampler(threading.Thread):
         self.peak_running = 0
         self.mem_low = mem_available_kib()
         self.fds_peak = 0
+        self.keys_peak = (0, 0)  # keys held by one non-root uid, and its quota
+        self.threads_peak = 0
 
     def run(self) -> None:
         """Sample until stopped."""
         ledger = None
         while not self.stop.wait(1.0):
             self.mem_low = min(self.mem_low, mem_available_kib())
+            users = [v for uid, v in hostlimits.key_users().items() if uid != 0]
+            self.keys_peak = max([self.keys_peak, *users])
+            self.threads_peak = max(self.threads_peak, hostlimits.threads_now())
             if self.lxd is not None:
                 try:
                     self.fds_peak = max(

@@ -383,6 +383,7 @@ class Bench:
                 )
                 config = dataclasses.replace(config, worker_idmap_isolated=False)
         lxdsetup.set_up(config, self.scratch)
+        print(f"  host limits checked: {'; '.join(hostlimits.checked(workers))}")
         raised = hostlimits.raise_limits(workers)
         print(f"  host limits raised: {'; '.join(raised.changes) or 'none needed'}")
         pid = lxd_pid()
@@ -413,6 +414,8 @@ class Bench:
             before,
             sampler.mem_low,
             sampler.fds_peak,
+            sampler.keys_peak,
+            sampler.threads_peak,
         )
         print(
             f"  done in {run.measured.seconds:.1f}s, {run.launch_failures} launch failures, "
@@ -421,7 +424,10 @@ class Bench:
             f"(peak use {mib(before - sampler.mem_low)}, "
             f"{(before - sampler.mem_low) / max(1, sampler.peak_running):.0f} KiB per worker)\n"
             f"  LXD daemon CPU {run.measured.lxd_cpu:.1f}s, "
-            f"bench CPU {run.measured.own_cpu:.1f}s, LXD open files peak {sampler.fds_peak}"
+            f"bench CPU {run.measured.own_cpu:.1f}s, LXD open files peak {sampler.fds_peak}\n"
+            f"  kernel keys peak {sampler.keys_peak[0]} of {sampler.keys_peak[1]} (one uid), "
+            f"threads peak {sampler.threads_peak} "
+            f"(pid_max {hostlimits.read_sysctl('kernel.pid_max')})"
         )
 
     # -- the report -----------------------------------------------------------------------

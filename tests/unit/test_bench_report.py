@@ -191,3 +191,14 @@ def test_a_figure_like_another_starts_from_the_others_best():
 def test_dir_rounds_never_exceed_rounds():
     assert parse_args(["--rounds", "2"]).dir_rounds == 2
     assert parse_args(["--rounds", "6", "--dir-rounds", "4"]).dir_rounds == 4
+
+
+def test_key_users_are_read_per_uid(tmp_path: Path):
+    key_users = tmp_path / "key-users"
+    key_users.write_text(
+        "    0:    95 94/94 75/1000000 1590/25000000\n"
+        "1000000:   201 201/201 201/2000 4020/2000000\n"
+        "garbage\n"
+    )
+    assert hostlimits.key_users(key_users) == {0: (75, 1000000), 1000000: (201, 2000)}
+    assert hostlimits.key_users(tmp_path / "absent") == {}
