@@ -5,8 +5,10 @@ carries it, also on failure or Ctrl-C, and never touches anything else of the sh
 """
 
 import dataclasses
+import re
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 from container_compute.config import HostConfig
@@ -70,6 +72,31 @@ def set_up(config: HostConfig, scratch: Path) -> None:
     default.save()
 
 
+def first_error(log: str) -> str | None:
+    """The first ERROR of an instance's lxc.log, without its prefix, digits as #; or None."""
+    for line in log.splitlines():
+        _, sep, message = line.partition(" ERROR ")
+        if sep:
+            text = message.split(" - ", 2)[-1].strip()
+            return re.sub(r"\d+", "#", text)[:160]
+    return None
+
+
+def start_errors(prefix: str) -> Counter[str]:
+    """How many of the run's instances hit each first start error (from their lxc.log)."""
+    errors: Counter[str] = Counter()
+    if LXD_LOG_DIR.is_dir():
+        for entry in LXD_LOG_DIR.iterdir():
+            if entry.name.startswith(f"{prefix}-") and "_" in entry.name:
+                try:
+                    error = first_error((entry / "lxc.log").read_text(errors="replace"))
+                except OSError:
+                    continue
+                if error:
+                    errors[error] += 1
+    return errors
+
+
 def remove_log_dirs(prefix: str) -> int:
     """Remove LXD's per-instance log directories of the run's projects; return how many."""
     removed = 0
@@ -90,6 +117,8 @@ def purge(prefix: str) -> None:
             print(f"cleanup attempt {attempt + 1} failed: {err}")
             time.sleep(10)
             continue
+        for error, count in start_errors(prefix).most_common(3):
+            print(f"  {count} instance(s) of this run logged at start: {error}")
         logs = remove_log_dirs(prefix)
         print(f"cleaned up: {', '.join(removed) or 'nothing'}; {logs} LXD log directories")
         return

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import hostlimits
+from bench import hostlimits, lxdsetup
 from bench.options import parse_args
 from bench.report import (
     Samples,
@@ -202,3 +202,17 @@ def test_key_users_are_read_per_uid(tmp_path: Path):
     )
     assert hostlimits.key_users(key_users) == {0: (75, 1000000), 1000000: (201, 2000)}
     assert hostlimits.key_users(tmp_path / "absent") == {}
+
+
+def test_first_start_error_of_an_lxc_log():
+    log = (
+        "lxc x 20261124045648.300 WARN     cgfsng - something\n"
+        "lxc x 20261124045648.396 ERROR    conf - ../src/lxc/conf.c:lxc_map_ids:3708 - newuidmap "
+        'failed to write mapping "newuidmap: uid range [0-65536) -> [65536-131072) not allowed"'
+        ": newuidmap 31681 0 65536 65536\n"
+        "lxc x 20261124045648.396 ERROR    start - ../src/lxc/start.c:lxc_spawn:1788 - Failed\n"
+    )
+    error = lxdsetup.first_error(log)
+    assert error is not None and error.startswith("newuidmap failed to write mapping")
+    assert "31681" not in error and "[#-#)" in error
+    assert lxdsetup.first_error("lxc x 1 INFO fine\n") is None
