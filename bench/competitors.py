@@ -92,44 +92,94 @@ def run_batch(
             future.result()
 
 
-class Podman:
-    """Rootful podman with its own storage, cgroupfs and file events: no daemon, no systemd."""
+class ContainerRunner:
+    """What podman and docker share: a command line, ``import`` and ``run --rm``."""
 
-    def __init__(self, prefix: str) -> None:
-        """Storage under /var/lib/<prefix>-podman, runtime state under /run/<prefix>-podman."""
-        self.root = Path(f"/var/lib/{prefix}-podman")
-        self.runroot = Path(f"/run/{prefix}-podman")
-        self.base = [
-            PODMAN,
-            "--root",
-            str(self.root),
-            "--runroot",
-            str(self.runroot),
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            "--runtime",
-            RUNC,
-        ]
+    kind = ""
+    namespace = ""  # podman names local images localhost/<name>
 
-    def version(self) -> str:
-        """Podman's version line."""
-        return subprocess.run(
-            [PODMAN, "--version"], check=True, capture_output=True, text=True
-        ).stdout.strip()
+    def __init__(self, base: list[str]) -> None:
+        """``base``: the client's command and its global options."""
+        self.base = base
 
     def import_image(self, rootfs: Path, name: str) -> str:
-        """Import a rootfs tarball as ``localhost/<name>``; return the reference."""
-        reference = f"localhost/{name}:latest"
+        """Import a rootfs tarball as ``<name>:latest``; return the reference."""
+        reference = f"{self.namespace}{name}:latest"
         subprocess.run(
             [*self.base, "import", str(rootfs), reference], check=True, capture_output=True
         )
         return reference
 
     def run_one(self, image: str, index: int, results: Path) -> None:
-        """``podman run --rm --network none`` of one task, results bind-mounted."""
-        _run_container(self.base, image, index, results, "podman")
+        """``run --rm --network none`` of one task, its results directory bind-mounted.
+
+        Raises:
+            BenchError: when the container fails or does not echo.
+        """
+        limits = [arg for limit in ULIMITS for arg in ("--ulimit", limit)]
+        done = subprocess.run(
+            [
+                *self.base,
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                *limits,
+                "--volume",
+                f"{results}:/results",
+                "--env",
+                f"TASK_INDEX={index}",
+                "--env",
+                "RESULTS_DIR=/results",
+                image,
+                "/bin/sh",
+                "-c",
+                TASK_COMMAND,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0 or done.stdout.strip() != "done":
+            raise BenchError(
+                f"{self.kind} run of task {index}: {done.returncode} {done.stderr[-500:]}"
+            )
+
+    def close(self) -> None:
+        """Remove what the runner stored."""
+
+
+class Podman(ContainerRunner):
+    """Rootful podman with its own storage, cgroupfs and file events: no daemon, no systemd."""
+
+    kind = "podman"
+    namespace = "localhost/"
+
+    def __init__(self, prefix: str) -> None:
+        """Storage under /var/lib/<prefix>-podman, runtime state under /run/<prefix>-podman."""
+        self.root = Path(f"/var/lib/{prefix}-podman")
+        self.runroot = Path(f"/run/{prefix}-podman")
+        super().__init__(
+            [
+                PODMAN,
+                "--root",
+                str(self.root),
+                "--runroot",
+                str(self.runroot),
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+                "--runtime",
+                RUNC,
+            ]
+        )
+
+    def version(self) -> str:
+        """Podman's version line."""
+        return subprocess.run(
+            [PODMAN, "--version"], check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     def close(self) -> None:
         """Remove every container and image, then the storage directories."""
@@ -139,8 +189,10 @@ class Podman:
         remove_tree(self.runroot)
 
 
-class Docker:
+class Docker(ContainerRunner):
     """dockerd started in the background (no systemd, no bridge, no iptables), stopped after."""
+
+    kind = "docker"
 
     def __init__(self, prefix: str, log: Path) -> None:
         """Data under /var/lib/<prefix>-docker, sockets and pid file under /run/<prefix>-docker."""
@@ -150,7 +202,7 @@ class Docker:
         self.pid_file = self.run_dir / "dockerd.pid"
         self.log = log
         self.daemon: subprocess.Popen[bytes] | None = None
-        self.base = [DOCKER, "--host", f"unix://{self.socket}"]
+        super().__init__([DOCKER, "--host", f"unix://{self.socket}"])
 
     def start(self) -> str:
         """Start dockerd and wait until it answers; return its version.
@@ -198,18 +250,6 @@ class Docker:
         tail = self.log.read_text(errors="replace")[-1500:]
         raise BenchError(f"dockerd did not start: {tail}")
 
-    def import_image(self, rootfs: Path, name: str) -> str:
-        """Import a rootfs tarball as ``<name>:latest``; return the reference."""
-        reference = f"{name}:latest"
-        subprocess.run(
-            [*self.base, "import", str(rootfs), reference], check=True, capture_output=True
-        )
-        return reference
-
-    def run_one(self, image: str, index: int, results: Path) -> None:
-        """``docker run --rm --network none`` of one task, results bind-mounted."""
-        _run_container(self.base, image, index, results, "docker")
-
     def close(self) -> None:
         """Stop dockerd (and the containerd it started) and remove its directories."""
         if self.daemon is not None and self.daemon.poll() is None:
@@ -222,35 +262,6 @@ class Docker:
                 self.daemon.wait(timeout=30)
         remove_tree(self.data_root)
         remove_tree(self.run_dir)
-
-
-def _run_container(base: list[str], image: str, index: int, results: Path, what: str) -> None:
-    limits = [arg for limit in ULIMITS for arg in ("--ulimit", limit)]
-    done = subprocess.run(
-        [
-            *base,
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            *limits,
-            "--volume",
-            f"{results}:/results",
-            "--env",
-            f"TASK_INDEX={index}",
-            "--env",
-            "RESULTS_DIR=/results",
-            image,
-            "/bin/sh",
-            "-c",
-            TASK_COMMAND,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0 or done.stdout.strip() != "done":
-        raise BenchError(f"{what} run of task {index}: {done.returncode} {done.stderr[-500:]}")
 
 
 def lxd_benchmark(project: str, alias: str, tasks: int, parallel: int, phase: str) -> str:

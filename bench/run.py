@@ -155,7 +155,7 @@ class Bench:
             for runner in (self.podman, self.docker):
                 if runner is not None:
                     reference = runner.import_image(image.rootfs, f"{self.prefix}-{image.name}")
-                    self.references[(type(runner).__name__.lower(), image.name)] = reference
+                    self.references[(runner.kind, image.name)] = reference
 
     def close(self) -> None:
         """Stop docker, remove podman's and docker's storage."""
