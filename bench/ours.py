@@ -36,6 +36,7 @@ from .common import (
     measure,
     mem_available_kib,
 )
+from .lxdsetup import LXD_LOG_DIR, first_error
 from .report import TaskAttempts, launch_failures
 
 WARM_FIELD = "reuse_workers"
@@ -57,8 +58,21 @@ class JobRun:
     failure_details: tuple[str, ...] = ()
 
 
-def count_launch_failures(state: Path, job: str) -> tuple[int, tuple[str, ...]]:
-    """Attempts of the job lost to the host (see report.launch_failures), and their details."""
+def start_error(project: str, worker: str) -> str | None:
+    """The first error LXD's lxc.log recorded for a worker (kept after its deletion), if any."""
+    try:
+        log = (LXD_LOG_DIR / f"{project}_{worker}" / "lxc.log").read_text(errors="replace")
+    except OSError:
+        return None
+    return first_error(log)
+
+
+def count_launch_failures(state: Path, job: str, project: str) -> tuple[int, tuple[str, ...]]:
+    """Attempts of the job lost to the host (see report.launch_failures), and why.
+
+    Why: the first error of the worker's lxc.log (e.g. the newuidmap race), else the detail
+    the engine recorded.
+    """
     ledger = Ledger(state)
     try:
         errors: dict[int, int] = {}
@@ -67,7 +81,8 @@ def count_launch_failures(state: Path, job: str) -> tuple[int, tuple[str, ...]]:
             outcome = attempt.outcome or {}
             if outcome.get("reason") == FailureReason.LAUNCH_ERROR.value:
                 errors[attempt.index] = errors.get(attempt.index, 0) + 1
-                details.append(f"task {attempt.index}: {str(outcome.get('detail'))[:300]}")
+                why = start_error(project, attempt.worker) or str(outcome.get("detail"))
+                details.append(f"task {attempt.index}: {why[:200]}")
         count = launch_failures(
             TaskAttempts(
                 task.attempts,
@@ -122,7 +137,7 @@ def run_job(
     if result.get("state") != "succeeded":
         failures = result.get("failures") or result.get("counts")
         raise BenchError(f"job {job} ended {result.get('state')}: {failures}")
-    failures, details = count_launch_failures(state, job)
+    failures, details = count_launch_failures(state, job, config.lxd_project)
     if check_results:
         job_dir = Path(result["results-dir"])
         for index in range(params.task_count):

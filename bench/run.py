@@ -204,7 +204,9 @@ class Bench:
         self.launch_failures += run.launch_failures
         note = f", workers gone {run.clean_seconds:.1f}s later"
         if run.launch_failures:
-            note += f", LAUNCH FAILURES {run.launch_failures}: {'; '.join(run.failure_details)}"
+            note += f", LAUNCH FAILURES {run.launch_failures}: " + "; ".join(
+                run.failure_details[:2]
+            )
         self._record(figure, parallel, run.measured, note)
 
     def _lxd_benchmark(self, combo: Combo, tasks: int, parallel: int) -> Measured:
