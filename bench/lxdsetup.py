@@ -72,13 +72,24 @@ def set_up(config: HostConfig, scratch: Path) -> None:
     default.save()
 
 
+# liblxc logs these when a container is force-stopped or its monitor goes: not start failures.
+BENIGN_MODULES = ("af_unix", "commands")
+
+
 def first_error(log: str) -> str | None:
-    """The first ERROR of an instance's lxc.log, without its prefix, digits as #; or None."""
+    """The first start ERROR of an instance's lxc.log, digits as #; or None.
+
+    Errors of the modules in BENIGN_MODULES (a forced stop's noise) are passed over.
+    """
     for line in log.splitlines():
         _, sep, message = line.partition(" ERROR ")
-        if sep:
-            text = message.split(" - ", 2)[-1].strip()
-            return re.sub(r"\d+", "#", text)[:160]
+        if not sep:
+            continue
+        module, _, rest = message.strip().partition(" - ")
+        if module.strip() in BENIGN_MODULES:
+            continue
+        text = rest.split(" - ", 1)[-1].strip()
+        return re.sub(r"\d+", "#", text)[:160]
     return None
 
 

@@ -133,6 +133,14 @@ def figure_line(label: str, parallel: int, summary: Summary, cpu: Summary | None
     return line
 
 
+def exec_line(label: str, parallel: int, summary: Summary) -> str:
+    """One printed row of a per-call figure, in milliseconds."""
+    return (
+        f"  {label + f' P={parallel}':<38} {summary.median * 1000:.1f} ms per call "
+        f"(min {summary.low * 1000:.1f}, max {summary.high * 1000:.1f}, n={summary.count})"
+    )
+
+
 @dataclass(frozen=True)
 class Target:
     """One target of the issue, checked against a measured value (printed, never asserted)."""

@@ -44,6 +44,7 @@ from bench.options import Options, parse_args
 from bench.report import (
     Samples,
     Target,
+    exec_line,
     figure_line,
     mib,
     parallels_for_round,
@@ -445,8 +446,7 @@ class Bench:
             parallel, summary = best
             if figure.endswith("bare exec"):
                 for p, values in sorted(self.samples.by_parallel(figure).items()):
-                    s = summarise(values)
-                    print(f"  {figure} P={p:<27} {s.median * 1000:.1f} ms per call")
+                    print(exec_line(figure, p, summarise(values)))
                 continue
             print(figure_line(figure, parallel, summary, self.samples.cpu(figure, parallel)))
             others = {p: v for p, v in self.samples.by_parallel(figure).items() if p != parallel}

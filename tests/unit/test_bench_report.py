@@ -11,6 +11,7 @@ from bench.report import (
     Target,
     TaskAttempts,
     best_parallel,
+    exec_line,
     figure_line,
     format_seconds,
     launch_failures,
@@ -216,3 +217,22 @@ def test_first_start_error_of_an_lxc_log():
     assert error is not None and error.startswith("newuidmap failed to write mapping")
     assert "31681" not in error and "[#-#)" in error
     assert lxdsetup.first_error("lxc x 1 INFO fine\n") is None
+
+
+def test_a_forced_stops_noise_is_not_a_start_error():
+    log = (
+        "lxc 20261124045653.620 ERROR    af_unix - ../src/lxc/af_unix.c:lxc_abstract_unix_recv_"
+        "fds_iov:218 - Connection reset by peer - Failed to receive response\n"
+        "lxc 20261124045653.620 ERROR    commands - ../src/lxc/commands.c:lxc_cmd_rsp_recv_fds:128"
+        ' - Failed to receive file descriptors for command "get_state"\n'
+    )
+    assert lxdsetup.first_error(log) is None
+    assert lxdsetup.first_error(log + "lxc x 1 ERROR    start - a.c:f:1 - Failed 2 spawn\n") == (
+        "Failed # spawn"
+    )
+
+
+def test_exec_lines_are_in_milliseconds():
+    line = exec_line("btrfs/busybox bare exec", 4, summarise([0.012, 0.010, 0.030]))
+    assert "btrfs/busybox bare exec P=4" in line
+    assert line.endswith("12.0 ms per call (min 10.0, max 30.0, n=3)")
