@@ -87,8 +87,8 @@ class Bench:
         self.combos: list[Combo] = []
         self.images: dict[str, BenchImage] = {}
         self.configs: dict[str, HostConfig] = {}
-        self.podman: competitors.Podman | None = None
-        self.docker: competitors.Docker | None = None
+        self.started: list[competitors.ContainerRunner] = []
+        self.runners: dict[str, competitors.ContainerRunner] = {}
         self.references: dict[tuple[str, str], str] = {}
         self.warm = ours.warm_supported()
         self.counter = 0
@@ -140,32 +140,42 @@ class Bench:
         print("warm-up done (one untimed job and lxd-benchmark launch per pool and image)")
 
     def _set_up_competitors(self) -> None:
+        """Install podman and docker when absent, start them, import every image.
+
+        A competitor that cannot be set up is reported (the bench will exit non-zero) and
+        left out; the rest of the bench runs.
+        """
         wanted = [p for p in ("podman", "docker") if self.options.runs(p)]
         if not wanted:
             return
-        installed = competitors.ensure_installed()
-        if installed:
-            print(f"installed from Debian: {', '.join(installed)}")
-        if "podman" in wanted:
-            self.podman = competitors.Podman(self.prefix)
-            print(f"{self.podman.version()} (runc, cgroupfs, no network, no daemon)")
-        if "docker" in wanted:
-            self.docker = competitors.Docker(self.prefix, self.scratch / "dockerd.log")
-            print(f"{self.docker.start()} (own dockerd, no systemd, no bridge, no iptables)")
+        installed = self._try("installing podman and docker", competitors.ensure_installed)
+        if isinstance(installed, list) and installed:
+            print(f"installed from Debian: {', '.join(map(str, installed))}")
+        for kind in wanted:
+            self._try(f"setting up {kind}", lambda k=kind: self._start_runner(k))
+
+    def _start_runner(self, kind: str) -> None:
+        runner: competitors.ContainerRunner
+        if kind == "podman":
+            runner = competitors.Podman(self.prefix)
+            self.started.append(runner)
+            print(f"{runner.version()} (runc, cgroupfs, no network, no daemon)")
+        else:
+            runner = competitors.Docker(self.prefix, self.scratch / "dockerd.log")
+            self.started.append(runner)
+            print(f"{runner.start()} (own dockerd, no systemd, no bridge, no iptables)")
         for image in self.images.values():
-            for runner in (self.podman, self.docker):
-                if runner is not None:
-                    reference = runner.import_image(image.rootfs, f"{self.prefix}-{image.name}")
-                    self.references[(runner.kind, image.name)] = reference
+            reference = runner.import_image(image.rootfs, f"{self.prefix}-{image.name}")
+            self.references[(kind, image.name)] = reference
+        self.runners[kind] = runner
 
     def close(self) -> None:
         """Stop docker, remove podman's and docker's storage."""
-        for runner in (self.podman, self.docker):
-            if runner is not None:
-                try:
-                    runner.close()
-                except Exception as err:  # clean up the rest anyway
-                    print(f"cleanup of {type(runner).__name__}: {err}")
+        for runner in self.started:
+            try:
+                runner.close()
+            except Exception as err:  # clean up the rest anyway
+                print(f"cleanup of {runner.kind}: {err}")
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -231,8 +241,7 @@ class Bench:
         )
 
     def _container_runner(self, kind: str, image: str, parallel: int) -> None:
-        runner = self.podman if kind == "podman" else self.docker
-        assert runner is not None
+        runner = self.runners[kind]
         reference = self.references[(kind, image)]
         directory = self.scratch / f"{kind}-{self._state().name}"
         measured = measure(
@@ -334,14 +343,13 @@ class Bench:
         """Podman and docker on one image (their storage is their own, not LXD's pool)."""
         steps: list[tuple[str, Callable[[], None]]] = []
         first = self.options.images[0]
-        for kind, runner in (("podman", self.podman), ("docker", self.docker)):
-            if runner is not None:
-                steps += self._steps(
-                    round_index,
-                    f"{image} {kind}",
-                    "" if image == first else f"{first} {kind}",
-                    lambda _f, p, k=kind: self._container_runner(k, image, p),
-                )
+        for kind in self.runners:
+            steps += self._steps(
+                round_index,
+                f"{image} {kind}",
+                "" if image == first else f"{first} {kind}",
+                lambda _f, p, k=kind: self._container_runner(k, image, p),
+            )
         for what, step in rotated(steps, round_index):
             self._try(f"round {round_index + 1} {what}", step)
 
