@@ -19,6 +19,7 @@ competitor could not run), naming it. Everything lives in run-prefixed LXD proje
 """
 
 import dataclasses
+import io
 import secrets
 import shutil
 import signal
@@ -557,6 +558,8 @@ def interrupts_as_exceptions() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; return 0, or 1 when something broke."""
     options = parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress shows in CI logs as it happens
     prefix = f"ccb{secrets.token_hex(3)}"
     scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     started = time.monotonic()
