@@ -1,4 +1,4 @@
-"""container-compute itself: cold jobs, warm jobs, a bare API exec, and 200 live workers.
+"""container-compute itself: cold jobs, warm jobs and a bare API exec round trip.
 
 Every job is ``launch-job`` with ``wait=true`` through the library (``actions.run_action``),
 as a user would run it: the engine runs in this process, launches, gathers every result into
@@ -9,7 +9,6 @@ measurement's clean-up never overlaps the next one.
 
 import dataclasses
 import secrets
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,14 +26,12 @@ from container_compute.jobs.model import TaskState
 from container_compute.jobs.params import LaunchJobParams
 from container_compute.lxdclient import connect
 
-from . import hostlimits
 from .common import (
     TASK_COMMAND,
     BenchError,
     Measured,
     check_square,
     measure,
-    mem_available_kib,
 )
 from .lxdsetup import LXD_LOG_DIR, first_error
 from .report import TaskAttempts, launch_failures
@@ -202,59 +199,3 @@ def bare_exec(project: str, image: str, calls: int, parallel: int) -> float:
         if instance.status != "Stopped":
             instance.stop(force=True, wait=True)
         instance.delete(wait=True)
-
-
-@dataclass
-class WideRun:
-    """The wide job: its time, peak tasks running, memory and LXD CPU, LXD's open files."""
-
-    measured: Measured
-    launch_failures: int
-    peak_running: int
-    mem_before_kib: int
-    mem_low_kib: int
-    lxd_fds_peak: int
-    keys_peak: tuple[int, int]
-    threads_peak: int
-
-
-class Sampler(threading.Thread):
-    """Samples MemAvailable, the job's running tasks and LXD's open files every second."""
-
-    def __init__(self, state: Path, lxd: int | None) -> None:
-        """Sample the ledger of ``state`` and the LXD daemon ``lxd``."""
-        super().__init__(daemon=True)
-        self.state = state
-        self.lxd = lxd
-        self.stop = threading.Event()
-        self.peak_running = 0
-        self.mem_low = mem_available_kib()
-        self.fds_peak = 0
-        self.keys_peak = (0, 0)  # keys held by one non-root uid, and its quota
-        self.threads_peak = 0
-
-    def run(self) -> None:
-        """Sample until stopped."""
-        ledger = None
-        while not self.stop.wait(1.0):
-            self.mem_low = min(self.mem_low, mem_available_kib())
-            users = [v for uid, v in hostlimits.key_users().items() if uid != 0]
-            self.keys_peak = max([self.keys_peak, *users])
-            self.threads_peak = max(self.threads_peak, hostlimits.threads_now())
-            if self.lxd is not None:
-                try:
-                    self.fds_peak = max(
-                        self.fds_peak, len(list(Path(f"/proc/{self.lxd}/fd").iterdir()))
-                    )
-                except OSError:
-                    pass
-            try:
-                ledger = ledger or Ledger(self.state)
-                for job in ledger.active_jobs():
-                    self.peak_running = max(
-                        self.peak_running, ledger.task_counts(job.id)["running"]
-                    )
-            except Exception:  # the ledger may be busy: sample next time
-                continue
-        if ledger is not None:
-            ledger.close()

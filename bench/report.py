@@ -173,6 +173,71 @@ class Target:
 
 
 @dataclass(frozen=True)
+class IssueFigures:
+    """The medians the targets of issue 11 are computed from (None: not measured)."""
+
+    cold: float | None
+    lxd_benchmark: float | None
+    podman: float | None
+    debootstrap_cold: float | None
+    busybox_cold: float | None
+    warm_many: float | None
+    bare_exec: float | None
+    warm_tasks: int
+    warm_parallel: int
+    warm_available: bool
+    launch_failures: int
+
+
+def issue_targets(figures: IssueFigures) -> list[Target]:
+    """The targets of issue 11 with the measured values."""
+    no_warm = "" if figures.warm_available else "warm mode not available in this build"
+    many, tasks = figures.warm_many, figures.warm_tasks
+    return [
+        Target(
+            "cold ours / lxd-benchmark launch+delete",
+            ratio(figures.cold, figures.lxd_benchmark),
+            0.5,
+            at_most=True,
+        ),
+        Target(
+            "cold ours / podman run --rm (moonshot)",
+            ratio(figures.cold, figures.podman),
+            1.0,
+            at_most=True,
+        ),
+        Target(
+            "cold debootstrap / busybox (ours)",
+            ratio(figures.debootstrap_cold, figures.busybox_cold),
+            1.5,
+            at_most=True,
+        ),
+        Target(
+            f"warm tasks/s ({tasks} trivial tasks, P={figures.warm_parallel})",
+            None if many is None else per_second(tasks, many),
+            25,
+            at_most=False,
+            unit="",
+            why_missing=no_warm,
+        ),
+        Target(
+            f"warm per-task overhead / bare API exec (P={figures.warm_parallel})",
+            ratio(None if many is None else many / tasks, figures.bare_exec),
+            2.0,
+            at_most=True,
+            why_missing=no_warm,
+        ),
+        Target(
+            "launch failures across the whole bench (ours)",
+            float(figures.launch_failures),
+            0,
+            at_most=True,
+            unit="",
+        ),
+    ]
+
+
+@dataclass(frozen=True)
 class TaskAttempts:
     """What the ledger says of one task: its attempts, charged ones, and launch errors."""
 

@@ -18,7 +18,6 @@ competitor could not run), naming it. Everything lives in run-prefixed LXD proje
 ``python bench/run.py --help`` lists the flags (``--smoke`` runs everything small, < 2 min).
 """
 
-import dataclasses
 import io
 import secrets
 import shutil
@@ -37,20 +36,19 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "lib"), str(ROOT)]
 
-from bench import competitors, hostlimits, lxdsetup, ours
+from bench import competitors, lxdsetup, ours, wide
 from bench.bigjob import run_big_job
-from bench.common import BenchError, Measured, lxd_pid, measure, mem_available_kib
+from bench.common import BenchError, Measured, measure
 from bench.images import BenchImage, prepare_busybox, prepare_debootstrap
 from bench.options import Options, parse_args
 from bench.report import (
+    IssueFigures,
     Samples,
-    Target,
     exec_line,
     figure_line,
+    issue_targets,
     mib,
     parallels_for_round,
-    per_second,
-    ratio,
     rotated,
     summarise,
 )
@@ -93,7 +91,7 @@ class Bench:
         self.references: dict[tuple[str, str], str] = {}
         self.warm = ours.warm_supported()
         self.counter = 0
-        self.wide: ours.WideRun | None = None
+        self.wide: wide.WideRun | None = None
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -378,69 +376,23 @@ class Bench:
             print(f"round {round_index + 1} took {time.monotonic() - begin:.0f}s")
 
     def wide_job(self) -> None:
-        """N live workers at once: a job of N ``sleep`` tasks with parallelism N."""
-        workers, sleep = self.options.wide_workers, self.options.wide_sleep
+        """N live workers at once (bench/wide.py), on the first driver, busybox if there."""
         image = "busybox" if "busybox" in self.images else next(iter(self.images))
         config = self.configs[self.options.drivers[0]]
-        print(f"\n{workers} live workers ({config.storage_driver}/{image}, sleep {sleep})")
-        config = dataclasses.replace(config, max_parallel_workers=workers)
-        if config.worker_idmap_isolated and not config.worker_privileged:
-            range_size = hostlimits.subuid_range()
-            capacity = hostlimits.isolated_capacity(range_size)
-            if capacity < workers + 2 * max(self.options.parallels):
-                print(
-                    f"  idmap: /etc/subuid gives root {range_size} ids = {capacity} isolated "
-                    f"ranges, fewer than {workers} workers and what others use; LXD reads it "
-                    "only at start (shared daemon, never restarted): shared idmap for this job"
-                )
-                config = dataclasses.replace(config, worker_idmap_isolated=False)
-        lxdsetup.set_up(config, self.scratch)
-        print(f"  host limits checked: {'; '.join(hostlimits.checked(workers))}")
-        raised = hostlimits.raise_limits(workers)
-        print(f"  host limits raised: {'; '.join(raised.changes) or 'none needed'}")
-        pid = lxd_pid()
-        print(f"  LXD open files limit: {hostlimits.lxd_open_files_limit(pid)}")
-        state = self._state()
-        sampler = ours.Sampler(state, pid)
-        before = mem_available_kib()
-        sampler.start()
-        params = dataclasses.replace(
-            ours.job_params(self.images[image].alias, workers, workers),
-            command=f"sleep {sleep}",
-        )
-        try:
-            run = ours.run_job(config, state, params, check_results=False)
-        finally:
-            sampler.stop.set()
-            sampler.join()
-            notes = hostlimits.restore_limits(raised)
-            if notes:
-                print(f"  host limits put back: {'; '.join(notes)}")
-        self.launch_failures += run.launch_failures
-        if run.failure_details:
-            print(f"  launch failures: {'; '.join(run.failure_details)}")
-        self.wide = ours.WideRun(
-            run.measured,
-            run.launch_failures,
-            sampler.peak_running,
-            before,
-            sampler.mem_low,
-            sampler.fds_peak,
-            sampler.keys_peak,
-            sampler.threads_peak,
-        )
         print(
-            f"  done in {run.measured.seconds:.1f}s, {run.launch_failures} launch failures, "
-            f"peak {sampler.peak_running} tasks running at once\n"
-            f"  MemAvailable before {mib(before)}, lowest {mib(sampler.mem_low)} "
-            f"(peak use {mib(before - sampler.mem_low)}, "
-            f"{(before - sampler.mem_low) / max(1, sampler.peak_running):.0f} KiB per worker)\n"
-            f"  LXD daemon CPU {run.measured.lxd_cpu:.1f}s, "
-            f"bench CPU {run.measured.own_cpu:.1f}s, LXD open files peak {sampler.fds_peak}\n"
-            f"  kernel keys peak {sampler.keys_peak[0]} of {sampler.keys_peak[1]} (one uid), "
-            f"threads peak {sampler.threads_peak} "
-            f"(pid_max {hostlimits.read_sysctl('kernel.pid_max')})"
+            f"\n{self.options.wide_workers} live workers ({config.storage_driver}/{image}, "
+            f"sleep {self.options.wide_sleep})"
         )
+        self.wide = wide.run_wide(
+            config,
+            self.images[image].alias,
+            self.options.wide_workers,
+            self.options.wide_sleep,
+            self._state(),
+            self.scratch,
+            others=2 * max(self.options.parallels),
+        )
+        self.launch_failures += self.wide.launch_failures
 
     # -- the report -----------------------------------------------------------------------
 
@@ -469,76 +421,52 @@ class Bench:
         return best[1].median if best else None
 
     def targets(self) -> list[str]:
-        """The target lines of issue 11 with the measured values."""
+        """The target lines of issue 11 with the measured values, and related ratios."""
         ref = self.combos[0]
-        cold = self._best(f"{ref.label} ours cold")
+        warm_p = self.options.parallels[0]
+        bare = self.samples.by_parallel(f"{ref.label} bare exec").get(warm_p)
+        figures = IssueFigures(
+            cold=self._best(f"{ref.label} ours cold"),
+            lxd_benchmark=self._best(f"{ref.label} lxd-benchmark"),
+            podman=self._best(f"{ref.image.name} podman"),
+            debootstrap_cold=self._best(f"{ref.driver}/debootstrap ours cold"),
+            busybox_cold=self._best(f"{ref.driver}/busybox ours cold"),
+            warm_many=self._best(f"{ref.label} ours warm x{self.options.warm_tasks}"),
+            bare_exec=summarise(bare).median if bare else None,
+            warm_tasks=self.options.warm_tasks,
+            warm_parallel=warm_p,
+            warm_available=self.warm,
+            launch_failures=self.launch_failures,
+        )
         lines = [
             "",
             f"== targets of issue 11 (reference: {ref.label}, {self.options.tasks} tasks) ==",
+            *(target.line() for target in issue_targets(figures)),
         ]
-        podman = self._best(f"{ref.image.name} podman")
+        cold = figures.cold
         docker = self._best(f"{ref.image.name} docker")
         loop = self._best(f"{ref.label} lxc loop")
-        deboot = self._best(f"{ref.driver}/debootstrap ours cold")
-        busy = self._best(f"{ref.driver}/busybox ours cold")
-        many = self._best(f"{ref.label} ours warm x{self.options.warm_tasks}")
-        warm_p = self.options.parallels[0]
-        bare = self.samples.by_parallel(f"{ref.label} bare exec").get(warm_p)
-        bare_median = summarise(bare).median if bare else None
-        no_warm = "" if self.warm else "warm mode not available in this build"
-        targets = [
-            Target(
-                "cold ours / lxd-benchmark launch+delete",
-                ratio(cold, self._best(f"{ref.label} lxd-benchmark")),
-                0.5,
-                at_most=True,
-            ),
-            Target("cold ours / podman run --rm (moonshot)", ratio(cold, podman), 1.0, True),
-            Target("cold debootstrap / busybox (ours)", ratio(deboot, busy), 1.5, True),
-            Target(
-                f"warm tasks/s ({self.options.warm_tasks} trivial tasks, P={warm_p})",
-                None if many is None else per_second(self.options.warm_tasks, many),
-                25,
-                at_most=False,
-                unit="",
-                why_missing=no_warm,
-            ),
-            Target(
-                f"warm per-task overhead / bare API exec (P={warm_p})",
-                ratio(None if many is None else many / self.options.warm_tasks, bare_median),
-                2.0,
-                True,
-                why_missing=no_warm,
-            ),
-            Target(
-                "launch failures across the whole bench (ours)",
-                float(self.launch_failures),
-                0,
-                True,
-                unit="",
-            ),
-        ]
-        lines.extend(t.line() for t in targets)
-        extra = []
         if docker is not None and cold is not None:
-            extra.append(f"  cold ours / docker run --rm: {cold / docker:.2f}x")
+            lines.append(f"  cold ours / docker run --rm: {cold / docker:.2f}x")
         if loop is not None and cold is not None:
-            extra.append(f"  sequential lxc loop / cold ours: {loop / cold:.1f}x faster")
-        for name, figure in (("ours cold", "ours cold"), ("lxd-benchmark", "lxd-benchmark")):
+            lines.append(f"  sequential lxc loop / cold ours: {loop / cold:.1f}x faster")
+        for figure in ("ours cold", "lxd-benchmark"):
             best = self.samples.best(f"{ref.label} {figure}")
             cpu = self.samples.cpu(f"{ref.label} {figure}", best[0]) if best else None
             if cpu is not None:
-                extra.append(f"  LXD CPU per task, {name}: {cpu.median / self.options.tasks:.2f}s")
+                lines.append(
+                    f"  LXD CPU per task, {figure}: {cpu.median / self.options.tasks:.2f}s"
+                )
         if self.benchmark_failures:
-            extra.append(f"  lxd-benchmark launches that failed: {self.benchmark_failures}")
+            lines.append(f"  lxd-benchmark launches that failed: {self.benchmark_failures}")
         if self.wide is not None:
-            extra.append(
+            lines.append(
                 f"  {self.options.wide_workers} live workers: {self.wide.launch_failures} "
                 f"launch failures, peak {self.wide.peak_running} running, MemAvailable "
                 f"{mib(self.wide.mem_before_kib)} -> {mib(self.wide.mem_low_kib)}, LXD CPU "
                 f"{self.wide.measured.lxd_cpu:.1f}s"
             )
-        return lines + extra
+        return lines
 
 
 @contextmanager

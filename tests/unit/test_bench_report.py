@@ -7,6 +7,7 @@ import pytest
 from bench import hostlimits, lxdsetup
 from bench.options import parse_args
 from bench.report import (
+    IssueFigures,
     Samples,
     Target,
     TaskAttempts,
@@ -14,6 +15,7 @@ from bench.report import (
     exec_line,
     figure_line,
     format_seconds,
+    issue_targets,
     launch_failures,
     parallels_for_round,
     per_second,
@@ -236,3 +238,41 @@ def test_exec_lines_are_in_milliseconds():
     line = exec_line("btrfs/busybox bare exec", 4, summarise([0.012, 0.010, 0.030]))
     assert "btrfs/busybox bare exec P=4" in line
     assert line.endswith("12.0 ms per call (min 10.0, max 30.0, n=3)")
+
+
+def _figures(**changes):
+    base = {
+        "cold": 5.0,
+        "lxd_benchmark": 10.0,
+        "podman": 5.0,
+        "debootstrap_cold": 7.0,
+        "busybox_cold": 5.0,
+        "warm_many": 20.0,
+        "bare_exec": 0.016,
+        "warm_tasks": 500,
+        "warm_parallel": 4,
+        "warm_available": True,
+        "launch_failures": 0,
+    }
+    return IssueFigures(**{**base, **changes})
+
+
+def test_issue_targets_from_the_medians():
+    lines = [t.line() for t in issue_targets(_figures())]
+    assert "cold ours / lxd-benchmark launch+delete: 0.50x (target <= 0.5x): met" in lines[0]
+    assert "cold ours / podman run --rm (moonshot): 1x (target <= 1x): met" in lines[1]
+    assert "cold debootstrap / busybox (ours): 1.40x (target <= 1.5x): met" in lines[2]
+    assert "warm tasks/s (500 trivial tasks, P=4): 25 (target >= 25): met" in lines[3]
+    assert "per-task overhead / bare API exec (P=4): 2.50x (target <= 2x): NOT met" in lines[4]
+    assert "launch failures across the whole bench (ours): 0 (target <= 0): met" in lines[5]
+
+
+def test_issue_targets_without_warm_mode_or_debootstrap_say_so():
+    targets = issue_targets(
+        _figures(warm_many=None, warm_available=False, debootstrap_cold=None, launch_failures=3)
+    )
+    assert [t.met for t in targets] == [True, True, None, None, None, False]
+    assert targets[3].line().endswith("warm mode not available in this build")
+    assert (
+        targets[2].line() == "  cold debootstrap / busybox (ours): not measured (target <= 1.5x)"
+    )
