@@ -483,6 +483,22 @@ def interrupts_as_exceptions() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def cleanup_not_interrupted() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM while the run's things are deleted.
+
+    A second Ctrl-C, or ``timeout`` signalling both the process and its group, would otherwise
+    interrupt the clean-up and leave things behind.
+    """
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print("cleaning up (Ctrl-C is ignored until it is done) ...")
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; return 0, or 1 when something broke."""
     options = parse_args(argv)
@@ -519,9 +535,10 @@ def main(argv: list[str] | None = None) -> int:
             bench.broken.append(str(err))
             print(f"BROKEN: {err}")
         finally:
-            bench.close()
-            lxdsetup.purge(prefix)
-            shutil.rmtree(scratch, ignore_errors=True)
+            with cleanup_not_interrupted():
+                bench.close()
+                lxdsetup.purge(prefix)
+                shutil.rmtree(scratch, ignore_errors=True)
     print(f"\nbench took {(time.monotonic() - started) / 60:.1f} min")
     if bench.broken:
         print("SOMETHING BROKE:")
