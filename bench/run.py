@@ -534,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as err:
             bench.broken.append(str(err))
             print(f"BROKEN: {err}")
+        except KeyboardInterrupt:
+            bench.broken.append("interrupted (Ctrl-C or SIGTERM)")
+            print("\ninterrupted")
         finally:
             with cleanup_not_interrupted():
                 bench.close()
