@@ -57,6 +57,13 @@ LABEL_JOB = CONFIG_KEY_PREFIX + "job"
 LABEL_TASK = CONFIG_KEY_PREFIX + "task"
 LABEL_ATTEMPT = CONFIG_KEY_PREFIX + "attempt"
 WORKER_NAME_PREFIX = "cc-"
+# Prepared templates workers are copied from (backends/lxd/templates.py).
+TEMPLATE_NAME_PREFIX = "cct-"
+LABEL_TEMPLATE = CONFIG_KEY_PREFIX + "template"  # "<id mode>:<image fingerprint>"
+LABEL_TEMPLATE_JOB = CONFIG_KEY_PREFIX + "template-job"  # the job whose id range it holds
+LABEL_TEMPLATE_READY = CONFIG_KEY_PREFIX + "template-ready"
+# Where LXD keeps a log directory per instance (<project>_<name>; the default project: <name>).
+LXD_INSTANCE_LOG_DIRS = (Path("/var/snap/lxd/common/lxd/logs"), Path("/var/log/lxd"))
 
 # Idmaps: one isolated container takes this many ids; base is LXD's usual start.
 IDMAP_SIZE = 65536

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pylxd.exceptions
 import pytest
 
 from container_compute import host
@@ -66,11 +67,23 @@ def cluster_config(lab: ClusterLab, run_prefix: str) -> HostConfig:  # noqa: F81
 
 @pytest.fixture
 def state_dir(cluster_config: HostConfig) -> Iterator[Path]:
-    """A fresh state directory holding the cluster's config (as configure-host saves it)."""
+    """A fresh state directory holding the cluster's config (as configure-host saves it).
+
+    Workers a failed test left in the jobs project are force-deleted afterwards, so that one
+    failure does not show up again in every later test.
+    """
     path = Path(tempfile.mkdtemp(prefix="cc-cluster-state-"))
     host.save_config(cluster_config, path)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+    client = connect(project=cluster_config.lxd_project, endpoint=endpoint_of(cluster_config))
+    for instance in client.instances.all():
+        try:
+            if instance.status == "Running":
+                instance.stop(force=True, wait=True)
+            instance.delete(wait=True)
+        except pylxd.exceptions.LXDAPIException as err:
+            print(f"could not delete leftover worker {instance.name}: {err}")
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from container_compute.backends import FailureReason, LaunchError, TaskOutcome, 
 from container_compute.backends.lxd import LXDBackend, image_exists
 from container_compute.backends.lxd import watch as lxd_watch
 from container_compute.config import HostConfig
-from container_compute.constants import LABEL_ATTEMPT, LABEL_JOB, LABEL_TASK
+from container_compute.constants import LABEL_ATTEMPT, LABEL_JOB, LABEL_TASK, TEMPLATE_NAME_PREFIX
 from container_compute.lxdclient import connect
 
 from .conftest import lxd_daemon_down, lxd_daemon_process
@@ -334,6 +334,18 @@ def test_daemon_restart_mid_task(backend: LXDBackend, tmp_path: Path) -> None:
 
 
 def test_no_worker_left_behind(backend: LXDBackend) -> None:
+    """Every worker is gone; the templates of jobs no longer live are pruned by the reaper."""
     assert backend.list_workers() == []
     client: pylxd.Client = connect(project=backend.config.lxd_project)
+    listing = client.api.instances.get(params={"recursion": "1"}).json()["metadata"]
+    templates = sorted(record["name"] for record in listing)
+    assert templates and all(name.startswith(TEMPLATE_NAME_PREFIX) for name in templates)
+    assert sorted(backend.reap_extras(live_jobs=set())) == templates
     assert [i.name for i in client.instances.all()] == []
+    project = backend.config.lxd_project
+    logs = [
+        p.name
+        for prefix in ("cc-", TEMPLATE_NAME_PREFIX)
+        for p in Path("/var/log/lxd").glob(f"{project}_{prefix}*")
+    ]
+    assert logs == []  # LXD's log directory of every worker and template went with it

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from container_compute.backends import FailureReason, LaunchError, TaskOutcome, WorkerSpec
 from container_compute.backends.lxd.members import LostMemberGuard, MemberBook, unreachable
@@ -63,12 +64,34 @@ def test_bad_placement_is_refused_naming_it(placement: str) -> None:
         LaunchJobParams(command="x", placement=placement)
 
 
+class FakeInstances:
+    """``client.api.instances[name].state.get()``: answers for the workers of reachable members."""
+
+    def __init__(self, answering: set[str]) -> None:
+        self.answering = answering
+        self.name = ""
+        self.state = self
+
+    def __getitem__(self, name: str) -> "FakeInstances":
+        self.name = name
+        return self
+
+    def get(self, timeout: float) -> None:
+        assert timeout > 0
+        if self.name not in self.answering:
+            raise requests.exceptions.ConnectionError(f"{self.name}: EOF")
+
+
 class FakeApi:
     """Just what MemberBook asks of LXDApi."""
 
-    def __init__(self, members: dict[str, str] | None) -> None:
+    def __init__(
+        self, members: dict[str, str] | None, answering: frozenset[str] = frozenset()
+    ) -> None:
         self.members = members
         self.client = self
+        self.api = self
+        self.instances = FakeInstances(set(answering))
 
     @property
     def host_info(self) -> dict[str, Any]:
@@ -80,8 +103,8 @@ class FakeApi:
         return call()
 
 
-def book(members: dict[str, str] | None) -> MemberBook:
-    return MemberBook(FakeApi(members))  # type: ignore[arg-type]
+def book(members: dict[str, str] | None, answering: frozenset[str] = frozenset()) -> MemberBook:
+    return MemberBook(FakeApi(members, answering))  # type: ignore[arg-type]
 
 
 def test_a_daemon_that_is_not_clustered_ignores_placement() -> None:
@@ -113,9 +136,18 @@ def test_a_list_of_members_skips_those_offline() -> None:
 def test_the_guard_stops_an_attempt_once_its_member_is_offline() -> None:
     members = book({"member1": "Online", "member2": "Offline"})
 
-    assert LostMemberGuard(members, "member2", every=0).check() == FailureReason.MEMBER_LOST
-    assert LostMemberGuard(members, "member1", every=0).check() is None
-    assert LostMemberGuard(members, "", every=0).check() is None
+    guard = LostMemberGuard(members, "member2", "w2", every=0)
+    assert guard.check() == FailureReason.MEMBER_LOST
+    assert LostMemberGuard(members, "member1", "w1", every=0).check() is None
+    assert LostMemberGuard(members, "", "w", every=0).check() is None
+
+
+def test_a_member_listed_offline_that_answers_for_its_worker_is_not_lost() -> None:
+    """While a new leader is elected, LXD may list every member offline for a moment."""
+    members = book({"member1": "Offline", "member2": "Offline"}, answering=frozenset({"w1"}))
+
+    assert LostMemberGuard(members, "member1", "w1", every=0).check() is None
+    assert LostMemberGuard(members, "member2", "w2", every=0).check() == FailureReason.MEMBER_LOST
 
 
 def test_unreachable_members_are_told_by_lxd_messages() -> None:

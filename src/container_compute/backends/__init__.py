@@ -51,11 +51,16 @@ class WorkerSpec:
     results_cap_bytes: int = 256 << 20
     # Backend-specific choices of the job (nova: flavor, network, availability_zone, spread).
     options: Mapping[str, str] = field(default_factory=dict)
+    # Warm mode (reuse-workers): the job's worker this attempt runs in, kept between tasks.
+    worker: str = ""
+    reuse: bool = False
+    # When the attempt started (the ledger's record); 0: when its worker was created.
+    started_at: float = 0.0
 
     @property
     def worker_name(self) -> str:
-        """The worker's name: unique per job, task and attempt, valid as an LXD/Nova name."""
-        return f"cc-{self.job_id}-{self.task_index}-{self.attempt}"
+        """The worker's name: unique per job, task and attempt, or the job's warm worker."""
+        return self.worker or f"cc-{self.job_id}-{self.task_index}-{self.attempt}"
 
 
 @dataclass

@@ -72,10 +72,12 @@ def _delete_workers(scoped: pylxd.Client, report: TeardownReport, dry_run: bool)
     foreign = []
     for record in scoped.api.instances.get(params={"recursion": 1}).json()["metadata"]:
         name = record["name"]
-        if constants.LABEL_JOB not in (record.get("config") or {}):
+        config = record.get("config") or {}
+        if constants.LABEL_JOB not in config and constants.LABEL_TEMPLATE not in config:
             foreign.append(name)
             continue
-        report.changes.append(f"deleted worker {name}")
+        kind = "worker" if constants.LABEL_JOB in config else "worker template"
+        report.changes.append(f"deleted {kind} {name}")
         if dry_run:
             continue
         with contextlib.suppress(pylxd.exceptions.NotFound):

@@ -34,6 +34,10 @@ class Engine(Protocol):
         """Tell whether the engine follows an attempt of this task."""
         ...
 
+    def idle_workers(self) -> set[str]:
+        """The warm workers the engine keeps between two tasks."""
+        ...
+
     def inflight_count(self, job_id: str | None = None) -> int:
         """Return how many attempts the engine follows."""
         ...
@@ -108,7 +112,11 @@ def cancel_stale(engine: Engine, job_id: str) -> list[str]:
 
 def reap(engine: Engine) -> list[str]:
     """Delete labelled workers that belong to no running attempt; return their names."""
-    running = {(a.job, a.index): a.attempt for a in engine.ledger.attempts(state=ATTEMPT_RUNNING)}
+    attempts = engine.ledger.attempts(state=ATTEMPT_RUNNING)
+    running = {(a.job, a.index): a.attempt for a in attempts}
+    # Warm workers run task after task: theirs is the worker a running attempt names, and
+    # the engine keeps some idle between two tasks.
+    busy = {a.worker for a in attempts} | engine.idle_workers()
     deleted: list[str] = []
     for name in reap_backends(engine):
         try:
@@ -117,6 +125,8 @@ def reap(engine: Engine) -> list[str]:
             logger.info("not reaping backend %s: %s", name, err)
             continue
         for worker in backend.list_workers():
+            if worker.name in busy:
+                continue
             job = engine.ledger.job(worker.job_id) if worker.job_id else None
             if job is not None and not job.state.finished and worker.task_index is not None:
                 if running.get((job.id, worker.task_index)) == worker.attempt:

@@ -128,7 +128,8 @@ class LaunchJobParams(ActionParams):
     )
     parallelism: int = param(
         0,
-        "Most tasks running at once. 0: the host's max-parallel-workers.",
+        "Most tasks running at once. 0: twice the host's CPUs on its own LXD (at most "
+        "max-parallel-workers), max-parallel-workers with Nova or a remote LXD.",
         minimum=0,
         maximum=MAX_PARALLELISM,
     )
@@ -167,6 +168,14 @@ class LaunchJobParams(ActionParams):
         "'round-robin' (over the members that are online, in turn), or a comma-separated list "
         "of members (in turn over those). A task retried after its member was lost goes to "
         "another one. Ignored where LXD is not clustered.",
+    )
+    reuse_workers: bool = param(
+        False,
+        "Warm mode for many short tasks (lxd only): keep up to parallelism workers for this "
+        "job and run its tasks one after another in them, each with a fresh /results and "
+        "/tmp (wiped and checked between tasks). A worker a task left processes in, filled "
+        "or broke is replaced, never reused; only tasks of this job share a worker. Changes "
+        "a task makes elsewhere in the worker's filesystem are seen by later tasks.",
     )
     backend: str = param(
         "",
@@ -237,7 +246,8 @@ class LaunchJobParams(ActionParams):
         for entry in self.env:
             key, sep, _value = entry.partition("=")
             if not sep or not _ENV_KEY_RE.match(key):
-                fail("env", f"{entry!r} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _")
+                # Only the part before '=' is shown: a value may be a secret.
+                fail("env", f"{key[:64]!r} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _")
             if key in RESERVED_ENV:
                 fail("env", f"{key} is set by container-compute for every task")
 

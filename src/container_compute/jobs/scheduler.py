@@ -38,10 +38,10 @@ from ..backends import (
     LaunchError,
     TaskOutcome,
     WorkerSpec,
-    WorkerUnreachableError,
     open_backend,
 )
 from ..config import HostConfig
+from ..lxdclient import endpoint_of
 from ..units import parse_duration
 from . import housekeeping, results
 from .ledger import JobRecord, Ledger
@@ -56,6 +56,7 @@ from .outcomes import (
 from .params import LaunchJobParams
 from .private import FILE_MODE, private_dir, tighten_file
 from .submission import ImageCheck, JobSubmitter
+from .warm import WorkerKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,30 @@ def default_backend_factory(config: HostConfig, state_dir: Path | None = None) -
     return lambda name: open_backend(name, config, state_dir)
 
 
+def default_parallelism(config: HostConfig, backend: str) -> int:
+    """Return a job's parallelism when it names none.
+
+    Twice this host's CPUs for workers on this host's LXD (LXD's own work for each worker
+    needs the CPUs too); max-parallel-workers elsewhere (Nova, a remote LXD or a cluster).
+    Both at most max-parallel-workers.
+    """
+    if backend != "lxd" or endpoint_of(config) is not None:
+        return config.max_parallel_workers
+    return min(config.max_parallel_workers, 2 * len(os.sched_getaffinity(0)))
+
+
 def worker_spec(
-    job: JobRecord, index: int, task_input: str | None, attempt: int, results_cap: int
+    job: JobRecord,
+    index: int,
+    task_input: str | None,
+    attempt: int,
+    results_cap: int,
+    warm: tuple[str, float] | None = None,
 ) -> WorkerSpec:
-    """Return the WorkerSpec of one attempt of one task of a recorded job."""
+    """Return the WorkerSpec of one attempt of one task of a recorded job.
+
+    ``warm``: (worker, start time) of an attempt of a reuse-workers job.
+    """
     params = job.params
     env = {
         **dict(entry.split("=", 1) for entry in params.get("env", [])),
@@ -98,7 +119,43 @@ def worker_spec(
         timeout_seconds=parse_duration(params.get("timeout") or "0"),
         results_cap_bytes=results_cap,
         options=dict(params.get("backend-options") or {}),
+        worker=warm[0] if warm else "",
+        reuse=warm is not None,
+        started_at=warm[1] if warm else 0.0,
     )
+
+
+def follow_attempt(
+    backend: Backend,
+    spec: WorkerSpec,
+    temp: Path,
+    adopt: bool,
+    threads: "AttemptThreads",
+    should_stop: Callable[[], FailureReason | None],
+) -> tuple[TaskOutcome, Path, bool] | None:
+    """Start the worker (unless adopted) and wait for it: (outcome, results, vanished).
+
+    Results are gathered into ``temp``. Returns None when the engine was parked before the
+    worker was started.
+    """
+    try:
+        if not adopt:
+            with threads.acting() as allowed:
+                if not allowed:
+                    return None
+                backend.start(spec)
+        outcome = backend.wait(spec, temp, should_stop)
+    except LaunchError as err:
+        outcome = failed(FailureReason.LAUNCH_ERROR, str(err))
+    except Exception as err:  # a backend bug must not kill the engine
+        logger.exception("attempt %s failed", spec.worker_name)
+        outcome = failed(FailureReason.LAUNCH_ERROR, f"{type(err).__name__}: {err}")
+    lost = adopt and not outcome.succeeded and outcome.exit_code is None
+    lost = lost and outcome.reason in (FailureReason.EXIT_CODE, FailureReason.LAUNCH_ERROR)
+    if lost:  # the crash came before the command ran: like a vanished worker
+        outcome.reason = FailureReason.LAUNCH_ERROR
+        outcome.detail = f"{VANISHED} in a crash: {outcome.detail}"
+    return outcome, temp, lost
 
 
 class EngineLock:
@@ -145,7 +202,7 @@ class AttemptThreads:
         """Track no thread yet."""
         self._lock = threading.RLock()
         self._inflight: dict[tuple[str, int], threading.Thread] = {}
-        self._deleting: dict[str, str] = {}  # worker name -> job id
+        self._deleting: dict[object, str] = {}  # (worker, attempt key) or worker -> job id
         self._changed = threading.Condition(self._lock)
         self._acting = 0
         self.parked = False
@@ -155,7 +212,7 @@ class AttemptThreads:
         """Record that ``thread`` follows the attempt of ``key`` (job, index) on ``worker``."""
         with self._lock:
             self._inflight[key] = thread
-            self._deleting[worker] = key[0]
+            self._deleting[(worker, key)] = key[0]
 
     def done(self, key: tuple[str, int]) -> None:
         """Record that the attempt of ``key`` is no longer followed (a slot is free)."""
@@ -163,10 +220,15 @@ class AttemptThreads:
             self._inflight.pop(key, None)
         self.wakeup.set()
 
-    def deleted(self, worker: str) -> None:
-        """Record that ``worker`` is deleted (or left to the reaper)."""
+    def deleting(self, worker: str, job_id: str) -> None:
+        """Record that ``worker`` (no attempt's) is being deleted: wait_deletions waits."""
+        with self._lock:
+            self._deleting[worker] = job_id
+
+    def deleted(self, worker: str, key: tuple[str, int] | None = None) -> None:
+        """Record that ``worker`` (of the attempt of ``key``) is deleted, kept or reaped later."""
         with self._changed:
-            self._deleting.pop(worker, None)
+            self._deleting.pop(worker if key is None else (worker, key), None)
             self._changed.notify_all()
 
     def job_ids(self) -> set[str]:
@@ -298,6 +360,7 @@ class Engine:
         )
         self._submitter = JobSubmitter(config, self.ledger, self.backend, image_exists)
         self.threads = AttemptThreads()
+        self.keeper = WorkerKeeper(self.ledger, self.backend, self.threads)
         self._lock = threading.RLock()
         self.stops = StopReasons(clock)
         self._resumed = False
@@ -319,6 +382,10 @@ class Engine:
     def is_inflight(self, job_id: str, index: int) -> bool:
         """Tell whether this engine follows an attempt of task ``index`` of the job."""
         return self.threads.is_inflight((job_id, index))
+
+    def idle_workers(self) -> set[str]:
+        """The warm workers this engine keeps between two tasks of their job."""
+        return self.keeper.pool.idle()
 
     def inflight_count(self, job_id: str | None = None) -> int:
         """Return how many attempts this engine is running (of one job, or in all)."""
@@ -354,11 +421,12 @@ class Engine:
         if not results.joblog_path(self.state_dir, job.id).exists():
             results.write_joblog(self.state_dir, self.ledger, job.id)
             logger.info("job %s %s", job.id, state.value)
+            self.keeper.release(job)
         return True
 
     def _launch_some(self, job: JobRecord, now: float) -> None:
         limit = min(
-            job.params.get("parallelism") or self.config.max_parallel_workers,
+            job.params.get("parallelism") or default_parallelism(self.config, job.backend),
             self.config.max_parallel_workers,
         )
         free = min(
@@ -367,19 +435,36 @@ class Engine:
         )
         if free <= 0:
             return
+        reuse = bool(job.params.get("reuse_workers"))
         for task in self.ledger.runnable_tasks(job.id, now, free):
+            started = self.clock()
+            warm = (self.keeper.pool.take(job.id), started) if reuse else None
             attempt = self.ledger.start_attempt(
                 job.id,
                 task.index,
-                lambda number, index=task.index: self.spec(job, index, None, number).worker_name,
-                self.clock(),
+                lambda n, i=task.index, w=warm: self.spec(job, i, None, n, w).worker_name,
+                started,
             )
             if attempt is not None:
-                self.spawn(job, self.spec(job, task.index, task.input, attempt), adopt=False)
+                spec = self.spec(job, task.index, task.input, attempt, warm)
+                self.spawn(job, spec, adopt=False)
+            elif warm is not None:
+                self.keeper.pool.give_back(job.id, warm[0])
 
-    def spec(self, job: JobRecord, index: int, task_input: str | None, attempt: int) -> WorkerSpec:
-        """Return what the backend needs to run ``attempt`` of task ``index``."""
-        return worker_spec(job, index, task_input, attempt, self.config.task_results_cap_bytes)
+    def spec(
+        self,
+        job: JobRecord,
+        index: int,
+        task_input: str | None,
+        attempt: int,
+        warm: tuple[str, float] | None = None,
+    ) -> WorkerSpec:
+        """Return what the backend needs to run ``attempt`` of task ``index``.
+
+        ``warm``: (worker, start time) of an attempt of a reuse-workers job.
+        """
+        cap = self.config.task_results_cap_bytes
+        return worker_spec(job, index, task_input, attempt, cap, warm)
 
     def spawn(self, job: JobRecord, spec: WorkerSpec, adopt: bool) -> None:
         """Follow one attempt in a thread of its own (``adopt``: it was started before)."""
@@ -400,7 +485,11 @@ class Engine:
     def _run_attempt(self, job: JobRecord, spec: WorkerSpec, adopt: bool) -> None:
         key = (job.id, spec.task_index)
         try:
-            followed = self._follow(job, spec, adopt)
+            backend = self.backend(job.backend)
+            temp = results.temp_task_dir(self.state_dir, job.id, spec.task_index, spec.attempt)
+            followed = follow_attempt(
+                backend, spec, temp, adopt, self.threads, lambda: self.should_stop(job.id)
+            )
             if followed is None:
                 return
             with self.threads.acting() as allowed:
@@ -410,49 +499,16 @@ class Engine:
                     self.commit(job, spec, *followed)
                 except Exception:
                     logger.exception("could not record attempt %s", spec.worker_name)
+                kept = spec.reuse and not adopt and self.keeper.keep_warm(job, spec, followed[0])
                 self.threads.done(key)
-                self._delete_worker(job.backend, spec.worker_name)
+                if not kept:
+                    self.keeper.delete_worker(job.backend, spec.worker_name)
+                self.keeper.release_if_over(job)
         except Exception:
             logger.exception("could not follow attempt %s", spec.worker_name)
         finally:
             self.threads.done(key)
-            self.threads.deleted(spec.worker_name)
-
-    def _follow(
-        self, job: JobRecord, spec: WorkerSpec, adopt: bool
-    ) -> tuple[TaskOutcome, Path, bool] | None:
-        """Start the worker (unless adopted) and wait for it: (outcome, results, vanished).
-
-        Returns None when the engine was parked before the worker was started.
-        """
-        backend = self.backend(job.backend)
-        temp = results.temp_task_dir(self.state_dir, job.id, spec.task_index, spec.attempt)
-        try:
-            if not adopt:
-                with self.threads.acting() as allowed:
-                    if not allowed:
-                        return None
-                    backend.start(spec)
-            outcome = backend.wait(spec, temp, lambda: self.should_stop(job.id))
-        except LaunchError as err:
-            outcome = failed(FailureReason.LAUNCH_ERROR, str(err))
-        except Exception as err:  # a backend bug must not kill the engine
-            logger.exception("attempt %s failed", spec.worker_name)
-            outcome = failed(FailureReason.LAUNCH_ERROR, f"{type(err).__name__}: {err}")
-        lost = adopt and not outcome.succeeded and outcome.exit_code is None
-        lost = lost and outcome.reason in (FailureReason.EXIT_CODE, FailureReason.LAUNCH_ERROR)
-        if lost:  # the crash came before the command ran: like a vanished worker
-            outcome.reason = FailureReason.LAUNCH_ERROR
-            outcome.detail = f"{VANISHED} in a crash: {outcome.detail}"
-        return outcome, temp, lost
-
-    def _delete_worker(self, backend_name: str, name: str) -> None:
-        try:
-            self.backend(backend_name).delete(name)
-        except WorkerUnreachableError as err:  # e.g. its cluster member is offline
-            logger.warning("worker %s left for the reaper: %s", name, err)
-        except Exception:  # the reaper will get it
-            logger.exception("could not delete worker %s", name)
+            self.threads.deleted(spec.worker_name, key)
 
     def wait_deletions(self, timeout: float = 60.0, job_id: str | None = None) -> bool:
         """Wait (bounded) until the workers of ended attempts (of one job) are deleted."""
@@ -494,6 +550,9 @@ class Engine:
         while True:
             self.ledger.heartbeat(os.getpid(), role, self.clock())
             if job_id is not None and self._over(job_id):  # checked first: launch no more
+                job = self.ledger.job(job_id)
+                if job is not None:
+                    self.keeper.release(job)
                 self.wait_deletions(job_id=job_id)
                 return True
             active = self.step()

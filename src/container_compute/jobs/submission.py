@@ -138,6 +138,11 @@ class JobSubmitter:
         Raises:
             ActionError: naming the parameter (or option) that cannot work.
         """
+        if params.reuse_workers:
+            raise ActionError(
+                "reuse-workers: not available with backend=nova (every task is a server of "
+                "its own)"
+            )
         for name, value in (
             ("input-dir", params.input_dir),
             ("cpu", params.cpu),

@@ -6,6 +6,7 @@ refusals are raised at once. Nothing here knows about jobs.
 
 import contextlib
 import re
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ import pylxd
 import requests
 
 from ...config import HostConfig
+from ...constants import LXD_INSTANCE_LOG_DIRS
 from ...lxdclient import Endpoint, LXDUnavailableError, connect, endpoint_of
 
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{12,64}$")
@@ -65,6 +67,13 @@ def image_exists(config: HostConfig, image: str) -> bool:
     """Tell whether ``image`` is an image alias or fingerprint in ``config.lxd_project``."""
     client = connect(project=config.lxd_project, endpoint=endpoint_of(config))
     return image_source(client, image) is not None
+
+
+def remove_log_dir(project: str, name: str) -> None:
+    """Remove the log directory the local LXD keeps for an instance, also a deleted one."""
+    entry = name if project == "default" else f"{project}_{name}"
+    for directory in LXD_INSTANCE_LOG_DIRS:
+        shutil.rmtree(directory / entry, ignore_errors=True)
 
 
 def image_source(client: pylxd.Client, image: str) -> dict[str, str] | None:

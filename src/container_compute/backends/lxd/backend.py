@@ -10,6 +10,7 @@ Following the worker and gathering its results is ``watch``'s job.
 """
 
 import contextlib
+import logging
 import re
 import shutil
 import time
@@ -38,8 +39,9 @@ from .. import (
     WorkerUnreachableError,
 )
 from ..gather import safe_name
-from .api import LXDApi, OperationFailedError, image_source, is_transient
+from .api import LXDApi, OperationFailedError, is_transient, remove_log_dir
 from .disk import explain_disk_full
+from .launch import LAUNCHER, RESERVED_ENV, WARM_LAUNCHER, WRAPPER
 from .members import (
     LostMemberGuard,
     MemberBook,
@@ -47,34 +49,16 @@ from .members import (
     unreachable,
 )
 from .remote import RemoteAttemptWatcher, explain_remote_oom
+from .templates import TemplateBook
+from .warm import WarmWorkers
 from .watch import LABEL_STARTED, AttemptWatcher
 
+logger = logging.getLogger(__name__)
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_RESERVED_ENV = ("CC_COMMAND", "CC_WRAPPER")
 MEMBER_LOST_WAIT_SECONDS = 60.0  # for LXD to count an unreachable member offline
 BUSY_WAIT_SECONDS = 60.0  # LXD refuses to delete an instance while another operation runs on it
 LAUNCHER_TIMEOUT_SECONDS = 60.0  # the launcher only forks the wrapper and returns
 DELETE_TIMEOUT_SECONDS = 60.0
-
-# Runs in the worker through exec; returns as soon as the wrapper is in the background.
-_LAUNCHER = (
-    "mkdir -p /run " + RESULTS_DIR_IN_WORKER + " || exit 1\n"
-    "mkdir /run/cc 2>/dev/null || { test -d /run/cc && exit 0; exit 1; }\n"
-    # A session of its own: no controlling terminal inherited from however LXD was started,
-    # so no SIGHUP reaches the task when the daemon goes away.
-    "cc_setsid=; command -v setsid >/dev/null 2>&1 && cc_setsid=setsid\n"
-    'exec $cc_setsid /bin/sh -c "$CC_WRAPPER" </dev/null >/dev/null 2>&1 &\n'
-)
-# The wrapper: the user's command comes from the environment, its output goes to files.
-_WRAPPER = (
-    "trap '' HUP\n"
-    "cd /\n"
-    "echo $$ >/run/cc/pid\n"
-    "cc_command=$CC_COMMAND\n"
-    "unset CC_COMMAND CC_WRAPPER\n"
-    '/bin/sh -c "$cc_command" </dev/null >/run/cc/stdout 2>/run/cc/stderr\n'
-    "echo $? >/run/cc/exit_code.tmp && mv /run/cc/exit_code.tmp /run/cc/exit_code\n"
-)
 
 
 class LXDBackend:
@@ -93,10 +77,12 @@ class LXDBackend:
         endpoint = endpoint_of(config)
         self.api = LXDApi(config.lxd_project, client, retry_seconds, poll_seconds, endpoint)
         self.host_access = host_access and endpoint is None
+        self.local = endpoint is None  # the daemon of this host (its log directories)
         self.watcher = AttemptWatcher(self.api, self.host_access)
         self.remote_watcher = RemoteAttemptWatcher(self.api)
         self.members = MemberBook(self.api)
-        self._images: dict[str, dict[str, str]] = {}
+        self.templates = TemplateBook(self.api, config)
+        self.warm = WarmWorkers(self.api)
         self._launched: set[str] = set()  # workers whose launcher this backend ran
 
     @property
@@ -109,57 +95,8 @@ class LXDBackend:
         """Longest pause between two polls of a worker."""
         return self.api.poll_seconds
 
-    def _source(self, image: str) -> dict[str, str]:
-        cached = self._images.get(image)
-        if cached is not None:
-            return cached
-        source = self.api.retry(
-            f"looking up image {image}", lambda: image_source(self.client, image)
-        )
-        if source is None:
-            raise LaunchError(
-                f"image {image!r} not found in LXD project {self.config.lxd_project!r} "
-                "(build one with the build-worker-image action)"
-            )
-        self._images[image] = source
-        return source
-
-    def _create(self, spec: WorkerSpec, source: dict[str, str]) -> None:
-        config = {
-            LABEL_JOB: spec.job_id,
-            LABEL_TASK: str(spec.task_index),
-            LABEL_ATTEMPT: str(spec.attempt),
-            LABEL_STARTED: f"{time.time():.3f}",
-        }
-        if spec.cpu:
-            config["limits.cpu"] = spec.cpu
-        if spec.memory:
-            config["limits.memory"] = spec.memory
-        devices: dict[str, dict[str, str]] = {}
-        if spec.disk:
-            try:
-                check_disk_limit("disk", spec.disk)
-            except ValueError as err:
-                raise LaunchError(str(err)) from err
-            # The job's own root disk size, in place of the profile's (worker-disk).
-            root = {"type": "disk", "path": "/", "pool": self.config.storage_pool}
-            devices["root"] = {**root, "size": spec.disk}
-        if spec.input_dir is not None:
-            devices["input"] = {
-                "type": "disk",
-                "source": spec.input_dir,
-                "path": INPUT_DIR_IN_WORKER,
-                "readonly": "true",
-            }
-        body = {
-            "name": spec.worker_name,
-            "type": "container",
-            "source": source,
-            "profiles": [WORKER_PROFILE],
-            "config": config,
-            "devices": devices,
-        }
-
+    def _create(self, spec: WorkerSpec, source: dict[str, Any]) -> None:
+        body = create_body(spec, source, self.config.storage_pool)
         target = self.members.target(spec.placement, spec.task_index)
         where = {"params": {"target": target}} if target else {}
 
@@ -186,12 +123,17 @@ class LXDBackend:
 
         """
         env = check_spec(spec)
-        source = self._source(spec.image)
         name = spec.worker_name
-        self._create(spec, source)
+        if spec.reuse and self.warm.knows(name) and self._next_task(spec, env):
+            return name
+        # On a cluster a copy would cross members: there LXD unpacks the image for each worker.
+        copy = self.host_access and not self.members.clustered
+        self._create(spec, self.templates.worker_source(spec.image, spec.job_id, copy))
         try:
             self.members.look_up(name)
             self._boot(name)
+            if spec.reuse:
+                self.warm.learn(name)
             self._exec_launcher(name, spec, env)
         except (LaunchError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
             with contextlib.suppress(Exception):
@@ -201,6 +143,35 @@ class LXDBackend:
             raise LaunchError(f"starting worker {name} failed: {err}") from err
         self._launched.add(name)
         return name
+
+    def _next_task(self, spec: WorkerSpec, env: dict[str, str]) -> str | None:
+        """Check, wipe and give a warm worker its next command; None: it was left dirty.
+
+        A dirty worker (processes of its last task, /results or /tmp that cannot be wiped,
+        a full disk) is deleted: the caller makes a fresh one of the same name.
+        """
+        name = spec.worker_name
+        try:
+            code = self._exec_launcher(name, spec, env, self.warm.environment(name))
+        except (LaunchError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+            logger.info("replacing warm worker %s: it could not take its next task: %s", name, err)
+            code = -1
+        if code == 0:
+            self._launched.add(name)
+            return name
+        if code > 0:
+            logger.info("replacing warm worker %s: %s", name, self.warm.verdict(code))
+        self.delete(name)
+        return None
+
+    def recycle(self, spec: WorkerSpec) -> str:
+        """Whether a warm worker may take the job's next task: "" when it may, else why not.
+
+        The checks and the wipe run with the next task (``_next_task``): one exec per task.
+        """
+        if self.warm.knows(spec.worker_name):
+            return ""
+        return "not a warm worker of this backend"
 
     def relaunch(self, spec: WorkerSpec) -> None:
         """Make sure an existing worker runs its command: start it if stopped, run the launcher.
@@ -236,13 +207,21 @@ class LXDBackend:
 
         self.api.retry(f"starting worker {name}", start)
 
-    def _exec_launcher(self, name: str, spec: WorkerSpec, env: dict[str, str]) -> None:
-        environment = {**env, "CC_COMMAND": spec.command, "CC_WRAPPER": _WRAPPER}
+    def _exec_launcher(
+        self, name: str, spec: WorkerSpec, env: dict[str, str], warm: dict[str, str] | None = None
+    ) -> int:
+        """Run the launcher (``warm``: the checks and wipe first); return its exit code.
+
+        Raises:
+            LaunchError: when the launcher itself failed.
+        """
+        environment = {**env, "CC_COMMAND": spec.command, "CC_WRAPPER": WRAPPER, **(warm or {})}
+        script = LAUNCHER if warm is None else WARM_LAUNCHER
 
         def execute() -> dict[str, Any]:
             response = self.client.api.instances[name].exec.post(
                 json={
-                    "command": ["/bin/sh", "-c", _LAUNCHER],
+                    "command": ["/bin/sh", "-c", script],
                     "environment": environment,
                     "wait-for-websocket": False,
                     "interactive": False,
@@ -252,11 +231,13 @@ class LXDBackend:
             return self.api.wait_operation(response, timeout=LAUNCHER_TIMEOUT_SECONDS)
 
         result = self.api.retry(f"starting the command in worker {name}", execute)
-        if result.get("return", 0) != 0:
+        code = int(result.get("return", 0))
+        if code != 0 and (warm is None or not self.warm.verdict(code)):
             raise LaunchError(
-                f"the launcher in worker {name} exited {result.get('return')} "
+                f"the launcher in worker {name} exited {code} "
                 "(does the image have /bin/sh and a writable /run?)"
             )
+        return code
 
     def wait(
         self,
@@ -292,11 +273,31 @@ class LXDBackend:
             WorkerUnreachableError: when it is on a cluster member that is offline.
 
         """
+        self.warm.forget(name)
         try:
-            return _remove_worker(self.api, name)
+            removed = _remove_worker(self.api, name)
         except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
             _raise_if_unreachable(self.members, name, err)
             raise
+        if self.local:
+            remove_log_dir(self.config.lxd_project, name)
+        return removed
+
+    def job_finished(self, job_id: str) -> None:
+        """Delete the job's templates (its id range) once the job is over."""
+        if self.host_access:
+            self.templates.prune_job(job_id)
+
+    def reap_extras(self, live_jobs: set[str]) -> list[str]:
+        """Delete templates of finished jobs, of images no alias names, or of another id mode."""
+        if not self.host_access:
+            return []
+        listing = self.api.retry(
+            "listing images",
+            lambda: self.client.api.images.get(params={"recursion": "1"}).json()["metadata"],
+        )
+        current = {image["fingerprint"] for image in listing}
+        return self.templates.prune(live_jobs, lambda fingerprint: fingerprint in current)
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker of this backend's project that carries container-compute labels."""
@@ -312,6 +313,48 @@ class LXDBackend:
             if info is not None:
                 workers.append(info)
         return sorted(workers, key=lambda w: w.name)
+
+
+def create_body(spec: WorkerSpec, source: dict[str, Any], pool: str) -> dict[str, Any]:
+    """The body of the instance create of a worker: labels, the job's limits and disks.
+
+    Raises:
+        LaunchError: when the job's disk size is not one.
+    """
+    config = {
+        LABEL_JOB: spec.job_id,
+        LABEL_TASK: str(spec.task_index),
+        LABEL_ATTEMPT: str(spec.attempt),
+        LABEL_STARTED: f"{time.time():.3f}",
+    }
+    if spec.cpu:
+        config["limits.cpu"] = spec.cpu
+    if spec.memory:
+        config["limits.memory"] = spec.memory
+    devices: dict[str, dict[str, str]] = {}
+    if spec.disk:
+        try:
+            check_disk_limit("disk", spec.disk)
+        except ValueError as err:
+            raise LaunchError(str(err)) from err
+        # The job's own root disk size, in place of the profile's (worker-disk).
+        root = {"type": "disk", "path": "/", "pool": pool}
+        devices["root"] = {**root, "size": spec.disk}
+    if spec.input_dir is not None:
+        devices["input"] = {
+            "type": "disk",
+            "source": spec.input_dir,
+            "path": INPUT_DIR_IN_WORKER,
+            "readonly": "true",
+        }
+    return {
+        "name": spec.worker_name,
+        "type": "container",
+        "source": source,
+        "profiles": [WORKER_PROFILE],
+        "config": config,
+        "devices": devices,
+    }
 
 
 def check_spec(spec: WorkerSpec) -> dict[str, str]:
@@ -339,7 +382,7 @@ def check_spec(spec: WorkerSpec) -> dict[str, str]:
         "RESULTS_DIR": RESULTS_DIR_IN_WORKER,
     }
     for key, value in spec.env.items():
-        if not _ENV_NAME_RE.match(key) or key in _RESERVED_ENV:
+        if not _ENV_NAME_RE.match(key) or key in RESERVED_ENV:
             raise LaunchError(f"environment variable name {key!r} is not allowed")
         if "\0" in value:
             raise LaunchError(f"environment variable {key} contains a NUL byte")
@@ -419,7 +462,7 @@ def _follow_on_member(
     member = members.location(spec.worker_name)
     local = backend.host_access and member in ("", members.own_name())
     watcher = backend.watcher if local else backend.remote_watcher
-    guard = LostMemberGuard(members, member)
+    guard = LostMemberGuard(members, member, spec.worker_name)
     try:
         outcome = watcher.wait(spec, task_dir, lambda: should_stop() or guard.check(), relaunch)
     except (LXDUnavailableError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
@@ -427,10 +470,13 @@ def _follow_on_member(
             raise
         if not members.wait_lost(member, MEMBER_LOST_WAIT_SECONDS):
             raise
+        if members.answers_for(spec.worker_name):
+            raise  # the member is back (or was only listed offline during an election)
         outcome = lost_outcome(member, str(err))
     if outcome.reason == FailureReason.MEMBER_LOST:
         _empty(task_dir)
-        outcome = lost_outcome(member, outcome.detail)
+        if outcome.host != member:  # told by the guard, not yet said which member
+            outcome = lost_outcome(member, outcome.detail)
     elif not local:
         peak = backend.remote_watcher.take_peak(spec.worker_name)
         outcome = explain_remote_oom(backend.api, spec, outcome, peak)

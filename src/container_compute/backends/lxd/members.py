@@ -21,6 +21,7 @@ from .api import LXDApi
 ROUND_ROBIN = "round-robin"
 MEMBERS_TTL_SECONDS = 3.0
 GUARD_SECONDS = 4.0
+ANSWER_TIMEOUT_SECONDS = 5.0  # for a member to tell the state of one of its workers
 # What LXD answers about an instance on a member it cannot reach.
 UNREACHABLE_MARKS = (
     "missing event connection with target cluster member",
@@ -153,6 +154,19 @@ class MemberBook:
             return False
         return state is None or state == "Offline"
 
+    def answers_for(self, worker: str) -> bool:
+        """Tell whether the member holding ``worker`` answers for it right now.
+
+        While a cluster elects a new leader, members' heartbeats age and LXD may list a
+        healthy member as offline for a moment; a member that tells its worker's state is
+        not lost.
+        """
+        try:
+            self.api.client.api.instances[worker].state.get(timeout=ANSWER_TIMEOUT_SECONDS)
+        except (pylxd.exceptions.LXDAPIException, requests.exceptions.RequestException):
+            return False
+        return True
+
     def wait_lost(self, member: str, seconds: float) -> bool:
         """Wait up to ``seconds`` for LXD to count ``member`` offline; True once it does."""
         deadline = time.monotonic() + seconds
@@ -167,19 +181,27 @@ class MemberBook:
 class LostMemberGuard:
     """A ``should_stop`` addition for one attempt: MEMBER_LOST once its member is gone."""
 
-    def __init__(self, book: MemberBook, member: str, every: float = GUARD_SECONDS) -> None:
-        """Watch ``member`` (nothing when it is "") at most every ``every`` seconds."""
+    def __init__(
+        self, book: MemberBook, member: str, worker: str, every: float = GUARD_SECONDS
+    ) -> None:
+        """Watch ``member`` (nothing when it is "") and its ``worker`` every ``every`` seconds."""
         self.book = book
         self.member = member
+        self.worker = worker
         self.every = every
         self._next = time.monotonic() + every
 
     def check(self) -> FailureReason | None:
-        """Return MEMBER_LOST when LXD counts the member gone; None otherwise (or not yet due)."""
+        """Return MEMBER_LOST when the member is gone and silent; None otherwise (or not due).
+
+        Gone: LXD counts it offline; silent: it does not answer for the worker.
+        """
         if not self.member or time.monotonic() < self._next:
             return None
         self._next = time.monotonic() + self.every
-        return FailureReason.MEMBER_LOST if self.book.lost(self.member) else None
+        if self.book.lost(self.member) and not self.book.answers_for(self.worker):
+            return FailureReason.MEMBER_LOST
+        return None
 
 
 def lost_outcome(member: str, why: str) -> TaskOutcome:

@@ -209,7 +209,7 @@ class AttemptWatcher:
             return TaskOutcome(
                 None, FailureReason.EXIT_CODE, detail=f"worker {name} does not exist"
             )
-        started_at = _started_at(record)
+        started_at = spec.started_at or _started_at(record)
         if relaunch is not None and (
             record.get("status") == "Running" or self._never_ran(name, record)
         ):

@@ -1,0 +1,101 @@
+"""Warm workers (``reuse-workers``): one worker runs task after task of the same job.
+
+Before its next task the worker is checked and wiped, in the same exec that launches that
+task (``launch.WARM_LAUNCHER``): every process but those the worker ran before its first
+task (read when it was made: ``learn``) must be gone, ``/results`` and ``/tmp`` must be real
+directories that can be emptied, ``/run/cc`` (the last task's output and exit code) is
+removed, and the root disk must have room left. A worker that fails any of it is deleted and
+made again, never reused. The list of allowed processes comes from the backend, not from the
+worker; the checks themselves run the worker's own shell, so a task that replaces the
+worker's tools could fool them: that is why only tasks of the same job share a worker.
+"""
+
+import logging
+import time
+from typing import Any
+
+from .api import LXDApi
+
+logger = logging.getLogger(__name__)
+
+LIST_TIMEOUT_SECONDS = 30.0
+MIN_FREE_KIB = 32 * 1024  # a worker with less room left on / is replaced
+SETTLE_READS = 5  # reads of the process list, 0.1 s apart, until two agree
+
+# Prints the PIDs of the worker's processes (but its own), one per line.
+_LIST_PROCESSES = 'for p in /proc/[0-9]*; do n=${p#/proc/}; [ "$n" = "$$" ] || echo "$n"; done'
+
+_VERDICTS = {
+    3: "a process of the task was still running",
+    4: "/results, /tmp or /run/cc could not be wiped (replaced by a link or a mount?)",
+    5: "/results or /tmp was not empty after the wipe",
+    6: f"less than {MIN_FREE_KIB // 1024} MiB left on its root disk",
+}
+
+
+class WarmWorkers:
+    """Check and wipe the warm workers of one LXD project between their tasks."""
+
+    def __init__(self, api: LXDApi) -> None:
+        """Use ``api``'s project; no worker known yet."""
+        self.api = api
+        self._baselines: dict[str, str] = {}
+
+    def learn(self, name: str) -> None:
+        """Note the processes a freshly started worker runs by itself (its init's)."""
+        previous = None
+        for _ in range(SETTLE_READS):
+            current = " ".join(sorted(self._processes(name), key=int))
+            if current == previous:
+                break
+            previous = current
+            time.sleep(0.1)
+        self._baselines[name] = current
+
+    def knows(self, name: str) -> bool:
+        """Tell whether ``name`` is a warm worker this backend made and may reuse."""
+        return name in self._baselines
+
+    def forget(self, name: str) -> None:
+        """Stop reusing ``name`` (it is deleted, or was never ours)."""
+        self._baselines.pop(name, None)
+
+    def environment(self, name: str) -> dict[str, str]:
+        """What the checks before a worker's next task need: the processes it may run."""
+        return {"CC_KEEP": self._baselines.get(name, "1"), "CC_MIN_FREE": str(MIN_FREE_KIB)}
+
+    @staticmethod
+    def verdict(code: int) -> str:
+        """Why a warm worker was not clean, from the checks' exit code ("" for another code)."""
+        return _VERDICTS.get(code, "")
+
+    def _processes(self, name: str) -> list[str]:
+        """The PIDs (in the worker) of the worker's processes, read through exec."""
+        result = self.api.wait_operation(
+            self.api.client.api.instances[name].exec.post(
+                json={
+                    "command": ["/bin/sh", "-c", _LIST_PROCESSES],
+                    "environment": {},
+                    "wait-for-websocket": False,
+                    "interactive": False,
+                    "record-output": True,
+                }
+            ),
+            timeout=LIST_TIMEOUT_SECONDS,
+        )
+        stdout = _output_path(result)
+        if not stdout:
+            return []
+        text = (
+            self.api.client.api.instances[name]
+            .logs[stdout.rsplit("/", 1)[-1]]
+            .get(is_api=False)
+            .text
+        )
+        return [line for line in text.split() if line.isdigit()]
+
+
+def _output_path(result: dict[str, Any]) -> str:
+    """The URL of the recorded stdout of an exec operation ("" when none)."""
+    output = result.get("output") or {}
+    return str(output.get("1") or output.get(1) or "")

@@ -1,0 +1,167 @@
+"""After an attempt: keep its worker warm for the job's next task, or delete it.
+
+``WorkerKeeper`` deletes the worker of an ended attempt, or, for a job with ``reuse-workers``,
+has the backend check and wipe it and keeps it for the job's next task (``WarmPool``); once a
+job is over it deletes the job's idle workers and lets the backend drop what it kept for the
+job (its LXD templates).
+
+A job's attempt takes an idle worker of its own job (``take``), or a new name: there are never
+more of a job's workers than its attempts running plus those idle between two tasks, so never
+more than its parallelism. After its task the worker is checked by the backend and given back
+(``give_back``) or deleted; when the job is over its idle workers are deleted (``close``).
+Only this engine's workers are ever handed out: after a restart the next engine makes its own.
+"""
+
+import itertools
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from ..backends import Backend, FailureReason, TaskOutcome, WorkerSpec, WorkerUnreachableError
+from .ledger import JobRecord, Ledger
+from .model import TaskState
+
+logger = logging.getLogger(__name__)
+
+# A warm worker whose task ended so is deleted, never checked for reuse.
+REPLACED_AFTER = frozenset(
+    {
+        FailureReason.TIMEOUT,
+        FailureReason.CANCELLED,
+        FailureReason.DEADLINE,
+        FailureReason.OOM,
+        FailureReason.DISK_FULL,
+        FailureReason.PROCESS_LIMIT,
+        FailureReason.LAUNCH_ERROR,
+        FailureReason.MEMBER_LOST,
+    }
+)
+
+
+class Deletions(Protocol):
+    """Where the engine counts the worker deletions it waits for (``AttemptThreads``)."""
+
+    def deleting(self, worker: str, job_id: str) -> None:
+        """Record that ``worker`` is being deleted."""
+        ...
+
+    def deleted(self, worker: str, key: tuple[str, int] | None = None) -> None:
+        """Record that ``worker`` is deleted."""
+        ...
+
+
+class WarmPool:
+    """Idle warm workers by job, and the names of new ones."""
+
+    def __init__(self) -> None:
+        """No job yet."""
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[str]] = {}
+        self._closed: set[str] = set()
+        self._numbers = itertools.count(1)
+        self._tag = secrets.token_hex(2)  # names of another engine's workers never collide
+
+    def take(self, job_id: str) -> str:
+        """Return an idle worker of the job, else the name of a new one."""
+        with self._lock:
+            idle = self._idle.get(job_id)
+            if idle:
+                return idle.pop()
+            return f"cc-{job_id}-w{self._tag}{next(self._numbers)}"
+
+    def give_back(self, job_id: str, worker: str) -> bool:
+        """Keep ``worker`` idle for the job's next task; False when the job is over (delete it)."""
+        with self._lock:
+            if job_id in self._closed:
+                return False
+            self._idle.setdefault(job_id, []).append(worker)
+            return True
+
+    def close(self, job_id: str) -> list[str]:
+        """The job is over: return its idle workers (to delete); nothing is given back after."""
+        with self._lock:
+            self._closed.add(job_id)
+            return self._idle.pop(job_id, [])
+
+    def idle(self) -> set[str]:
+        """The names of every idle worker (the reaper leaves them alone)."""
+        with self._lock:
+            return {worker for workers in self._idle.values() for worker in workers}
+
+
+class WorkerKeeper:
+    """Deletes the workers of ended attempts, or keeps them warm; releases finished jobs."""
+
+    def __init__(
+        self, ledger: Ledger, backend_of: Callable[[str], Backend], deletions: Deletions
+    ) -> None:
+        """Work with the engine's ledger, backends and deletion count."""
+        self.ledger = ledger
+        self.backend_of = backend_of
+        self.deletions = deletions
+        self.pool = WarmPool()
+        self._lock = threading.Lock()
+        self._released: set[str] = set()
+
+    def keep_warm(self, job: JobRecord, spec: WorkerSpec, outcome: TaskOutcome) -> bool:
+        """Check and wipe a warm worker after its task; True when it waits for the next one."""
+        if outcome.exit_code is None or outcome.reason in REPLACED_AFTER:
+            return False  # stopped, timed out, cancelled, out of memory, disk or processes
+        if not self.ledger.task_counts(job.id)[TaskState.PENDING.value]:
+            return False  # nothing left for it to run
+        recycle: Callable[[WorkerSpec], str] | None = getattr(
+            self.backend_of(job.backend), "recycle", None
+        )
+        why = recycle(spec) if recycle is not None else "the backend cannot reuse workers"
+        if why:
+            logger.info("replacing warm worker %s: %s", spec.worker_name, why)
+            return False
+        return self.pool.give_back(job.id, spec.worker_name)
+
+    def delete_worker(self, backend_name: str, name: str) -> None:
+        """Delete a worker; one that cannot be deleted now is left to the reaper."""
+        try:
+            self.backend_of(backend_name).delete(name)
+        except WorkerUnreachableError as err:  # e.g. its cluster member is offline
+            logger.warning("worker %s left for the reaper: %s", name, err)
+        except Exception:  # the reaper will get it
+            logger.exception("could not delete worker %s", name)
+
+    def release_if_over(self, job: JobRecord) -> None:
+        """Release what the job kept once the ledger says it is over."""
+        current = self.ledger.job(job.id)
+        if current is None or current.state.finished:
+            self.release(job)
+
+    def release(self, job: JobRecord) -> None:
+        """Delete a finished job's idle warm workers; the backend drops what it kept.
+
+        Once per job; the deletions run in the background (the engine's ``wait_deletions``
+        waits for them).
+        """
+        with self._lock:
+            if job.id in self._released:
+                return
+            self._released.add(job.id)
+        idle = self.pool.close(job.id)
+        job_finished: Callable[[str], None] | None = getattr(
+            self.backend_of(job.backend), "job_finished", None
+        )
+
+        def release() -> None:
+            for worker in idle:
+                self.delete_worker(job.backend, worker)
+                self.deletions.deleted(worker)
+            if job_finished is not None:
+                try:
+                    job_finished(job.id)
+                except Exception:  # the reaper removes it later
+                    logger.exception("could not release what job %s kept", job.id)
+            self.deletions.deleted(token)
+
+        token = f"release of {job.id}"
+        for worker in [*idle, token]:
+            self.deletions.deleting(worker, job.id)
+        threading.Thread(target=release, daemon=True, name=f"release-{job.id}").start()
