@@ -3,9 +3,7 @@
 - kernel limits (/proc/sys): the library's list for many containers (inotify instances,
   watches and events, keys, map count, aio, neighbour table) and pid_max for N workers'
   processes; only ever raised, and put back afterwards when nobody changed them meanwhile;
-- uid ranges: isolated idmaps need 65536 ids per worker from root's range in /etc/subuid,
-  which LXD reads only when it starts (and this daemon is shared: never restarted), so when the
-  range cannot hold N more workers the wide job runs with a shared (non-isolated) idmap;
+- uid ranges: none needed, with isolated idmaps a job's workers share the job's one range;
 - file descriptors: the bench's own soft limit is raised to its hard limit; LXD's limit is
   printed with the peak it reached (raising a running daemon's hard limit needs
   CAP_SYS_RESOURCE, which this machine's root does not have).
@@ -15,7 +13,6 @@ import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from container_compute.constants import IDMAP_SIZE
 from container_compute.host.sysctl import SYSCTL_SETTINGS
 
 PROC_SYS = Path("/proc/sys")
@@ -114,21 +111,6 @@ def restore_limits(raised: Raised) -> list[str]:
             _path(key).write_text(f"{before}\n")
             notes.append(f"{key} back to {before}")
     return notes
-
-
-def subuid_range(user: str = "root", subuid: Path = Path("/etc/subuid")) -> int:
-    """The number of subordinate uids of ``user`` (the largest range listed)."""
-    best = 0
-    for line in subuid.read_text().splitlines():
-        parts = line.strip().split(":")
-        if len(parts) == 3 and parts[0] == user and parts[2].isdigit():
-            best = max(best, int(parts[2]))
-    return best
-
-
-def isolated_capacity(range_size: int) -> int:
-    """How many isolated workers a subordinate range of ``range_size`` ids can hold."""
-    return range_size // IDMAP_SIZE
 
 
 def lxd_open_files_limit(pid: int | None) -> int | None:

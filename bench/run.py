@@ -390,7 +390,6 @@ class Bench:
             self.options.wide_sleep,
             self._state(),
             self.scratch,
-            others=2 * max(self.options.parallels),
         )
         self.launch_failures += self.wide.launch_failures
 

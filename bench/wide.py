@@ -1,9 +1,10 @@
 """N live workers at once: a job of N ``sleep`` tasks with parallelism N (default 200).
 
-The project's host configuration is raised to allow it (max-parallel-workers N; a shared idmap
-when /etc/subuid cannot hold N isolated ranges), kernel limits are checked and raised
-(bench/hostlimits.py), and while the job runs a sampler reads MemAvailable, the tasks running,
-LXD's open files, the kernel keys of the busiest uid and the host's threads.
+The project's host configuration is raised to allow it (max-parallel-workers N; with isolated
+idmaps the job's workers share the job's one id range, so /etc/subuid needs no more room),
+kernel limits are checked and raised (bench/hostlimits.py), and while the job runs a sampler
+reads MemAvailable, the tasks running, LXD's open files, the kernel keys of the busiest uid
+and the host's threads.
 """
 
 import dataclasses
@@ -75,25 +76,6 @@ class Sampler(threading.Thread):
             ledger.close()
 
 
-def shared_idmap_if_needed(config: HostConfig, workers: int, others: int) -> HostConfig:
-    """The configuration with a shared idmap when isolated ranges cannot hold the workers.
-
-    ``others``: ranges other workers of this host may hold meanwhile.
-    """
-    if not config.worker_idmap_isolated or config.worker_privileged:
-        return config
-    range_size = hostlimits.subuid_range()
-    capacity = hostlimits.isolated_capacity(range_size)
-    if capacity >= workers + others:
-        return config
-    print(
-        f"  idmap: /etc/subuid gives root {range_size} ids = {capacity} isolated ranges, "
-        f"fewer than {workers} workers and what others use; LXD reads it only at start "
-        "(shared daemon, never restarted): shared idmap for this job"
-    )
-    return dataclasses.replace(config, worker_idmap_isolated=False)
-
-
 def run_wide(
     config: HostConfig,
     alias: str,
@@ -101,7 +83,6 @@ def run_wide(
     sleep: int,
     state: Path,
     scratch: Path,
-    others: int,
 ) -> WideRun:
     """Run the wide job and print what it took of the host.
 
@@ -109,7 +90,6 @@ def run_wide(
         BenchError: when the job fails.
     """
     config = dataclasses.replace(config, max_parallel_workers=workers)
-    config = shared_idmap_if_needed(config, workers, others)
     lxdsetup.set_up(config, scratch)
     print(f"  host limits checked: {'; '.join(hostlimits.checked(workers))}")
     raised = hostlimits.raise_limits(workers)

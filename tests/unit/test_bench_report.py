@@ -163,15 +163,6 @@ def test_lists_are_deduplicated_in_order():
     assert options.parallels == (2, 8)
 
 
-def test_subuid_range_and_isolated_capacity(tmp_path: Path):
-    subuid = tmp_path / "subuid"
-    subuid.write_text("_lxd:100000:10000001\nroot:100000:10000001\nroot:bad\nroot:1:70000\n")
-    assert hostlimits.subuid_range("root", subuid) == 10000001
-    assert hostlimits.subuid_range("nobody", subuid) == 0
-    assert hostlimits.isolated_capacity(10000001) == 152
-    assert hostlimits.isolated_capacity(65535) == 0
-
-
 def test_pid_max_wanted_grows_with_workers():
     small = hostlimits.wanted_sysctls(10, 500)["kernel.pid_max"]
     large = hostlimits.wanted_sysctls(200, 500)["kernel.pid_max"]
