@@ -260,6 +260,15 @@ def launch_failures(tasks: Iterable[TaskAttempts]) -> int:
     return total
 
 
+def marginal_seconds(
+    big: float | None, small: float | None, big_count: int, small_count: int
+) -> float | None:
+    """Seconds per extra task between a small and a big job: their fixed costs cancel out."""
+    if big is None or small is None or big_count <= small_count:
+        return None
+    return (big - small) / (big_count - small_count)
+
+
 def per_second(count: int, seconds: float) -> float | None:
     """Return count / seconds, or None when no time was measured."""
     return count / seconds if seconds > 0 else None

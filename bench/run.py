@@ -47,6 +47,7 @@ from bench.report import (
     exec_line,
     figure_line,
     issue_targets,
+    marginal_seconds,
     mib,
     parallels_for_round,
     rotated,
@@ -442,6 +443,20 @@ class Bench:
             f"== targets of issue 11 (reference: {ref.label}, {self.options.tasks} tasks) ==",
             *(target.line() for target in issue_targets(figures)),
         ]
+        small = self.samples.by_parallel(f"{ref.label} ours warm").get(warm_p)
+        marginal = marginal_seconds(
+            figures.warm_many,
+            summarise(small).median if small else None,
+            self.options.warm_tasks,
+            self.options.tasks,
+        )
+        if marginal is not None and figures.bare_exec:
+            lines.append(
+                f"  warm marginal cost per task ({self.options.warm_tasks}- minus "
+                f"{self.options.tasks}-task job, P={warm_p}): {marginal * 1000:.1f} ms = "
+                f"{marginal / figures.bare_exec:.2f}x a bare exec "
+                f"({figures.bare_exec * 1000:.1f} ms)"
+            )
         cold = figures.cold
         docker = self._best(f"{ref.image.name} docker")
         loop = self._best(f"{ref.label} lxc loop")

@@ -17,6 +17,7 @@ from bench.report import (
     format_seconds,
     issue_targets,
     launch_failures,
+    marginal_seconds,
     parallels_for_round,
     per_second,
     ratio,
@@ -267,3 +268,10 @@ def test_issue_targets_without_warm_mode_or_debootstrap_say_so():
     assert (
         targets[2].line() == "  cold debootstrap / busybox (ours): not measured (target <= 1.5x)"
     )
+
+
+def test_marginal_cost_cancels_the_fixed_costs():
+    assert marginal_seconds(22.0, 4.0, 500, 32) == pytest.approx(18.0 / 468)
+    assert marginal_seconds(None, 4.0, 500, 32) is None
+    assert marginal_seconds(22.0, None, 500, 32) is None
+    assert marginal_seconds(22.0, 4.0, 32, 32) is None
