@@ -41,6 +41,7 @@ class Samples:
 
     values: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
     extras: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
+    chosen: dict[str, int] = field(default_factory=dict)  # parallelism kept after round 1
 
     def add(self, figure: str, parallel: int, seconds: float, cpu: float | None = None) -> None:
         """Record one measurement (seconds) and, when known, the CPU seconds it cost LXD."""
@@ -53,11 +54,16 @@ class Samples:
         return {p: v for (f, p), v in self.values.items() if f == figure and v}
 
     def best(self, figure: str) -> tuple[int, Summary] | None:
-        """The parallelism with the lowest median and its summary; None without samples."""
+        """The parallelism kept for a figure, or the one with the lowest median; its summary.
+
+        None when the figure has no samples.
+        """
         choices = self.by_parallel(figure)
         if not choices:
             return None
-        parallel = best_parallel(choices)
+        parallel = self.chosen.get(figure)
+        if parallel not in choices:
+            parallel = best_parallel(choices)
         return parallel, summarise(choices[parallel])
 
     def cpu(self, figure: str, parallel: int) -> Summary | None:
@@ -87,15 +93,23 @@ def parallels_for_round(
 ) -> list[int]:
     """Which parallelisms to measure in a round.
 
-    A figure of its own (``like`` empty) tries all of them in the first round, then only its
-    best. A figure ``like`` another one (the same method on a slower pool or a bigger image)
-    uses its own best once it has one, else the other figure's best, else all of them.
+    A figure of its own (``like`` empty) tries all of them in the first round; from the
+    second round on it keeps the one that was best in the first. A figure ``like`` another
+    (the same method on a slower pool or a bigger image) keeps the other's choice, or its
+    best so far, from its first measurement on. Once chosen, a parallelism stays: it gets a
+    sample in every round, and the report prints its median.
     """
+    if figure in samples.chosen:
+        return [samples.chosen[figure]]
     if round_index == 0 and not like:
         return list(parallels)
     for source in (figure, like):
+        if source in samples.chosen:
+            samples.chosen[figure] = samples.chosen[source]
+            return [samples.chosen[figure]]
         best = samples.best(source) if source else None
         if best is not None:
+            samples.chosen[figure] = best[0]
             return [best[0]]
     return list(parallels)
 

@@ -43,7 +43,7 @@ def test_best_parallelism_has_the_lowest_median_and_ties_go_to_the_smaller():
         best_parallel({4: []})
 
 
-def test_first_round_tries_every_parallelism_then_only_the_best():
+def test_first_round_tries_every_parallelism_then_keeps_the_best():
     samples = Samples()
     assert parallels_for_round(0, "cold", samples, (4, 8)) == [4, 8]
     assert parallels_for_round(1, "cold", samples, (4, 8)) == [4, 8]  # nothing measured yet
@@ -51,8 +51,17 @@ def test_first_round_tries_every_parallelism_then_only_the_best():
     samples.add("cold", 8, 9.0)
     samples.add("other", 4, 1.0)
     assert parallels_for_round(1, "cold", samples, (4, 8)) == [8]
-    assert samples.best("cold") == (8, summarise([9.0]))
+    samples.add("cold", 8, 20.0)  # a slow second round does not change the choice
+    assert parallels_for_round(2, "cold", samples, (4, 8)) == [8]
+    assert samples.best("cold") == (8, summarise([9.0, 20.0]))  # the kept one, n=2
     assert samples.best("missing") is None
+
+
+def test_without_a_choice_the_best_median_is_reported():
+    samples = Samples()
+    samples.add("podman", 4, 4.0)
+    samples.add("podman", 8, 5.0)
+    assert samples.best("podman") == (4, summarise([4.0]))
 
 
 def test_cpu_is_kept_only_when_given():
@@ -171,7 +180,7 @@ def test_pid_max_wanted_grows_with_workers():
     assert hostlimits.wanted_sysctls(200, 500)["fs.inotify.max_user_instances"] >= 1048576
 
 
-def test_a_figure_like_another_starts_from_the_others_best():
+def test_a_figure_like_another_keeps_the_others_choice():
     samples = Samples()
     parallels = (4, 8)
     # nothing measured anywhere: every parallelism, even in the first round
@@ -179,8 +188,10 @@ def test_a_figure_like_another_starts_from_the_others_best():
     samples.add("btrfs ours", 4, 9.0)
     samples.add("btrfs ours", 8, 11.0)
     assert parallels_for_round(0, "dir ours", samples, parallels, like="btrfs ours") == [4]
-    samples.add("dir ours", 8, 20.0)  # its own samples win once it has some
-    assert parallels_for_round(1, "dir ours", samples, parallels, like="btrfs ours") == [8]
+    samples.add("btrfs ours", 8, 1.0)  # the reference's later rounds change nothing
+    assert parallels_for_round(1, "dir ours", samples, parallels, like="btrfs ours") == [4]
+    samples.chosen["btrfs ours"] = 8
+    assert parallels_for_round(0, "deb ours", samples, parallels, like="btrfs ours") == [8]
 
 
 def test_dir_rounds_never_exceed_rounds():
