@@ -19,6 +19,7 @@ competitor could not run), naming it. Everything lives in run-prefixed LXD proje
 """
 
 import io
+import os
 import secrets
 import shutil
 import signal
@@ -516,6 +517,9 @@ def cleanup_not_interrupted() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; return 0, or 1 when something broke."""
     options = parse_args(argv)
+    if os.geteuid() != 0:
+        print("the bench runs as root, after scripts/setup-host (LXD, lxd-tools, debootstrap)")
+        return 2
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # progress shows in CI logs as it happens
     prefix = f"ccb{secrets.token_hex(3)}"
