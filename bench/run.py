@@ -311,6 +311,11 @@ class Bench:
                 p, many = self.options.parallels[0], self.options.warm_tasks
                 figure = f"{combo.label} ours warm x{many}"
                 steps.append((figure, lambda: self._ours(combo, figure, many, p, True)))
+                small = f"{combo.label} ours warm"
+                if round_index > 0 and self.samples.chosen.get(small, p) != p:
+                    # the small job at the big one's parallelism too, every round: the
+                    # marginal cost per task compares the two
+                    steps.append((small, lambda: self._ours(combo, small, tasks, p, True)))
         if is_reference and self.options.runs("warm"):
             for p in sorted({1, self.options.parallels[0]}):
                 steps.append(("bare exec", lambda p=p: self._bare_exec(combo, p)))
