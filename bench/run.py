@@ -1,377 +1,578 @@
-"""Speed and memory of container-compute against LXD's own yardsticks (prints, never asserts).
+"""Speed of container-compute against what users would pick instead (prints, never asserts).
 
-1. 32 trivial tasks (launch, gather every result, delete the workers) through the LXD backend,
-   against ``lxd-benchmark launch`` + ``lxd-benchmark delete`` of as many containers of the same
-   image on the same pool (best parallelism of 2/4/8 for each): target ratio <= 1.0.
-2. The same tasks as a sequential ``lxc launch / exec / file pull / delete`` loop: target >= 3x.
-3. A 10,000-task job: time to record it, job-status latency, the agent's resident memory.
+One invocation (``tox -e bench``, as root after scripts/setup-host) runs, interleaved over N
+rounds on every storage driver (btrfs, dir) and image (busybox, a ~150 MB debootstrap):
 
-Everything lives in a run-prefixed LXD project and pool (``ccb<hex>``), deleted at the end.
-Usage: ``python bench/run.py [--driver dir|btrfs] [--image busybox|debootstrap]``.
+- ours cold: ``launch-job`` of 32 trivial tasks, a fresh worker each (best parallelism);
+- ours warm: the same job with reused workers, a many-task warm job (tasks/s) and a bare
+  REST exec round trip (the floor of any warm mode), when this build has the warm mode;
+- podman and docker ``run --rm --network none`` with a bind-mounted results directory, at
+  the same parallelism, from the same rootfs (bench/competitors.py);
+- ``lxd-benchmark launch`` + ``delete`` and a sequential ``lxc launch/exec/file pull/delete``;
+
+then 200 live workers at once (a job of ``sleep 30`` tasks with parallelism 200) and a
+10,000-task job's bookkeeping. It prints medians (min, max) and the targets of issue 11 with
+the measured ratios. It exits non-zero only when something broke (a job failed, a
+competitor could not run), naming it. Everything lives in run-prefixed LXD projects and pools
+(``ccb<hex>-<driver>``) and directories, deleted at the end, also on failure or Ctrl-C.
+``python bench/run.py --help`` lists the flags (``--smoke`` runs everything small, < 2 min).
 """
 
-import argparse
-import dataclasses
+import io
 import os
-import resource
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "lib"), str(ROOT)]
 
-from container_compute import (
-    actions,
-    host,
+from bench import competitors, lxdsetup, ours, wide
+from bench.bigjob import run_big_job
+from bench.common import BenchError, Measured, measure
+from bench.images import BenchImage, prepare_busybox, prepare_debootstrap
+from bench.options import Options, parse_args
+from bench.report import (
+    IssueFigures,
+    Samples,
+    exec_line,
+    figure_line,
+    issue_targets,
+    marginal_seconds,
+    mib,
+    parallels_for_round,
+    rotated,
+    summarise,
 )
-from container_compute.backends.lxd import LXDBackend
 from container_compute.config import HostConfig
 from container_compute.constants import WORKER_PROFILE
-from container_compute.host import HostPaths, configure_host
-from container_compute.host.images import build_busybox_image, build_debootstrap_image
-from container_compute.jobs.params import JobParams, LaunchJobParams
 from container_compute.lxdclient import connect
-from tests.functional.lxd_cleanup import purge_run
-
-LXC = "/usr/bin/lxc"
-LXD_BENCHMARK = "/usr/bin/lxd-benchmark"
-IMAGE_ALIAS = "worker"
-TASK_COMMAND = 'echo $((TASK_INDEX * TASK_INDEX)) > "$RESULTS_DIR/square"; echo done'
 
 
-def timed(action: Callable[[], object]) -> float:
-    """Return the seconds ``action`` took."""
-    begin = time.perf_counter()
-    action()
-    return time.perf_counter() - begin
+@dataclass(frozen=True)
+class Combo:
+    """One storage driver with one image: its project's configuration and the image."""
+
+    driver: str
+    image: BenchImage
+    config: HostConfig
+
+    @property
+    def label(self) -> str:
+        """``btrfs/busybox``."""
+        return f"{self.driver}/{self.image.name}"
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by this process (with children) and by the LXD daemon."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    figures = {"bench": usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime}
-    ticks = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+class Bench:
+    """One run of the bench: set-up, interleaved rounds, the wide job, the report."""
+
+    def __init__(self, options: Options, prefix: str, scratch: Path) -> None:
+        """Nothing is created yet."""
+        self.options = options
+        self.prefix = prefix
+        self.scratch = scratch
+        self.samples = Samples()
+        self.broken: list[str] = []
+        self.launch_failures = 0
+        self.benchmark_failures = 0
+        self.combos: list[Combo] = []
+        self.images: dict[str, BenchImage] = {}
+        self.configs: dict[str, HostConfig] = {}
+        self.started: list[competitors.ContainerRunner] = []
+        self.runners: dict[str, competitors.ContainerRunner] = {}
+        self.references: dict[tuple[str, str], str] = {}
+        self.warm = ours.warm_supported()
+        self.counter = 0
+        self.wide: wide.WideRun | None = None
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def set_up(self) -> None:
+        """Projects and pools per driver, the images in each, podman and docker."""
+        max_workers = max(self.options.parallels)
+        for driver in self.options.drivers:
+            config = lxdsetup.base_config(self.prefix, driver, self.options.idmap, max_workers)
+            lxdsetup.set_up(config, self.scratch)
+            self.configs[driver] = config
+        first = next(iter(self.configs.values()))
+        isolated = first.worker_idmap_isolated and not first.worker_privileged
+        print(f"projects and pools: {', '.join(c.lxd_project for c in self.configs.values())}")
+        print(f"workers: unprivileged, idmap {'isolated' if isolated else 'shared'}")
+        clients = [connect(project=c.lxd_project) for c in self.configs.values()]
+        projects = [c.lxd_project for c in self.configs.values()]
+        for name in self.options.images:
+            begin = time.monotonic()
+            if name == "busybox":
+                image = prepare_busybox(clients, projects[0], self.scratch / "images", name)
+            else:
+                image = prepare_debootstrap(clients, projects[0], name)
+            self.images[name] = image
+            print(f"image {image.describe()} (ready in {time.monotonic() - begin:.0f}s)")
+        for driver, config in self.configs.items():
+            for image in self.images.values():
+                self.combos.append(Combo(driver, image, config))
+        self._warm_up()
+        self._set_up_competitors()
+
+    def _warm_up(self) -> None:
+        """One untimed small job and lxd-benchmark launch per combo: images unpacked on pools."""
+        for combo in self.combos:
+            self._try(
+                f"{combo.label} warm-up",
+                lambda c=combo: ours.run_job(
+                    c.config, self._state(), ours.job_params(c.image.alias, 2, 2)
+                ),
+            )
+            if self.options.runs("lxd-benchmark"):
+                self._try(
+                    f"{combo.label} lxd-benchmark warm-up",
+                    lambda c=combo: self._lxd_benchmark(c, 1, 1),
+                )
+        print("warm-up done (one untimed job and lxd-benchmark launch per pool and image)")
+
+    def _set_up_competitors(self) -> None:
+        """Install podman and docker when absent, start them, import every image.
+
+        A competitor that cannot be set up is reported (the bench will exit non-zero) and
+        left out; the rest of the bench runs.
+        """
+        wanted = [p for p in ("podman", "docker") if self.options.runs(p)]
+        if not wanted:
+            return
+        installed = self._try("installing podman and docker", competitors.ensure_installed)
+        if isinstance(installed, list) and installed:
+            print(f"installed from Debian: {', '.join(map(str, installed))}")
+        for kind in wanted:
+            self._try(f"setting up {kind}", lambda k=kind: self._start_runner(k))
+
+    def _start_runner(self, kind: str) -> None:
+        runner: competitors.ContainerRunner
+        if kind == "podman":
+            runner = competitors.Podman(self.prefix)
+            self.started.append(runner)
+            print(f"{runner.version()} (runc, cgroupfs, no network, no daemon)")
+        else:
+            runner = competitors.Docker(self.prefix, self.scratch / "dockerd.log")
+            self.started.append(runner)
+            print(f"{runner.start()} (own dockerd, no systemd, no bridge, no iptables)")
+        for image in self.images.values():
+            reference = runner.import_image(image.rootfs, f"{self.prefix}-{image.name}")
+            self.references[(kind, image.name)] = reference
+        self.runners[kind] = runner
+
+    def close(self) -> None:
+        """Stop docker, remove podman's and docker's storage."""
+        for runner in self.started:
             try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                if os.readlink(entry / "exe") == "/usr/bin/lxd" and argv[1:2] == [b"--group"]:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                    figures["lxd"] = sum(int(f) for f in fields[11:15]) / ticks
-            except (OSError, IndexError):
-                continue
-    return figures
+                runner.close()
+            except Exception as err:  # clean up the rest anyway
+                print(f"cleanup of {runner.kind}: {err}")
 
+    # -- helpers ------------------------------------------------------------------------
 
-def cpu_used(action: Callable[[], object]) -> tuple[float, str]:
-    """Run ``action``; return its seconds and the CPU seconds it and LXD used."""
-    before = cpu_seconds()
-    seconds = timed(action)
-    after = cpu_seconds()
-    used = ", ".join(f"{k} {after[k] - before.get(k, 0):.1f}s" for k in sorted(after))
-    return seconds, f"CPU: {used}"
+    def _state(self) -> Path:
+        self.counter += 1
+        return self.scratch / f"state-{self.counter}"
 
+    def _try(self, what: str, action: Callable[[], object]) -> object | None:
+        """Run one measurement; a failure is recorded (exit non-zero later), not fatal."""
+        try:
+            return action()
+        except Exception as err:  # any failure of one measurement: reported, the rest runs
+            detail = err.stderr if isinstance(err, subprocess.CalledProcessError) else ""
+            self.broken.append(f"{what}: {err} {detail or ''}".strip())
+            print(f"  BROKEN {what}: {err} {detail or ''}")
+            traceback.print_exc(limit=3)
+            return None
 
-def host_paths(directory: Path) -> HostPaths:
-    """HostPaths with copies of /etc/subuid and /etc/subgid (the real /etc is not written)."""
-    for name in ("subuid", "subgid"):
-        (directory / name).write_text(Path("/etc", name).read_text())
-    return HostPaths(
-        sysctl_dir=directory / "sysctl.d",
-        modules_load_dir=directory / "modules-load.d",
-        subuid=directory / "subuid",
-        subgid=directory / "subgid",
-    )
-
-
-def set_up(prefix: str, driver: str, image: str, scratch: Path) -> HostConfig:
-    """Configure a run-prefixed project and pool, build the image, mirror the worker profile."""
-    config = HostConfig(
-        lxd_project=prefix,
-        storage_pool=prefix,
-        storage_driver=driver,
-        storage_size="8GiB",
-        worker_cpu="",
-        worker_memory="256MiB",
-        default_image=IMAGE_ALIAS,
-        sysctl_tuning=False,
-        max_parallel_workers=8,
-    )
-    report = configure_host(config, paths=host_paths(scratch))
-    if not report.ok:
-        raise SystemExit(f"configure_host failed: {report.problems}")
-    client = connect(project=prefix)
-    begin = time.perf_counter()
-    if image == "busybox":
-        built = build_busybox_image(client, IMAGE_ALIAS)
-    else:
-        built = build_debootstrap_image(client, IMAGE_ALIAS)
-    print(
-        f"image {image}: {built.size_bytes / 2**20:.1f} MiB packed, "
-        f"built in {time.perf_counter() - begin:.1f}s"
-    )
-    # lxd-benchmark uses the project's default profile: give it the worker profile's settings.
-    worker = client.profiles.get(WORKER_PROFILE)
-    default = client.profiles.get("default")
-    default.config = dict(worker.config)
-    default.devices = dict(worker.devices)
-    default.save()
-    return config
-
-
-def run_ours(config: HostConfig, tasks: int, parallel: int, scratch: Path) -> dict[str, float]:
-    """Run ``tasks`` trivial tasks as one job, as a user would: ``launch-job`` with wait=true.
-
-    The engine runs in this process (no agent), launching, gathering every result into the
-    results tree and deleting every worker; the time ends when the last worker is deleted.
-    """
-    state = scratch / f"state-p{parallel}"
-    state.mkdir()
-    config = dataclasses.replace(config, max_parallel_workers=max(parallel, 1))
-    params = LaunchJobParams(
-        command=TASK_COMMAND, tasks=tasks, parallelism=parallel, image=IMAGE_ALIAS, wait=True
-    )
-    result: dict[str, Any] = {}
-    total, cpu = cpu_used(
-        lambda: result.update(actions.run_action("launch-job", params, config, state))
-    )
-    if result.get("state") != "succeeded":
-        raise RuntimeError(f"the job did not succeed: {result}")
-    job_dir = state / "results" / result["job"]
-    for index in range(tasks):
-        if (job_dir / str(index) / "files" / "square").read_text() != f"{index * index}\n":
-            raise RuntimeError(f"task {index}: wrong result")
-    if LXDBackend(config).list_workers():
-        raise RuntimeError("workers left behind")
-    print(f"    ({cpu})")
-    return {"total": total}
-
-
-def run_lxd_benchmark(project: str, tasks: int, parallel: int) -> float:
-    """Launch then delete ``tasks`` containers with lxd-benchmark; return the seconds."""
-
-    def both() -> None:
-        for args in (
-            ["launch", "--count", str(tasks), IMAGE_ALIAS],
-            ["delete"],
-        ):
-            subprocess.run(
-                [
-                    LXD_BENCHMARK,
-                    args[0],
-                    "--parallel",
-                    str(parallel),
-                    "--project",
-                    project,
-                    *args[1:],
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-
-    seconds, cpu = cpu_used(both)
-    print(f"    ({cpu})")
-    return seconds
-
-
-def lxc(*args: str) -> None:
-    """Run an lxc command; on failure raise with its stderr."""
-    done = subprocess.run([LXC, *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"lxc {' '.join(args)}: {done.stderr.strip()}")
-
-
-def run_lxc_loop(project: str, tasks: int, scratch: Path) -> float:
-    """The naive way: one task after the other with lxc launch / exec / file pull / delete."""
-
-    def loop() -> None:
-        for index in range(tasks):
-            name = f"loop-{index}"
-            target = scratch / name
-            target.mkdir()
-            lxc("--project", project, "launch", IMAGE_ALIAS, name, "-p", WORKER_PROFILE)
-            lxc(
-                "--project",
-                project,
-                "exec",
-                name,
-                "--env",
-                f"TASK_INDEX={index}",
-                "--env",
-                "RESULTS_DIR=/results",
-                "--",
-                "/bin/sh",
-                "-c",
-                TASK_COMMAND,
-            )
-            lxc("--project", project, "file", "pull", "-r", f"{name}/results", str(target))
-            lxc("--project", project, "delete", "-f", name)
-
-    return timed(loop)
-
-
-def rss_kib(pid: int) -> tuple[int, int]:
-    """Return (VmRSS, VmHWM) of a process in KiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(value.split()[0])
-    return values.get("VmRSS", 0), values.get("VmHWM", 0)
-
-
-def run_big_job(config: HostConfig, scratch: Path, tasks: int, agent_seconds: float) -> None:
-    """Record a big job, time job-status, run the agent a while and read its memory."""
-    state = scratch / "state"
-    state.mkdir()
-    host.save_config(config, state)
-    params = LaunchJobParams(command="true", tasks=tasks, parallelism=8)
-    result: dict[str, object] = {}
-    recorded = timed(
-        lambda: result.update(actions.run_action("launch-job", params, config, state))
-    )
-    job = str(result["job"])
-    print(f"(3) recording a {tasks}-task job: {recorded * 1000:.0f} ms")
-    latencies = []
-    for _ in range(20):
-        latencies.append(
-            timed(lambda: actions.run_action("job-status", JobParams(job=job), config, state))
-        )
-    print(
-        f"    job-status latency: median {statistics.median(latencies) * 1000:.1f} ms, "
-        f"max {max(latencies) * 1000:.1f} ms (20 calls, job queued)"
-    )
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "container_compute.agent",
-            "--state-dir",
-            str(state),
-            "--poll",
-            "0.5",
-            "--log-level",
-            "WARNING",
-        ],
-        env={"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'lib'}", "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    samples = []
-    try:
-        end = time.time() + agent_seconds
-        while time.time() < end and agent.poll() is None:
-            time.sleep(2)
-            samples.append(rss_kib(agent.pid))
-        busy = []
-        for _ in range(10):
-            busy.append(
-                timed(lambda: actions.run_action("job-status", JobParams(job=job), config, state))
-            )
-        status = actions.run_action("job-status", JobParams(job=job), config, state)
+    def _record(
+        self, figure: str, parallel: int, measured: Measured, note: str = "", lxd: bool = True
+    ) -> None:
+        """Keep a measurement and print it (with LXD's CPU for the methods that use LXD)."""
+        self.samples.add(figure, parallel, measured.seconds, measured.lxd_cpu if lxd else None)
+        where = f" P={parallel}" if parallel else ""
+        cpu = f"LXD CPU {measured.lxd_cpu:.1f}s, " if lxd else ""
         print(
-            f"    job-status latency while the agent runs: median "
-            f"{statistics.median(busy) * 1000:.1f} ms"
+            f"  {figure}{where}: {measured.seconds:.2f}s "
+            f"({cpu}bench CPU {measured.own_cpu:.1f}s){note}"
         )
-        print(f"    agent after {agent_seconds:.0f}s: counts {status.get('counts')}")
-        if samples:
-            print(
-                f"    agent resident memory: {samples[-1][0] / 1024:.1f} MiB "
-                f"(peak {max(s[1] for s in samples) / 1024:.1f} MiB)"
+
+    # -- the methods ----------------------------------------------------------------------
+
+    def _ours(self, combo: Combo, figure: str, tasks: int, parallel: int, warm: bool) -> None:
+        run = ours.run_job(
+            combo.config, self._state(), ours.job_params(combo.image.alias, tasks, parallel, warm)
+        )
+        self.launch_failures += run.launch_failures
+        note = f", workers gone {run.clean_seconds:.1f}s later"
+        if run.launch_failures:
+            note += f", LAUNCH FAILURES {run.launch_failures}: " + "; ".join(
+                run.failure_details[:2]
             )
-        actions.run_action("cancel-job", JobParams(job=job), config, state)
+        self._record(figure, parallel, run.measured, note)
+
+    def _lxd_benchmark(self, combo: Combo, tasks: int, parallel: int) -> Measured:
+        project = combo.config.lxd_project
+        launch = measure(
+            lambda: competitors.lxd_benchmark(
+                project, combo.image.alias, tasks, parallel, "launch"
+            )
+        )
+        running = sum(
+            1
+            for i in connect(project=project).instances.all()
+            if i.name.startswith("benchmark-") and i.status == "Running"
+        )
+        delete = measure(lambda: competitors.lxd_benchmark(project, "", tasks, parallel, "delete"))
+        self.benchmark_failures += max(0, tasks - running)
+        return Measured(
+            launch.seconds + delete.seconds,
+            launch.lxd_cpu + delete.lxd_cpu,
+            launch.own_cpu + delete.own_cpu,
+        )
+
+    def _container_runner(self, kind: str, image: str, parallel: int) -> None:
+        runner = self.runners[kind]
+        reference = self.references[(kind, image)]
+        directory = self.scratch / f"{kind}-{self._state().name}"
+        measured = measure(
+            lambda: competitors.run_batch(
+                lambda index, results: runner.run_one(reference, index, results),
+                self.options.tasks,
+                parallel,
+                directory,
+                kind,
+            )
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+        self._record(f"{image} {kind}", parallel, measured, lxd=False)
+
+    def _bare_exec(self, combo: Combo, parallel: int) -> None:
+        per_call = ours.bare_exec(
+            combo.config.lxd_project, combo.image.alias, self.options.exec_calls, parallel
+        )
+        self.samples.add(f"{combo.label} bare exec", parallel, per_call)
+        print(f"  {combo.label} bare exec P={parallel}: {per_call * 1000:.1f} ms per call")
+
+    def _steps(
+        self,
+        round_index: int,
+        figure: str,
+        like: str,
+        action: Callable[[str, int], None],
+    ) -> list[tuple[str, Callable[[], None]]]:
+        """One method's measurements this round, at the parallelisms report.py picks."""
+        return [
+            (f"{figure} P={p}", lambda p=p: action(figure, p))
+            for p in parallels_for_round(
+                round_index, figure, self.samples, self.options.parallels, like
+            )
+        ]
+
+    def _combo_round(self, round_index: int, combo: Combo, reference: Combo) -> None:
+        """Every LXD method on one driver and image, in an order that changes each round.
+
+        The reference (first driver and image) tries every parallelism in the first round;
+        the other combinations start from its best. The warm throughput job, the bare exec
+        and the lxc loop run on the reference only.
+        """
+        tasks = self.options.tasks
+        is_reference = combo is reference
+        steps: list[tuple[str, Callable[[], None]]] = []
+
+        def like(method: str) -> str:
+            return "" if is_reference else f"{reference.label} {method}"
+
+        if self.options.runs("cold"):
+            steps += self._steps(
+                round_index,
+                f"{combo.label} ours cold",
+                like("ours cold"),
+                lambda f, p: self._ours(combo, f, tasks, p, False),
+            )
+        if self.options.runs("warm") and self.warm:
+            steps += self._steps(
+                round_index,
+                f"{combo.label} ours warm",
+                like("ours warm"),
+                lambda f, p: self._ours(combo, f, tasks, p, True),
+            )
+            if is_reference:
+                p, many = self.options.parallels[0], self.options.warm_tasks
+                figure = f"{combo.label} ours warm x{many}"
+                steps.append((figure, lambda: self._ours(combo, figure, many, p, True)))
+                small = f"{combo.label} ours warm"
+                if round_index > 0 and self.samples.chosen.get(small, p) != p:
+                    # the small job at the big one's parallelism too, every round: the
+                    # marginal cost per task compares the two
+                    steps.append((small, lambda: self._ours(combo, small, tasks, p, True)))
+        if is_reference and self.options.runs("warm"):
+            for p in sorted({1, self.options.parallels[0]}):
+                steps.append(("bare exec", lambda p=p: self._bare_exec(combo, p)))
+        if self.options.runs("lxd-benchmark"):
+            steps += self._steps(
+                round_index,
+                f"{combo.label} lxd-benchmark",
+                like("lxd-benchmark"),
+                lambda f, p: self._record(f, p, self._lxd_benchmark(combo, tasks, p)),
+            )
+        if is_reference and self.options.runs("loop") and round_index < self.options.loop_rounds:
+            steps.append(("lxc loop", lambda: self._loop(combo)))
+        for what, step in rotated(steps, round_index):
+            self._try(f"round {round_index + 1} {what}", step)
+
+    def _loop(self, combo: Combo) -> None:
+        directory = self.scratch / f"loop-{self._state().name}"
+        measured = measure(
+            lambda: competitors.lxc_loop(
+                combo.config.lxd_project,
+                combo.image.alias,
+                WORKER_PROFILE,
+                self.options.tasks,
+                directory,
+            )
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+        self._record(f"{combo.label} lxc loop", 1, measured)
+
+    def _image_round(self, round_index: int, image: str) -> None:
+        """Podman and docker on one image (their storage is their own, not LXD's pool)."""
+        steps: list[tuple[str, Callable[[], None]]] = []
+        first = self.options.images[0]
+        for kind in self.runners:
+            steps += self._steps(
+                round_index,
+                f"{image} {kind}",
+                "" if image == first else f"{first} {kind}",
+                lambda _f, p, k=kind: self._container_runner(k, image, p),
+            )
+        for what, step in rotated(steps, round_index):
+            self._try(f"round {round_index + 1} {what}", step)
+
+    # -- the run --------------------------------------------------------------------------
+
+    def rounds(self) -> None:
+        """The interleaved rounds (the dir pool takes part in the first --dir-rounds only)."""
+        if not self.warm and self.options.runs("warm"):
+            print("warm mode: not available in this build (LaunchJobParams has no reuse_workers)")
+        reference = self.combos[0]
+        for round_index in range(self.options.rounds):
+            begin = time.monotonic()
+            print(f"\nround {round_index + 1}/{self.options.rounds}")
+            combos = [
+                c
+                for c in self.combos
+                if c.driver != "dir" or round_index < self.options.dir_rounds
+            ]
+            images = list(self.images)
+            for combo in rotated(combos, round_index):
+                self._combo_round(round_index, combo, reference)
+                if combo.image.name in images:  # podman and docker once per image and round
+                    images.remove(combo.image.name)
+                    self._image_round(round_index, combo.image.name)
+            print(f"round {round_index + 1} took {time.monotonic() - begin:.0f}s")
+
+    def wide_job(self) -> None:
+        """N live workers at once (bench/wide.py), on the first driver, busybox if there."""
+        image = "busybox" if "busybox" in self.images else next(iter(self.images))
+        config = self.configs[self.options.drivers[0]]
+        print(
+            f"\n{self.options.wide_workers} live workers ({config.storage_driver}/{image}, "
+            f"sleep {self.options.wide_sleep})"
+        )
+        self.wide = wide.run_wide(
+            config,
+            self.images[image].alias,
+            self.options.wide_workers,
+            self.options.wide_sleep,
+            self._state(),
+            self.scratch,
+        )
+        self.launch_failures += self.wide.launch_failures
+
+    # -- the report -----------------------------------------------------------------------
+
+    def report(self) -> None:
+        """Medians of every figure, then the targets of issue 11."""
+        print("\n== figures: medians over rounds (min, max); best parallelism per method ==")
+        figures = sorted({f for (f, _p) in self.samples.values})
+        for figure in figures:
+            best = self.samples.best(figure)
+            if best is None:
+                continue
+            parallel, summary = best
+            if figure.endswith("bare exec"):
+                for p, values in sorted(self.samples.by_parallel(figure).items()):
+                    print(exec_line(figure, p, summarise(values)))
+                continue
+            print(figure_line(figure, parallel, summary, self.samples.cpu(figure, parallel)))
+            others = {p: v for p, v in self.samples.by_parallel(figure).items() if p != parallel}
+            for p, values in sorted(others.items()):
+                print(f"      (P={p}: {summarise(values).median:.2f}s, n={len(values)})")
+        for line in self.targets():
+            print(line)
+
+    def _best(self, figure: str) -> float | None:
+        best = self.samples.best(figure)
+        return best[1].median if best else None
+
+    def targets(self) -> list[str]:
+        """The target lines of issue 11 with the measured values, and related ratios."""
+        ref = self.combos[0]
+        warm_p = self.options.parallels[0]
+        bare = self.samples.by_parallel(f"{ref.label} bare exec").get(warm_p)
+        figures = IssueFigures(
+            cold=self._best(f"{ref.label} ours cold"),
+            lxd_benchmark=self._best(f"{ref.label} lxd-benchmark"),
+            podman=self._best(f"{ref.image.name} podman"),
+            debootstrap_cold=self._best(f"{ref.driver}/debootstrap ours cold"),
+            busybox_cold=self._best(f"{ref.driver}/busybox ours cold"),
+            warm_many=self._best(f"{ref.label} ours warm x{self.options.warm_tasks}"),
+            bare_exec=summarise(bare).median if bare else None,
+            warm_tasks=self.options.warm_tasks,
+            warm_parallel=warm_p,
+            warm_available=self.warm,
+            launch_failures=self.launch_failures,
+        )
+        lines = [
+            "",
+            f"== targets of issue 11 (reference: {ref.label}, {self.options.tasks} tasks) ==",
+            *(target.line() for target in issue_targets(figures)),
+        ]
+        small = self.samples.by_parallel(f"{ref.label} ours warm").get(warm_p)
+        marginal = marginal_seconds(
+            figures.warm_many,
+            summarise(small).median if small else None,
+            self.options.warm_tasks,
+            self.options.tasks,
+        )
+        if marginal is not None and figures.bare_exec:
+            lines.append(
+                f"  warm marginal cost per task ({self.options.warm_tasks}- minus "
+                f"{self.options.tasks}-task job, P={warm_p}): {marginal * 1000:.1f} ms = "
+                f"{marginal / figures.bare_exec:.2f}x a bare exec "
+                f"({figures.bare_exec * 1000:.1f} ms)"
+            )
+        cold = figures.cold
+        docker = self._best(f"{ref.image.name} docker")
+        loop = self._best(f"{ref.label} lxc loop")
+        if docker is not None and cold is not None:
+            lines.append(f"  cold ours / docker run --rm: {cold / docker:.2f}x")
+        if loop is not None and cold is not None:
+            lines.append(f"  sequential lxc loop / cold ours: {loop / cold:.1f}x faster")
+        for figure in ("ours cold", "lxd-benchmark"):
+            best = self.samples.best(f"{ref.label} {figure}")
+            cpu = self.samples.cpu(f"{ref.label} {figure}", best[0]) if best else None
+            if cpu is not None:
+                lines.append(
+                    f"  LXD CPU per task, {figure}: {cpu.median / self.options.tasks:.2f}s"
+                )
+        if self.benchmark_failures:
+            lines.append(f"  lxd-benchmark launches that failed: {self.benchmark_failures}")
+        if self.wide is not None:
+            lines.append(
+                f"  {self.options.wide_workers} live workers: {self.wide.launch_failures} "
+                f"launch failures, peak {self.wide.peak_running} running, MemAvailable "
+                f"{mib(self.wide.mem_before_kib)} -> {mib(self.wide.mem_low_kib)}, LXD CPU "
+                f"{self.wide.measured.lxd_cpu:.1f}s"
+            )
+        return lines
+
+
+@contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt like Ctrl-C, so clean-up runs on both."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            _, err = agent.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            _, err = agent.communicate()
-        if agent.returncode not in (0, -signal.SIGTERM):
-            print(f"    agent exited {agent.returncode}: {err[-2000:]}")
-        backend = LXDBackend(config)
-        for worker in backend.list_workers():
-            backend.delete(worker.name)
+        signal.signal(signal.SIGTERM, previous)
 
 
-def purge_with_retries(prefix: str) -> None:
-    """Delete the run's project and pool; retry while the daemon restarts (bounded)."""
-    for attempt in range(12):
-        try:
-            removed = purge_run(prefix)
-        except Exception as err:  # the shared daemon may be restarting
-            print(f"cleanup attempt {attempt + 1} failed: {err}")
-            time.sleep(10)
-            continue
-        print(f"cleaned up: {', '.join(removed) or 'nothing'}")
-        return
-    print(f"CLEANUP FAILED: delete project and pool {prefix} by hand")
+@contextmanager
+def cleanup_not_interrupted() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM while the run's things are deleted.
+
+    A second Ctrl-C, or ``timeout`` signalling both the process and its group, would otherwise
+    interrupt the clean-up and leave things behind.
+    """
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print("cleaning up (Ctrl-C is ignored until it is done) ...")
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--driver", choices=("dir", "btrfs"), default="dir")
-    parser.add_argument("--image", choices=("busybox", "debootstrap"), default="busybox")
-    parser.add_argument("--tasks", type=int, default=32)
-    parser.add_argument("--parallel", default="2,4,8", help="parallelisms to try, best is kept")
-    parser.add_argument("--big-job-tasks", type=int, default=10_000)
-    parser.add_argument("--agent-seconds", type=float, default=30.0)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: 1,2,3")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmarks and print figures and ratios."""
-    args = parse_args(argv)
-    skip = set(args.skip.split(",")) - {""}
-    parallels = [int(p) for p in args.parallel.split(",")]
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; return 0, or 1 when something broke."""
+    options = parse_args(argv)
+    if os.geteuid() != 0:
+        print("the bench runs as root, after scripts/setup-host (LXD, lxd-tools, debootstrap)")
+        return 2
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress shows in CI logs as it happens
     prefix = f"ccb{secrets.token_hex(3)}"
     scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
-    print(f"bench {prefix}: driver {args.driver}, image {args.image}, {args.tasks} tasks")
-    try:
-        config = set_up(prefix, args.driver, args.image, scratch)
-        ours_best = None
-        if "1" not in skip or "2" not in skip:
-            for parallel in parallels:
-                figures = run_ours(config, args.tasks, parallel, scratch)
-                print(f"(1) container-compute launch-job P={parallel}: {figures['total']:.2f}s")
-                ours_best = min(ours_best or figures["total"], figures["total"])
-        if "1" not in skip and ours_best is not None:
-            bench_best = None
-            for parallel in parallels:
-                seconds = run_lxd_benchmark(prefix, args.tasks, parallel)
-                print(f"    lxd-benchmark launch+delete P={parallel}: {seconds:.2f}s")
-                bench_best = min(bench_best or seconds, seconds)
-            assert bench_best is not None
-            print(
-                f"(1) best: container-compute {ours_best:.2f}s vs lxd-benchmark "
-                f"{bench_best:.2f}s -> ratio {ours_best / bench_best:.2f} (target <= 1.0)"
-            )
-        if "2" not in skip and ours_best is not None:
-            loop = run_lxc_loop(prefix, args.tasks, scratch)
-            print(
-                f"(2) sequential lxc loop: {loop:.2f}s -> container-compute is "
-                f"{loop / ours_best:.1f}x faster (target >= 3x)"
-            )
-        if "3" not in skip:
-            run_big_job(config, scratch, args.big_job_tasks, args.agent_seconds)
-    finally:
-        purge_with_retries(prefix)
-        shutil.rmtree(scratch, ignore_errors=True)
+    started = time.monotonic()
+    print(
+        f"bench {prefix}: {options.rounds} rounds, drivers {','.join(options.drivers)}, "
+        f"images {','.join(options.images)}, {options.tasks} tasks, "
+        f"parallelism {','.join(map(str, options.parallels))}, "
+        f"skipping {','.join(sorted(options.skip)) or 'nothing'}"
+    )
+    bench = Bench(options, prefix, scratch)
+    with interrupts_as_exceptions():
+        try:
+            bench.set_up()
+            bench.rounds()
+            if options.runs("wide"):
+                bench._try("wide job", bench.wide_job)
+            if options.runs("bigjob"):
+                print(f"\n{options.big_job_tasks}-task job")
+                config = bench.configs[options.drivers[0]]
+                alias = next(iter(bench.images.values())).alias
+                bench._try(
+                    "big job",
+                    lambda: run_big_job(
+                        config, scratch, alias, options.big_job_tasks, options.agent_seconds
+                    ),
+                )
+            bench.report()
+        except BenchError as err:
+            bench.broken.append(str(err))
+            print(f"BROKEN: {err}")
+        except KeyboardInterrupt:
+            bench.broken.append("interrupted (Ctrl-C or SIGTERM)")
+            print("\ninterrupted")
+        finally:
+            with cleanup_not_interrupted():
+                bench.close()
+                lxdsetup.purge(prefix)
+                shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\nbench took {(time.monotonic() - started) / 60:.1f} min")
+    if bench.broken:
+        print("SOMETHING BROKE:")
+        for entry in bench.broken:
+            print(f"  - {entry[:500]}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""container-compute itself: cold jobs, warm jobs and a bare API exec round trip.
+
+Every job is ``launch-job`` with ``wait=true`` through the library (``actions.run_action``),
+as a user would run it: the engine runs in this process, launches, gathers every result into
+the results tree and records it. A job's time ends when launch-job returns (every result
+recorded); the bench then waits, untimed, until the job's workers are gone, so that one
+measurement's clean-up never overlaps the next one.
+"""
+
+import dataclasses
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from container_compute import actions
+from container_compute.backends import FailureReason
+from container_compute.backends.lxd import LXDBackend
+from container_compute.backends.lxd.api import LXDApi
+from container_compute.config import HostConfig
+from container_compute.constants import WORKER_PROFILE
+from container_compute.jobs.ledger import Ledger
+from container_compute.jobs.model import TaskState
+from container_compute.jobs.params import LaunchJobParams
+from container_compute.lxdclient import connect
+
+from .common import (
+    TASK_COMMAND,
+    BenchError,
+    Measured,
+    check_square,
+    measure,
+)
+from .lxdsetup import LXD_LOG_DIR, first_error
+from .report import TaskAttempts, launch_failures
+
+WARM_FIELD = "reuse_workers"
+CLEAN_WAIT_SECONDS = 600.0
+
+
+def warm_supported() -> bool:
+    """Whether this build's launch-job has the warm mode (a ``reuse_workers`` parameter)."""
+    return WARM_FIELD in {f.name for f in dataclasses.fields(LaunchJobParams)}
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One job: its time until launch-job returned, CPU, and attempts lost to launch errors."""
+
+    measured: Measured
+    clean_seconds: float
+    launch_failures: int
+    failure_details: tuple[str, ...] = ()
+
+
+def start_error(project: str, worker: str) -> str | None:
+    """The first error LXD's lxc.log recorded for a worker (kept after its deletion), if any."""
+    try:
+        log = (LXD_LOG_DIR / f"{project}_{worker}" / "lxc.log").read_text(errors="replace")
+    except OSError:
+        return None
+    return first_error(log)
+
+
+def count_launch_failures(state: Path, job: str, project: str) -> tuple[int, tuple[str, ...]]:
+    """Attempts of the job lost to the host (see report.launch_failures), and why.
+
+    Why: the first error of the worker's lxc.log (e.g. the newuidmap race), else the detail
+    the engine recorded.
+    """
+    ledger = Ledger(state)
+    try:
+        errors: dict[int, int] = {}
+        details: list[str] = []
+        for attempt in ledger.attempts(job):
+            outcome = attempt.outcome or {}
+            if outcome.get("reason") == FailureReason.LAUNCH_ERROR.value:
+                errors[attempt.index] = errors.get(attempt.index, 0) + 1
+                why = start_error(project, attempt.worker) or str(outcome.get("detail"))
+                details.append(f"task {attempt.index}: {why[:200]}")
+        count = launch_failures(
+            TaskAttempts(
+                task.attempts,
+                task.charged,
+                task.state == TaskState.SUCCEEDED,
+                errors.get(task.index, 0),
+            )
+            for task in ledger.tasks(job)
+        )
+        return count, tuple(details[:5])
+    finally:
+        ledger.close()
+
+
+def wait_workers_gone(config: HostConfig, job: str, within: float = CLEAN_WAIT_SECONDS) -> float:
+    """Wait until no worker of ``job`` is left; return the seconds waited.
+
+    Raises:
+        BenchError: when some are still there after ``within`` seconds.
+    """
+    backend = LXDBackend(config)
+    begin = time.monotonic()
+    while True:
+        left = [w.name for w in backend.list_workers() if w.job_id == job]
+        if not left:
+            return time.monotonic() - begin
+        if time.monotonic() - begin > within:
+            raise BenchError(f"job {job}: workers left behind: {left[:5]}")
+        time.sleep(0.2)
+
+
+def run_job(
+    config: HostConfig,
+    state: Path,
+    params: LaunchJobParams,
+    check_results: bool = True,
+) -> JobRun:
+    """Run one job with wait=true; check every task's result; wait for its workers to go.
+
+    Raises:
+        BenchError: when the job did not succeed or a result is wrong.
+    """
+    state.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(
+        config, max_parallel_workers=max(params.parallelism, config.max_parallel_workers)
+    )
+    result: dict[str, Any] = {}
+    measured = measure(
+        lambda: result.update(actions.run_action("launch-job", params, config, state))
+    )
+    job = str(result.get("job"))
+    if result.get("state") != "succeeded":
+        failures = result.get("failures") or result.get("counts")
+        raise BenchError(f"job {job} ended {result.get('state')}: {failures}")
+    failures, details = count_launch_failures(state, job, config.lxd_project)
+    if check_results:
+        job_dir = Path(result["results-dir"])
+        for index in range(params.task_count):
+            check_square(job_dir / str(index) / "files", index, f"job {job}")
+    clean = wait_workers_gone(config, job)
+    return JobRun(measured, clean, failures, details)
+
+
+def job_params(image: str, tasks: int, parallel: int, warm: bool = False) -> LaunchJobParams:
+    """The trivial job of the bench; ``warm`` asks for reused workers (only when supported)."""
+    extra: dict[str, Any] = {WARM_FIELD: True} if warm else {}
+    return LaunchJobParams(
+        command=TASK_COMMAND,
+        tasks=tasks,
+        parallelism=parallel,
+        image=image,
+        wait=True,
+        wait_timeout="2h",
+        **extra,
+    )
+
+
+def bare_exec(project: str, image: str, calls: int, parallel: int) -> float:
+    """Seconds per call of a bare REST exec (record-output) in a started container.
+
+    ``calls`` execs of the task command (no websocket, output recorded), ``parallel`` at
+    a time, each one POST exec + wait for its operation: the floor of any warm mode.
+    """
+    client = connect(project=project)
+    api = LXDApi(project, client=client)
+    name = f"bare-{secrets.token_hex(3)}"
+    client.instances.create(
+        {"name": name, "source": {"type": "image", "alias": image}, "profiles": [WORKER_PROFILE]},
+        wait=True,
+    )
+    try:
+        instance = client.instances.get(name)
+        instance.start(wait=True)
+
+        def one(index: int) -> None:
+            response = client.api.instances[name].exec.post(
+                json={
+                    "command": ["/bin/sh", "-c", TASK_COMMAND],
+                    "environment": {"TASK_INDEX": str(index), "RESULTS_DIR": "/results"},
+                    "wait-for-websocket": False,
+                    "interactive": False,
+                    "record-output": True,
+                }
+            )
+            metadata = api.wait_operation(response, timeout=60)
+            if metadata.get("return") != 0:
+                raise BenchError(f"bare exec {index} in {name}: {metadata}")
+
+        one(-1)  # the first exec of a container is slower: not counted
+        begin = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            for future in [pool.submit(one, index) for index in range(calls)]:
+                future.result()
+        return (time.perf_counter() - begin) / calls
+    finally:
+        instance = client.instances.get(name)
+        if instance.status != "Stopped":
+            instance.stop(force=True, wait=True)
+        instance.delete(wait=True)
