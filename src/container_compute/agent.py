@@ -30,6 +30,7 @@ __all__ = ["agent_alive", "install_service", "main", "remove_service", "run_agen
 logger = logging.getLogger("container_compute.agent")
 
 REAP_INTERVAL_SECONDS = 60.0
+DELETIONS_ON_STOP_SECONDS = 20.0
 PARK_SECONDS = 30.0
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
 
@@ -125,6 +126,10 @@ def run_agent(
     finally:
         engine.launching = False
         left = engine.inflight_count()
+        if not left:
+            # A finished job's idle warm workers and template may still be being deleted in
+            # the background: give that a moment (the reaper of the next start does the rest).
+            engine.wait_deletions(timeout=DELETIONS_ON_STOP_SECONDS)
         if left:
             logger.info("stopping: %d running workers are left for the next start", left)
             # No thread starts, commits or deletes a worker from now on: whatever the exit

@@ -1,6 +1,7 @@
 """Delete everything a test run created on the shared LXD daemon, found by its name prefix."""
 
 import contextlib
+import time
 
 import pylxd
 import pylxd.exceptions
@@ -28,8 +29,23 @@ def purge_project(client: pylxd.Client, project: str) -> None:
         default = scoped.profiles.get("default")
         default.devices = {}
         default.save()
-    with contextlib.suppress(pylxd.exceptions.NotFound):
-        client.projects.get(project).delete()
+    for _ in range(20):  # an agent that just stopped may still have a deletion in flight
+        try:
+            client.projects.get(project).delete()
+            return
+        except pylxd.exceptions.NotFound:
+            return
+        except pylxd.exceptions.LXDAPIException:
+            time.sleep(0.5)
+            for record in scoped.api.instances.get(params={"recursion": 1}).json()["metadata"]:
+                with contextlib.suppress(pylxd.exceptions.LXDAPIException):
+                    scoped.api.instances[record["name"]].state.put(
+                        json={"action": "stop", "force": True}
+                    )
+                    time.sleep(0.2)
+                with contextlib.suppress(pylxd.exceptions.LXDAPIException):
+                    scoped.api.instances[record["name"]].delete()
+    client.projects.get(project).delete()
 
 
 def purge_run(prefix: str) -> list[str]:

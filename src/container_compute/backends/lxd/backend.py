@@ -127,7 +127,7 @@ class LXDBackend:
         if spec.reuse and self.warm.knows(name) and self._next_task(spec, env):
             return name
         # On a cluster a copy would cross members: there LXD unpacks the image for each worker.
-        copy = self.host_access and not self.members.clustered
+        copy = self.local and not self.members.clustered
         self._create(spec, self.templates.worker_source(spec.image, spec.job_id, copy))
         try:
             self.members.look_up(name)
@@ -285,12 +285,12 @@ class LXDBackend:
 
     def job_finished(self, job_id: str) -> None:
         """Delete the job's templates (its id range) once the job is over."""
-        if self.host_access:
+        if self.local:
             self.templates.prune_job(job_id)
 
     def reap_extras(self, live_jobs: set[str]) -> list[str]:
         """Delete templates of finished jobs, of images no alias names, or of another id mode."""
-        if not self.host_access:
+        if not self.local:
             return []
         listing = self.api.retry(
             "listing images",
