@@ -1,5 +1,6 @@
 """Workers are copies of prepared templates, on the REAL LXD daemon (dir pool, isolated ids)."""
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +115,29 @@ def test_an_image_alias_moved_gets_a_new_template(
     client.images.get(first).delete(wait=True)  # the old image is gone: its template goes
     pruned = backend.reap_extras(live_jobs={"tplc", "tplb"})
     assert pruned == [backend.templates.name_for(first, "tplc")]
+
+
+def test_without_isolation_workers_share_one_template_and_map(
+    configured_host: HostConfig, tmp_path: Path
+) -> None:
+    """Even while the profile still says isolated (configure-host not run again)."""
+    shared = LXDBackend(dataclasses.replace(configured_host, worker_idmap_isolated=False))
+    client = connect(project=configured_host.lxd_project)
+    specs = [_spec("tpld", 0), _spec("tple", 0)]
+    try:
+        for spec in specs:
+            shared.start(spec)
+        maps = [_config(client, s.worker_name)["volatile.last_state.idmap"] for s in specs]
+        assert maps[0] == maps[1]  # one map for every job: no remap, no allocation
+        for spec in specs:
+            assert _config(client, spec.worker_name)["security.idmap.isolated"] == "false"
+            (tmp_path / spec.worker_name).mkdir()
+            assert shared.wait(spec, tmp_path / spec.worker_name, _never).succeeded
+        template = shared.templates.name_for(
+            shared.templates.fingerprint({"alias": "busybox"}), ""
+        )
+        assert template.endswith("-shared") and template in _names(client)
+    finally:
+        for spec in specs:
+            shared.delete(spec.worker_name)
+        shared.reap_extras(live_jobs=set())  # another id mode than the project's: pruned

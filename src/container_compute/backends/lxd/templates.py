@@ -212,6 +212,8 @@ class TemplateBook:
             config[LABEL_TEMPLATE_JOB] = job_id
             config["security.idmap.isolated"] = "true"
             config["security.idmap.base"] = str(self._base_for(job_id))
+        elif self.mode() == "shared":  # whatever the profile says: copies must share its map
+            config["security.idmap.isolated"] = "false"
         body = {
             "name": name,
             "type": "container",
