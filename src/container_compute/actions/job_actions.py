@@ -32,6 +32,7 @@ Progress = Callable[[str], None]
 MAX_SUMMARY_TASKS = 100
 CANCEL_WAIT_SECONDS = 60.0
 POLL_SECONDS = 1.0
+HAND_OVER_DELETIONS_SECONDS = 60.0
 IN_PROCESS_POLL_SECONDS = 0.5
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,9 @@ def hand_over(engine: Engine, lock: EngineLock) -> None:
     """
     engine.launching = False
     if not engine.inflight_count():
+        # Attempts that ended (a slot frees before its worker is deleted) may still be
+        # deleting their workers: the process must not exit under them.
+        engine.wait_deletions(timeout=HAND_OVER_DELETIONS_SECONDS)
         lock.release()
         return
     atexit.register(engine.park)
