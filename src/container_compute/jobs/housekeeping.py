@@ -140,8 +140,11 @@ def reap(engine: Engine) -> list[str]:
             if job is not None and not job.state.finished and worker.task_index is not None:
                 if running.get((job.id, worker.task_index)) == worker.attempt:
                     continue
-            if backend.delete(worker.name):
-                deleted.append(worker.name)
+            try:
+                if backend.delete(worker.name):
+                    deleted.append(worker.name)
+            except Exception as err:  # one worker that resists must not stop the others
+                logger.warning("could not reap worker %s: %s", worker.name, err)
         extras: Callable[[set[str]], list[str]] | None = getattr(backend, "reap_extras", None)
         if extras is not None:
             live = {job.id for job in engine.ledger.jobs() if not job.state.finished}

@@ -63,6 +63,11 @@ def serve_wsgi(layout: Layout, supervisor: Supervisor, name: str, env: dict[str,
             "8",
             "--timeout",
             "300",
+            # Keep idle connections well past any client's pause: with gunicorn's 2 s default a
+            # client reusing a connection as gunicorn closes it gets "connection reset" (seen as
+            # nova-compute failing a server's delete when its placement update was reset).
+            "--keep-alive",
+            "600",
             "--chdir",
             str(layout.root / "wsgi"),
             f"{module}:application",
@@ -204,7 +209,7 @@ def nova_config(layout: Layout, password: str) -> Path:
         "database": {"connection": database_url(layout, "nova_cell1")},
         "keystone_authtoken": _authtoken(layout, "nova", password),
         "service_user": {"send_service_user_token": "False"},
-        "placement": _service_auth(layout, "placement", password),
+        "placement": {**_service_auth(layout, "placement", password), "connect_retries": "3"},
         "glance": {"endpoint_override": layout.url("glance")},
         "neutron": {
             **_service_auth(layout, "nova", password),

@@ -26,11 +26,18 @@ from ..gather import gather_task
 from . import payload
 from .api import NotFoundError, NovaApi, describe_error
 from .payload import ConsolePayload, PayloadState
-from .servers import META_ATTEMPT, META_JOB, META_STARTED, META_TASK, ServerBoard, ServerView
+from .servers import (
+    META_ATTEMPT,
+    META_JOB,
+    META_STARTED,
+    META_TASK,
+    ServerBoard,
+    ServerView,
+    delete_servers,
+)
 
 logger = logging.getLogger(__name__)
 
-DELETE_WAIT_SECONDS = 120.0
 CONSOLE_POLL_MAX_SECONDS = 3.0
 GROUP_POLICY = "soft-anti-affinity"
 
@@ -228,22 +235,7 @@ class NovaBackend:
             return False
         if not all(view.labelled for view in servers):
             raise ValueError(f"server {name!r} is not a container-compute worker (no labels)")
-        for view in servers:
-            try:
-                self.api.client.servers.delete(view.id)
-            except nova_exceptions.NotFound:
-                pass
-            except nova_exceptions.ClientException as err:
-                raise LaunchError(f"deleting server {name}: {describe_error(err)}") from err
-        end = time.monotonic() + DELETE_WAIT_SECONDS
-        for view in servers:
-            while time.monotonic() < end:
-                try:
-                    self.api.client.servers.get(view.id)
-                except nova_exceptions.NotFound:
-                    break
-                time.sleep(self.poll_seconds)
-            self.board.forget(view.id)
+        delete_servers(self.api, self.board, name, [view.id for view in servers])
         return True
 
     def list_workers(self) -> list[WorkerInfo]:

@@ -4,18 +4,26 @@ Each attempt's thread asks the board for its server; the board lists the servers
 start with the worker prefix at most once per ``poll_seconds`` and shares the answer.
 """
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from novaclient import exceptions as nova_exceptions
+
 from ...constants import WORKER_NAME_PREFIX
-from .api import NovaApi
+from .. import LaunchError
+from .api import NovaApi, describe_error
+
+logger = logging.getLogger(__name__)
 
 META_JOB = "container-compute.job"
 META_TASK = "container-compute.task"
 META_ATTEMPT = "container-compute.attempt"
 META_STARTED = "container-compute.started"
+DELETE_WAIT_SECONDS = 120.0
+DELETE_REQUESTS = 4  # a delete Nova failed (the server went to ERROR) is asked again
 
 
 @dataclass(frozen=True)
@@ -93,3 +101,69 @@ class ServerBoard:
         """Drop a server from the cache (it was deleted)."""
         with self._lock:
             self._servers.pop(server_id, None)
+
+
+def _delete_failed(server: Any) -> bool:
+    """True when Nova gave up deleting a server: it is in ERROR with no task under way."""
+    return (
+        str(getattr(server, "status", "")) == "ERROR"
+        and getattr(server, "OS-EXT-STS:task_state", None) is None
+    )
+
+
+def _request_delete(api: NovaApi, name: str, server_id: str) -> None:
+    try:
+        api.client.servers.delete(server_id)
+    except nova_exceptions.NotFound:
+        pass
+    except nova_exceptions.ClientException as err:
+        raise LaunchError(f"deleting server {name}: {describe_error(err)}") from err
+
+
+def delete_servers(
+    api: NovaApi,
+    board: ServerBoard,
+    name: str,
+    server_ids: list[str],
+    wait_seconds: float = DELETE_WAIT_SECONDS,
+) -> None:
+    """Delete servers and wait until Nova no longer knows them.
+
+    Nova can fail a delete after accepting it (e.g. the compute lost placement mid-way): the
+    server then goes back to ERROR. Such a server is asked again, up to DELETE_REQUESTS times.
+
+    Raises:
+        LaunchError: Nova refused the delete, or a server was still there after
+            ``wait_seconds`` (the reaper tries again later).
+    """
+    requests = dict.fromkeys(server_ids, 1)
+    for server_id in server_ids:
+        _request_delete(api, name, server_id)
+    end = time.monotonic() + wait_seconds
+    last: dict[str, str] = {}
+    while requests:
+        for server_id in list(requests):
+            try:
+                server = api.client.servers.get(server_id)
+            except nova_exceptions.NotFound:
+                del requests[server_id]
+                board.forget(server_id)
+                continue
+            view = _view(server)
+            last[server_id] = f"{view.status}: {view.fault}" if view.fault else view.status
+            if _delete_failed(server) and requests[server_id] < DELETE_REQUESTS:
+                requests[server_id] += 1
+                logger.warning(
+                    "Nova did not delete server %s (%s); asking again", name, last[server_id]
+                )
+                _request_delete(api, name, server_id)
+        if not requests:
+            return
+        if time.monotonic() >= end:
+            break
+        time.sleep(board.poll_seconds)
+    states = ", ".join(last.get(server_id, "?") for server_id in requests)
+    raise LaunchError(
+        f"server {name} is still there {wait_seconds:.0f}s after {max(requests.values())} "
+        f"delete request(s) ({states}); the reaper will try again"
+    )
