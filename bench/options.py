@@ -6,7 +6,17 @@ from dataclasses import dataclass
 
 DRIVERS = ("btrfs", "dir")
 IMAGES = ("busybox", "debootstrap")
-PARTS = ("cold", "warm", "podman", "docker", "lxd-benchmark", "loop", "wide", "bigjob")
+PARTS = (
+    "cold",
+    "spares",
+    "warm",
+    "podman",
+    "docker",
+    "lxd-benchmark",
+    "loop",
+    "wide",
+    "bigjob",
+)
 USAGE_EXAMPLES = """\
 examples:
   full run (about 25 min on 2 cores):   bench/run.py

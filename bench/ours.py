@@ -143,11 +143,16 @@ def run_job(
     return JobRun(measured, clean, failures, details)
 
 
-def job_params(image: str, tasks: int, parallel: int, warm: bool = False) -> LaunchJobParams:
-    """The trivial job of the bench; ``warm`` asks for reused workers (only when supported)."""
+def job_params(
+    image: str, tasks: int, parallel: int, warm: bool = False, sleep: int = 0
+) -> LaunchJobParams:
+    """The trivial job of the bench; ``warm`` asks for reused workers (only when supported).
+
+    ``sleep``: each task first sleeps that many seconds (a task that leaves the CPUs idle).
+    """
     extra: dict[str, Any] = {WARM_FIELD: True} if warm else {}
     return LaunchJobParams(
-        command=TASK_COMMAND,
+        command=f"sleep {sleep}; {TASK_COMMAND}" if sleep else TASK_COMMAND,
         tasks=tasks,
         parallelism=parallel,
         image=image,

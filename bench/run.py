@@ -4,6 +4,8 @@ One invocation (``tox -e bench``, as root after scripts/setup-host) runs, interl
 rounds on every storage driver (btrfs, dir) and image (busybox, a ~150 MB debootstrap):
 
 - ours cold: ``launch-job`` of 32 trivial tasks, a fresh worker each (best parallelism);
+- spare workers: the cold job with tasks of ``sleep 1``, and the trivial one, with and
+  without spare workers made ahead of demand (``spare-workers``), at the first parallelism;
 - ours warm: the same job with reused workers, a many-task warm job (tasks/s) and a bare
   REST exec round trip (the floor of any warm mode), when this build has the warm mode;
 - podman and docker ``run --rm --network none`` with a bind-mounted results directory, at
@@ -18,7 +20,9 @@ competitor could not run), naming it. Everything lives in run-prefixed LXD proje
 ``python bench/run.py --help`` lists the flags (``--smoke`` runs everything small, < 2 min).
 """
 
+import dataclasses
 import io
+import itertools
 import os
 import secrets
 import shutil
@@ -31,6 +35,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -209,10 +214,19 @@ class Bench:
 
     # -- the methods ----------------------------------------------------------------------
 
-    def _ours(self, combo: Combo, figure: str, tasks: int, parallel: int, warm: bool) -> None:
-        run = ours.run_job(
-            combo.config, self._state(), ours.job_params(combo.image.alias, tasks, parallel, warm)
-        )
+    def _ours(
+        self,
+        combo: Combo,
+        figure: str,
+        tasks: int,
+        parallel: int,
+        warm: bool,
+        spares: bool = True,
+        sleep: int = 0,
+    ) -> None:
+        config = dataclasses.replace(combo.config, spare_workers=spares)
+        params = ours.job_params(combo.image.alias, tasks, parallel, warm, sleep)
+        run = ours.run_job(config, self._state(), params)
         self.launch_failures += run.launch_failures
         note = f", workers gone {run.clean_seconds:.1f}s later"
         if run.launch_failures:
@@ -316,6 +330,8 @@ class Bench:
                     # the small job at the big one's parallelism too, every round: the
                     # marginal cost per task compares the two
                     steps.append((small, lambda: self._ours(combo, small, tasks, p, True)))
+        if is_reference and self.options.runs("spares"):
+            steps += self._spare_steps(combo)
         if is_reference and self.options.runs("warm"):
             for p in sorted({1, self.options.parallels[0]}):
                 steps.append(("bare exec", lambda p=p: self._bare_exec(combo, p)))
@@ -330,6 +346,16 @@ class Bench:
             steps.append(("lxc loop", lambda: self._loop(combo)))
         for what, step in rotated(steps, round_index):
             self._try(f"round {round_index + 1} {what}", step)
+
+    def _spare_steps(self, combo: Combo) -> list[tuple[str, Callable[[], None]]]:
+        """The cold job, trivial and with ``sleep 1`` tasks, with spare workers and without."""
+        p = self.options.parallels[0]
+        steps: list[tuple[str, Callable[[], None]]] = []
+        for sleep, spares in itertools.product((0, 1), (True, False)):
+            figure = spare_figure(combo.label, sleep, spares)
+            job = partial(self._ours, combo, figure, self.options.tasks, p, False, spares, sleep)
+            steps.append((figure, job))
+        return steps
 
     def _loop(self, combo: Combo) -> None:
         directory = self.scratch / f"loop-{self._state().name}"
@@ -422,6 +448,21 @@ class Bench:
         for line in self.targets():
             print(line)
 
+    def _spare_lines(self, label: str) -> list[str]:
+        """Cold jobs with spare workers against without, trivial and ``sleep 1`` tasks."""
+        lines = []
+        for sleep in (1, 0):
+            on = self._best(spare_figure(label, sleep, True))
+            off = self._best(spare_figure(label, sleep, False))
+            if on is not None and off is not None:
+                tasks = "sleep 1" if sleep else "trivial"
+                lines.append(
+                    f"  spare workers, {self.options.tasks} {tasks} tasks "
+                    f"(P={self.options.parallels[0]}): {on:.2f}s with, {off:.2f}s without "
+                    f"({on / off:.2f}x)"
+                )
+        return lines
+
     def _best(self, figure: str) -> float | None:
         best = self.samples.best(figure)
         return best[1].median if best else None
@@ -470,6 +511,7 @@ class Bench:
             lines.append(f"  cold ours / docker run --rm: {cold / docker:.2f}x")
         if loop is not None and cold is not None:
             lines.append(f"  sequential lxc loop / cold ours: {loop / cold:.1f}x faster")
+        lines += self._spare_lines(ref.label)
         for figure in ("ours cold", "lxd-benchmark"):
             best = self.samples.best(f"{ref.label} {figure}")
             cpu = self.samples.cpu(f"{ref.label} {figure}", best[0]) if best else None
@@ -487,6 +529,12 @@ class Bench:
                 f"{self.wide.measured.lxd_cpu:.1f}s"
             )
         return lines
+
+
+def spare_figure(label: str, sleep: int, spares: bool) -> str:
+    """The name of a spare-workers measurement."""
+    tasks = f"sleep {sleep}" if sleep else "trivial"
+    return f"{label} ours cold {tasks}, spares {'on' if spares else 'off'}"
 
 
 @contextmanager

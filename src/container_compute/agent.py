@@ -124,7 +124,7 @@ def run_agent(
                 break
             stop.wait(poll)
     finally:
-        engine.launching = False
+        engine.stop_launching()
         left = engine.inflight_count()
         if not left:
             # A finished job's idle warm workers and template may still be being deleted in

@@ -216,6 +216,13 @@ class HostConfig:
     max_parallel_workers: int = _opt(
         8, "Most workers this host runs at once, over all jobs (1-1024)."
     )
+    spare_workers: bool = _opt(
+        True,
+        "Make fresh workers ahead of a job's next tasks (LXD, one task per worker): a slot that "
+        "frees finds its next worker created and started. A job then has up to its parallelism "
+        "in spares besides its running tasks, within max-parallel-workers. Off: a job's workers "
+        "are only those of its running tasks.",
+    )
     default_image: str = _opt(
         "container-compute-worker",
         "Image alias (or fingerprint) workers start from when a job names none; "
@@ -263,7 +270,7 @@ class HostConfig:
         self._check_types()
         self._check_lxd()
         _check_storage(self)
-        self._check_worker()
+        _check_worker(self)
         _check_jobs(self)
         check_nova_options(self)
 
@@ -303,30 +310,6 @@ class HostConfig:
                 "lxd-endpoint (leave one of them empty)",
             )
 
-    def _check_worker(self) -> None:
-        for module in self.kernel_modules:
-            if not _MODULE_RE.match(module):
-                _fail(
-                    "worker-kernel-modules",
-                    f"{module!r} is not a kernel module name (letters, digits, '_', '-'); "
-                    "separate names with commas",
-                )
-        if self.worker_cpu:
-            check_cpu_limit("worker-cpu", self.worker_cpu)
-        if self.worker_memory:
-            check_memory_limit("worker-memory", self.worker_memory)
-        if self.worker_disk:
-            check_disk_limit("worker-disk", self.worker_disk)
-        if not 0 <= self.worker_processes <= 10_000_000:
-            _fail("worker-processes", f"{self.worker_processes} is not between 0 and 10000000")
-        if self.worker_network:
-            _require_lxd_name("worker-network", self.worker_network)
-        if not 1 <= self.max_parallel_workers <= MAX_PARALLEL_WORKERS:
-            _fail(
-                "max-parallel-workers",
-                f"{self.max_parallel_workers} is not between 1 and {MAX_PARALLEL_WORKERS}",
-            )
-
     @property
     def kernel_modules(self) -> tuple[str, ...]:
         """The worker kernel modules, in order, without blanks or repeats."""
@@ -357,6 +340,42 @@ class HostConfig:
     def task_results_cap_bytes(self) -> int:
         """Most bytes gathered from one task."""
         return parse_size(self.task_results_cap)
+
+
+def check_limits(cpu: tuple[str, str], memory: tuple[str, str], disk: tuple[str, str]) -> None:
+    """Check CPU, memory and disk limits, each (option name, value); an empty value is none.
+
+    Raises:
+        ValueError: naming the first option whose value is not a limit.
+    """
+    checks = ((check_cpu_limit, cpu), (check_memory_limit, memory), (check_disk_limit, disk))
+    for check, (name, value) in checks:
+        if value:
+            check(name, value)
+
+
+def _check_worker(config: "HostConfig") -> None:
+    for module in config.kernel_modules:
+        if not _MODULE_RE.match(module):
+            _fail(
+                "worker-kernel-modules",
+                f"{module!r} is not a kernel module name (letters, digits, '_', '-'); "
+                "separate names with commas",
+            )
+    check_limits(
+        ("worker-cpu", config.worker_cpu),
+        ("worker-memory", config.worker_memory),
+        ("worker-disk", config.worker_disk),
+    )
+    if not 0 <= config.worker_processes <= 10_000_000:
+        _fail("worker-processes", f"{config.worker_processes} is not between 0 and 10000000")
+    if config.worker_network:
+        _require_lxd_name("worker-network", config.worker_network)
+    if not 1 <= config.max_parallel_workers <= MAX_PARALLEL_WORKERS:
+        _fail(
+            "max-parallel-workers",
+            f"{config.max_parallel_workers} is not between 1 and {MAX_PARALLEL_WORKERS}",
+        )
 
 
 def _check_endpoint(config: "HostConfig") -> None:

@@ -8,8 +8,10 @@ deletes them at the end of the session, also when tests fail. The daemon must be
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +19,13 @@ from pathlib import Path
 import pylxd
 import pytest
 
-from container_compute import constants
+from container_compute import constants, host
+from container_compute.actions import job_actions
 from container_compute.config import HostConfig
 from container_compute.host import HostPaths, configure_host
 from container_compute.host.images import build_busybox_image
+from container_compute.jobs import runner
+from container_compute.jobs.ledger import Ledger
 from container_compute.lxdclient import LXDUnavailableError, connect
 
 from .lxd_cleanup import purge_run
@@ -177,3 +182,29 @@ def no_workers_left(config: HostConfig, timeout: float = 30.0) -> bool:
                 print(f"workers left in {config.lxd_project}: {worker_names(config)}")
             return False
         time.sleep(0.5)
+
+
+@pytest.fixture
+def fast_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries wait 0.5 s, 1 s, ... instead of 10 s, 20 s, ...; in-process engines poll 0.2 s."""
+    monkeypatch.setattr(runner, "engine_options", {"backoff_base": 0.5, "backoff_cap": 2.0})
+    monkeypatch.setattr(job_actions, "IN_PROCESS_POLL_SECONDS", 0.2)
+
+
+@pytest.fixture
+def state_dir(configured_host: HostConfig, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh state directory with the host config saved in it (as configure-host does)."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    path = Path(tempfile.mkdtemp(prefix=f"cc-{module}-state-"))
+    host.save_config(configured_host, path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def workers_of(state_dir: Path, job_id: str) -> list[str]:
+    """The worker each attempt of the job ran in, in the order of tasks and attempts."""
+    ledger = Ledger(state_dir)
+    try:
+        return [a.worker for a in ledger.attempts(job_id)]
+    finally:
+        ledger.close()

@@ -8,11 +8,9 @@ is recorded once, and nothing under the state directory is readable by another l
 import json
 import os
 import secrets
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from container_compute import host
 from container_compute.config import HostConfig
 from container_compute.jobs import results, runner
 from container_compute.jobs.ledger import Ledger
@@ -34,15 +31,6 @@ CAT = "/bin/cat"
 LS = "/bin/ls"
 QUICK = "echo $TASK_INDEX > /results/i; echo out-$TASK_INDEX"
 CLIENT_SECONDS = 600
-
-
-@pytest.fixture
-def state_dir(configured_host: HostConfig) -> Iterator[Path]:
-    """A fresh state directory with the host config saved in it (as configure-host does)."""
-    path = Path(tempfile.mkdtemp(prefix="cc-concurrent-state-"))
-    host.save_config(configured_host, path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ covered where the way of reading matters.
 
 import json
 import os
-import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from container_compute import actions, host
+from container_compute import actions
 from container_compute.backends import FailureReason, TaskOutcome, WorkerSpec
 from container_compute.backends.lxd import LXDBackend
 from container_compute.config import HostConfig
@@ -32,7 +30,7 @@ from container_compute.lxdclient import connect, socket_path
 
 from .conftest import no_workers_left, worker_names
 
-pytestmark = pytest.mark.functional
+pytestmark = [pytest.mark.functional, pytest.mark.usefixtures("fast_engine")]
 
 BOUND_SECONDS = 30.0  # every hostile attempt must end well within this
 API_BOUND_SECONDS = 45.0  # through the files API a fifo costs one read timeout (10 s)
@@ -381,21 +379,6 @@ def test_fork_bomb_is_told_apart(backend: LXDBackend, tmp_path: Path) -> None:
 
 
 # Engine-level helpers ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def state_dir(configured_host: HostConfig) -> Iterator[Path]:
-    """A fresh state directory with the host config saved in it."""
-    path = Path(tempfile.mkdtemp(prefix="cc-hostile-state-"))
-    host.save_config(configured_host, path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries wait 0.5 s, 1 s, ... instead of 10 s, 20 s, ..."""
-    monkeypatch.setattr(runner, "engine_options", {"backoff_base": 0.5, "backoff_cap": 2.0})
 
 
 def launch(config: HostConfig, state_dir: Path, **params: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ state directory. The agent runs as a real subprocess where crashes are part of t
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,38 +18,21 @@ from typing import Any
 
 import pytest
 
-from container_compute import actions, cli, host
-from container_compute.actions import job_actions
+from container_compute import actions, cli
 from container_compute.backends import WorkerSpec
 from container_compute.backends.lxd import LXDBackend
 from container_compute.config import HostConfig
-from container_compute.jobs import results, runner
+from container_compute.jobs import results
 from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import GatherResultsParams, JobParams, LaunchJobParams
 
 from ..unit.test_cli import INVALID, INVALID_ON_THIS_HOST
 from .conftest import lxd_daemon_down, lxd_daemon_process, no_workers_left, worker_names
 
-pytestmark = pytest.mark.functional
+pytestmark = [pytest.mark.functional, pytest.mark.usefixtures("fast_engine")]
 
 SRC_DIR = Path(__file__).resolve().parents[2] / "src"
 SQUARE = "echo $((TASK_INDEX * TASK_INDEX)) > /results/square; echo out-$TASK_INDEX"
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries wait 0.5 s, 1 s, ... instead of 10 s, 20 s, ..."""
-    monkeypatch.setattr(runner, "engine_options", {"backoff_base": 0.5, "backoff_cap": 2.0})
-    monkeypatch.setattr(job_actions, "IN_PROCESS_POLL_SECONDS", 0.2)
-
-
-@pytest.fixture
-def state_dir(configured_host: HostConfig) -> Iterator[Path]:
-    """A fresh state directory with the host config saved in it (as configure-host does)."""
-    path = Path(tempfile.mkdtemp(prefix="cc-e2e-state-"))
-    host.save_config(configured_host, path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def launch(config: HostConfig, state_dir: Path, **params: Any) -> dict[str, Any]:

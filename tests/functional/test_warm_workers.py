@@ -1,45 +1,24 @@
 """Warm workers (reuse-workers=true) on the REAL LXD daemon: reused only when clean."""
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from container_compute import actions, host
-from container_compute.actions import job_actions
+from container_compute import actions
 from container_compute.config import HostConfig
-from container_compute.jobs import runner
 from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import JobParams, LaunchJobParams
 
-from .conftest import worker_names
+from .conftest import worker_names, workers_of
 
-pytestmark = pytest.mark.functional
+pytestmark = [pytest.mark.functional, pytest.mark.usefixtures("fast_engine")]
 
 # Fails unless /results and /tmp are empty and no task of this job is seen running.
 CLEAN_START = (
     'test -z "$(ls -A /results)$(ls -A /tmp)" || { echo dirty; ls -A /results /tmp; exit 9; }; '
     "echo $TASK_INDEX > /results/index; echo junk > /tmp/junk-$TASK_INDEX; "
 )
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries wait 0.5 s, 1 s, ... instead of 10 s, 20 s, ..."""
-    monkeypatch.setattr(runner, "engine_options", {"backoff_base": 0.5, "backoff_cap": 2.0})
-    monkeypatch.setattr(job_actions, "IN_PROCESS_POLL_SECONDS", 0.2)
-
-
-@pytest.fixture
-def state_dir(configured_host: HostConfig) -> Iterator[Path]:
-    """A fresh state directory with the host config saved in it."""
-    path = Path(tempfile.mkdtemp(prefix="cc-warm-state-"))
-    host.save_config(configured_host, path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def run_job(config: HostConfig, state_dir: Path, command: str, **params: Any) -> dict[str, Any]:
@@ -51,15 +30,6 @@ def run_job(config: HostConfig, state_dir: Path, command: str, **params: Any) ->
         state_dir,
     )
     return actions.run_action("job-status", JobParams(job=launched["job"]), config, state_dir)
-
-
-def workers_of(state_dir: Path, job_id: str) -> list[str]:
-    """The worker each attempt ran in, in the order of tasks and attempts."""
-    ledger = Ledger(state_dir)
-    try:
-        return [a.worker for a in ledger.attempts(job_id)]
-    finally:
-        ledger.close()
 
 
 def test_tasks_share_workers_and_each_starts_clean(

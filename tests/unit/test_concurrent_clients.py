@@ -192,3 +192,25 @@ def test_an_engine_whose_job_is_done_keeps_the_lock_until_its_threads_end(
     wait_until(lambda: EngineLock(tmp_path).acquire(), 10)
     assert engine.ledger.job(other.id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
     assert results.joblog_path(tmp_path, other.id).exists()
+
+
+def _open_ledger(state_dir: str) -> str:
+    """Open (maybe create) the ledger of ``state_dir`` in another process; "" or the error."""
+    try:
+        Ledger(Path(state_dir)).close()
+    except Exception as err:  # reported to the test, which fails on it
+        return f"{type(err).__name__}: {err}"
+    return ""
+
+
+def test_clients_opening_a_new_state_dir_at_once_all_succeed(tmp_path: Path) -> None:
+    # Seen in the functional tests: a job-status opening the ledger while launch-job created
+    # it failed with "database is locked" (the switch to WAL takes an exclusive lock).
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Pool(6) as pool:
+        for round_ in range(15):
+            state_dir = str(tmp_path / f"state-{round_}")
+            errors = pool.map(_open_ledger, [state_dir] * 6)
+            assert [e for e in errors if e] == []

@@ -38,6 +38,7 @@ INVALID = [
     ("worker-nesting", 1, "is not a boolean"),
     ("worker-kernel-modules", "nbd;rm", "is not a kernel module name"),
     ("worker-idmap-isolated", "true", "is not a boolean"),
+    ("spare-workers", "yes", "is not a boolean"),
     ("worker-cpu", "0", "is not a CPU count"),
     ("worker-cpu", "many", "is not a CPU count"),
     ("worker-memory", "lots", "percentage of host memory"),

@@ -149,7 +149,7 @@ def hand_over(engine: Engine, lock: EngineLock) -> None:
     exit first, the engine is parked at exit (no thread starts, commits or deletes a worker
     from then on) and the lock goes with the process: the next engine adopts the attempts.
     """
-    engine.launching = False
+    engine.stop_launching()
     if not engine.inflight_count():
         # Attempts that ended (a slot frees before its worker is deleted) may still be
         # deleting their workers: the process must not exit under them.

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from ..config import HostConfig
 
+# The task index of a worker made ahead of its task (``prepare``): it has no task yet.
+SPARE_TASK = -1
+
 
 class FailureReason(str, Enum):
     """Why an attempt of a task failed."""
@@ -51,7 +54,8 @@ class WorkerSpec:
     results_cap_bytes: int = 256 << 20
     # Backend-specific choices of the job (nova: flavor, network, availability_zone, spread).
     options: Mapping[str, str] = field(default_factory=dict)
-    # Warm mode (reuse-workers): the job's worker this attempt runs in, kept between tasks.
+    # The worker this attempt runs in when it was made before the attempt: the job's warm
+    # worker (reuse-workers, kept between tasks) or one prepared ahead; "": its own new one.
     worker: str = ""
     reuse: bool = False
     # When the attempt started (the ledger's record); 0: when its worker was created.
@@ -59,7 +63,7 @@ class WorkerSpec:
 
     @property
     def worker_name(self) -> str:
-        """The worker's name: unique per job, task and attempt, or the job's warm worker."""
+        """The worker's name: unique per job, task and attempt, or the one made before."""
         return self.worker or f"cc-{self.job_id}-{self.task_index}-{self.attempt}"
 
 
@@ -136,6 +140,10 @@ class Backend(Protocol):
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker of this backend that carries container-compute labels."""
         ...
+
+    # Optional (looked up with getattr): ``prepare(spec)`` makes a worker ahead of its task
+    # (task index SPARE_TASK); ``recycle(spec)``, ``job_finished(job_id)`` and
+    # ``reap_extras(live_jobs)`` serve warm workers and what a backend keeps per job.
 
 
 def open_backend(name: str, config: "HostConfig", state_dir: Path | None = None) -> Backend:

@@ -35,7 +35,7 @@ class Engine(Protocol):
         ...
 
     def idle_workers(self) -> set[str]:
-        """The warm workers the engine keeps between two tasks."""
+        """The workers the engine keeps for its jobs' next tasks (warm or spare)."""
         ...
 
     def inflight_count(self, job_id: str | None = None) -> int:
@@ -48,9 +48,9 @@ class Engine(Protocol):
         index: int,
         task_input: str | None,
         attempt: int,
-        warm: tuple[str, float] | None = None,
+        placed: tuple[str, float] | None = None,
     ) -> WorkerSpec:
-        """Return the WorkerSpec of an attempt (``warm``: its warm worker and start time)."""
+        """Return the WorkerSpec of an attempt (``placed``: its worker and start time)."""
         ...
 
     def spawn(self, job: JobRecord, spec: WorkerSpec, adopt: bool) -> None:
@@ -87,9 +87,9 @@ def resume(engine: Engine) -> bool:
                 listed = engine.backend(job.backend).list_workers()
                 workers[job.backend] = {worker.name for worker in listed}
             task = ledger.task(attempt.job, attempt.index)
-            warm = (attempt.worker, attempt.started) if job.params.get("reuse_workers") else None
+            placed = (attempt.worker, attempt.started)  # a warm worker or a spare: its own name
             task_input = task.input if task else None
-            spec = engine.spec(job, attempt.index, task_input, attempt.attempt, warm)
+            spec = engine.spec(job, attempt.index, task_input, attempt.attempt, placed)
             if attempt.worker in workers[job.backend]:
                 logger.info("adopting worker %s", attempt.worker)
                 engine.spawn(job, spec, adopt=True)

@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +151,23 @@ def redacted_env(env: Sequence[str]) -> list[str]:
     return [f"{entry.split('=', 1)[0]}={ENV_REDACTED}" for entry in env]
 
 
+def _while_locked(statement: Callable[[], object], timeout: float = 30.0) -> None:
+    """Run ``statement``, again while another client holds the database (bounded).
+
+    Switching a new database to WAL takes an exclusive lock and fails at once ("database is
+    locked", no busy handler) while another client is opening or creating it.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > end:
+                raise
+            time.sleep(0.02)
+
+
 class _Store:
     """The SQLite connection of one state directory, shared by threads under one lock."""
 
@@ -167,7 +184,7 @@ class _Store:
         self._db = sqlite3.connect(
             str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _while_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA secure_delete=ON")  # deleted or rewritten rows are zeroed

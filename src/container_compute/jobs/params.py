@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import BACKENDS, check_cpu_limit, check_disk_limit, check_memory_limit
+from ..config import BACKENDS, check_limits
 from ..units import parse_duration
 from .model import JOB_STATES, parse_ranges
 
@@ -216,12 +216,9 @@ class LaunchJobParams(ActionParams):
         _check_duration("timeout", self.timeout)
         _check_duration("deadline", self.deadline)
         _check_duration("wait-timeout", self.wait_timeout, MAX_WAIT_SECONDS)
-        if self.cpu:
-            check_cpu_limit("cpu", self.cpu)
-        if self.memory:
-            check_memory_limit("memory", self.memory)
-        if self.disk:
-            check_disk_limit("disk", self.disk)
+        check_limits(
+            ("cpu", self.cpu or ""), ("memory", self.memory or ""), ("disk", self.disk or "")
+        )
         if self.name and not _NAME_RE.match(self.name):
             fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
         _check_placement(self.placement)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from ..backends import (
+    SPARE_TASK,
     Backend,
     FailureReason,
     LaunchError,
@@ -81,17 +82,24 @@ def default_parallelism(config: HostConfig, backend: str) -> int:
     return min(config.max_parallel_workers, 2 * len(os.sched_getaffinity(0)))
 
 
+def job_parallelism(config: HostConfig, job: JobRecord) -> int:
+    """How many attempts of the job may run at once: its parallelism, or the default."""
+    parallelism = job.params.get("parallelism") or default_parallelism(config, job.backend)
+    return min(parallelism, config.max_parallel_workers)
+
+
 def worker_spec(
     job: JobRecord,
     index: int,
     task_input: str | None,
     attempt: int,
     results_cap: int,
-    warm: tuple[str, float] | None = None,
+    placed: tuple[str, float] | None = None,
 ) -> WorkerSpec:
     """Return the WorkerSpec of one attempt of one task of a recorded job.
 
-    ``warm``: (worker, start time) of an attempt of a reuse-workers job.
+    ``placed``: (worker, start time) of an attempt in a worker made before it: the job's warm
+    worker (reuse-workers), a spare, or the worker the ledger names.
     """
     params = job.params
     env = {
@@ -119,9 +127,9 @@ def worker_spec(
         timeout_seconds=parse_duration(params.get("timeout") or "0"),
         results_cap_bytes=results_cap,
         options=dict(params.get("backend-options") or {}),
-        worker=warm[0] if warm else "",
-        reuse=warm is not None,
-        started_at=warm[1] if warm else 0.0,
+        worker=placed[0] if placed else "",
+        reuse=bool(params.get("reuse_workers")),
+        started_at=placed[1] if placed else 0.0,
     )
 
 
@@ -384,8 +392,8 @@ class Engine:
         return self.threads.is_inflight((job_id, index))
 
     def idle_workers(self) -> set[str]:
-        """The warm workers this engine keeps between two tasks of their job."""
-        return self.keeper.pool.idle()
+        """The workers this engine keeps for its jobs' next tasks (warm or spare)."""
+        return self.keeper.idle()
 
     def inflight_count(self, job_id: str | None = None) -> int:
         """Return how many attempts this engine is running (of one job, or in all)."""
@@ -426,31 +434,28 @@ class Engine:
         return True
 
     def _launch_some(self, job: JobRecord, now: float) -> None:
-        limit = min(
-            job.params.get("parallelism") or default_parallelism(self.config, job.backend),
-            self.config.max_parallel_workers,
-        )
+        limit = job_parallelism(self.config, job)
         free = min(
             limit - self.inflight_count(job.id),
             self.config.max_parallel_workers - self.inflight_count(),
         )
-        if free <= 0:
-            return
-        reuse = bool(job.params.get("reuse_workers"))
-        for task in self.ledger.runnable_tasks(job.id, now, free):
+        for task in self.ledger.runnable_tasks(job.id, now, free) if free > 0 else []:
             started = self.clock()
-            warm = (self.keeper.pool.take(job.id), started) if reuse else None
+            placed = self.keeper.place(job, started)
             attempt = self.ledger.start_attempt(
                 job.id,
                 task.index,
-                lambda n, i=task.index, w=warm: self.spec(job, i, None, n, w).worker_name,
+                lambda n, i=task.index, w=placed: self.spec(job, i, None, n, w).worker_name,
                 started,
             )
             if attempt is not None:
-                spec = self.spec(job, task.index, task.input, attempt, warm)
-                self.spawn(job, spec, adopt=False)
-            elif warm is not None:
-                self.keeper.pool.give_back(job.id, warm[0])
+                self.spawn(job, self.spec(job, task.index, task.input, attempt, placed), False)
+            elif placed is not None:
+                self.keeper.unplace(job, placed[0])
+        if self.config.spare_workers:
+            room = self.config.max_parallel_workers - self.inflight_count()
+            spec_of = lambda name: self.spec(job, SPARE_TASK, None, 0, (name, 0.0))  # noqa: E731
+            self.keeper.prepare_ahead(job, limit, room, spec_of)
 
     def spec(
         self,
@@ -458,14 +463,14 @@ class Engine:
         index: int,
         task_input: str | None,
         attempt: int,
-        warm: tuple[str, float] | None = None,
+        placed: tuple[str, float] | None = None,
     ) -> WorkerSpec:
         """Return what the backend needs to run ``attempt`` of task ``index``.
 
-        ``warm``: (worker, start time) of an attempt of a reuse-workers job.
+        ``placed``: (worker, start time) of an attempt in a worker made before it.
         """
         cap = self.config.task_results_cap_bytes
-        return worker_spec(job, index, task_input, attempt, cap, warm)
+        return worker_spec(job, index, task_input, attempt, cap, placed)
 
     def spawn(self, job: JobRecord, spec: WorkerSpec, adopt: bool) -> None:
         """Follow one attempt in a thread of its own (``adopt``: it was started before)."""
@@ -585,5 +590,10 @@ class Engine:
         after that, no thread changes a worker or the ledger any more. True when none was
         left acting.
         """
-        self.launching = False
+        self.stop_launching()
         return self.threads.park(timeout)
+
+    def stop_launching(self) -> None:
+        """Launch no more attempts; delete the spares (in the background: wait_deletions)."""
+        self.launching = False
+        self.keeper.drop_spares()

@@ -17,11 +17,11 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
 from ..backends import Backend, FailureReason, TaskOutcome, WorkerSpec, WorkerUnreachableError
 from .ledger import JobRecord, Ledger
 from .model import TaskState
+from .spares import Deletions, SpareWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +38,6 @@ REPLACED_AFTER = frozenset(
         FailureReason.MEMBER_LOST,
     }
 )
-
-
-class Deletions(Protocol):
-    """Where the engine counts the worker deletions it waits for (``AttemptThreads``)."""
-
-    def deleting(self, worker: str, job_id: str) -> None:
-        """Record that ``worker`` is being deleted."""
-        ...
-
-    def deleted(self, worker: str, key: tuple[str, int] | None = None) -> None:
-        """Record that ``worker`` is deleted."""
-        ...
 
 
 class WarmPool:
@@ -107,8 +95,42 @@ class WorkerKeeper:
         self.backend_of = backend_of
         self.deletions = deletions
         self.pool = WarmPool()
+        self.spares = SpareWorkers(backend_of, deletions, self.delete_worker)
         self._lock = threading.Lock()
         self._released: set[str] = set()
+
+    def place(self, job: JobRecord, started: float) -> tuple[str, float] | None:
+        """(worker, start time) for a new attempt of the job, or None: it makes its own.
+
+        The worker is the job's idle warm worker (or a new name), or a ready spare.
+        """
+        if job.params.get("reuse_workers"):
+            return self.pool.take(job.id), started
+        spare = self.spares.take(job.id)
+        return (spare, started) if spare else None
+
+    def unplace(self, job: JobRecord, worker: str) -> None:
+        """Take back the worker ``place`` gave an attempt that did not start."""
+        if job.params.get("reuse_workers"):
+            self.pool.give_back(job.id, worker)
+        else:
+            self.spares.give_back(job.id, worker)
+
+    def prepare_ahead(
+        self, job: JobRecord, limit: int, room: int, spec_of: Callable[[str], WorkerSpec]
+    ) -> None:
+        """Have spares made for the job's next tasks, at most ``limit`` and its pending tasks.
+
+        ``room``: how many workers the host may run besides the running attempts' (the spares
+        of every job count against it).
+        """
+        pending = self.ledger.task_counts(job.id)[TaskState.PENDING.value]
+        room -= self.spares.count()
+        self.spares.top_up(job, spec_of, min(limit, pending, self.spares.count(job.id) + room))
+
+    def idle(self) -> set[str]:
+        """The workers kept for the jobs' next tasks: idle warm ones and spares."""
+        return self.pool.idle() | self.spares.names()
 
     def keep_warm(self, job: JobRecord, spec: WorkerSpec, outcome: TaskOutcome) -> bool:
         """Check and wipe a warm worker after its task; True when it waits for the next one."""
@@ -136,10 +158,10 @@ class WorkerKeeper:
 
     def release_finished(self) -> None:
         """Release the jobs with idle workers that ended meanwhile (e.g. cancelled)."""
-        for job_id in self.pool.jobs():
+        for job_id in {*self.pool.jobs(), *self.spares.jobs()}:
             job = self.ledger.job(job_id)
             if job is None:
-                for worker in self.pool.close(job_id):
+                for worker in self.pool.close(job_id) + self.spares.close(job_id):
                     self.delete_worker("lxd", worker)
             elif job.state.finished:
                 self.release(job)
@@ -151,7 +173,7 @@ class WorkerKeeper:
             self.release(job)
 
     def release(self, job: JobRecord) -> None:
-        """Delete a finished job's idle warm workers; the backend drops what it kept.
+        """Delete a finished job's idle warm workers and spares; the backend drops what it kept.
 
         Once per job; the deletions run in the background (the engine's ``wait_deletions``
         waits for them).
@@ -160,23 +182,44 @@ class WorkerKeeper:
             if job.id in self._released:
                 return
             self._released.add(job.id)
-        idle = self.pool.close(job.id)
+        idle = self.pool.close(job.id) + self.spares.close(job.id)
         job_finished: Callable[[str], None] | None = getattr(
             self.backend_of(job.backend), "job_finished", None
         )
 
-        def release() -> None:
-            for worker in idle:
-                self.delete_worker(job.backend, worker)
-                self.deletions.deleted(worker)
+        def finished() -> None:
             if job_finished is not None:
                 try:
                     job_finished(job.id)
                 except Exception:  # the reaper removes it later
                     logger.exception("could not release what job %s kept", job.id)
+
+        self._delete_later(job.backend, job.id, idle, then=finished)
+
+    def drop_spares(self) -> None:
+        """Delete every spare (in the background): the engine launches no more."""
+        for job_id in self.spares.jobs():
+            job = self.ledger.job(job_id)
+            self._delete_later(job.backend if job else "lxd", job_id, self.spares.close(job_id))
+
+    def _delete_later(
+        self,
+        backend: str,
+        job_id: str,
+        workers: list[str],
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """Delete a job's workers, then call ``then``, in a thread ``wait_deletions`` counts."""
+
+        def delete() -> None:
+            for worker in workers:
+                self.delete_worker(backend, worker)
+                self.deletions.deleted(worker)
+            if then is not None:
+                then()
             self.deletions.deleted(token)
 
-        token = f"release of {job.id}"
-        for worker in [*idle, token]:
-            self.deletions.deleting(worker, job.id)
-        threading.Thread(target=release, daemon=True, name=f"release-{job.id}").start()
+        token = f"release of {job_id} ({secrets.token_hex(4)})"
+        for worker in [*workers, token]:
+            self.deletions.deleting(worker, job_id)
+        threading.Thread(target=delete, daemon=True, name=f"release-{job_id}").start()

@@ -14,7 +14,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from ...constants import (
 )
 from ...lxdclient import LXDUnavailableError, endpoint_of
 from .. import (
+    SPARE_TASK,
     FailureReason,
     LaunchError,
     TaskOutcome,
@@ -41,7 +42,7 @@ from .. import (
 from ..gather import safe_name
 from .api import LXDApi, OperationFailedError, is_transient, remove_log_dir
 from .disk import explain_disk_full
-from .launch import LAUNCHER, RESERVED_ENV, WARM_LAUNCHER, WRAPPER
+from .launch import LAUNCHER, RESERVED_ENV, WARM_LAUNCHER, WRAPPER, run_launcher
 from .members import (
     LostMemberGuard,
     MemberBook,
@@ -50,14 +51,13 @@ from .members import (
 )
 from .remote import RemoteAttemptWatcher, explain_remote_oom
 from .templates import TemplateBook
-from .warm import WarmWorkers
+from .warm import PreparedWorkers, WarmWorkers
 from .watch import LABEL_STARTED, AttemptWatcher
 
 logger = logging.getLogger(__name__)
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MEMBER_LOST_WAIT_SECONDS = 60.0  # for LXD to count an unreachable member offline
 BUSY_WAIT_SECONDS = 60.0  # LXD refuses to delete an instance while another operation runs on it
-LAUNCHER_TIMEOUT_SECONDS = 60.0  # the launcher only forks the wrapper and returns
 DELETE_TIMEOUT_SECONDS = 60.0
 
 
@@ -83,6 +83,7 @@ class LXDBackend:
         self.members = MemberBook(self.api)
         self.templates = TemplateBook(self.api, config)
         self.warm = WarmWorkers(self.api)
+        self.prepared = PreparedWorkers()
         self._launched: set[str] = set()  # workers whose launcher this backend ran
 
     @property
@@ -116,6 +117,8 @@ class LXDBackend:
     def start(self, spec: WorkerSpec) -> str:
         """Create, label and start the worker and start the command; return the worker's name.
 
+        A worker ``prepare`` made for the attempt (its spec names it) only gets the command.
+
         Raises:
             LaunchError: when the spec is invalid (nothing is changed), the image is missing,
                 or the worker cannot be created, started or given its command (the half-made
@@ -126,23 +129,47 @@ class LXDBackend:
         name = spec.worker_name
         if spec.reuse and self.warm.knows(name) and self._next_task(spec, env):
             return name
+        if not self.prepared.claim(name):
+            self._make(spec)
+        with self._deleted_on_failure(name):
+            self._exec_launcher(name, spec, env)
+        self._launched.add(name)
+        return name
+
+    def prepare(self, spec: WorkerSpec) -> None:
+        """Create and start a worker ahead of its task, with no command yet.
+
+        The attempt whose spec names it later only gives it its command (``start``).
+
+        Raises:
+            LaunchError: when it cannot be made (the half-made worker is deleted).
+        """
+        check_spec(spec)
+        self._make(spec)
+        self.prepared.add(spec.worker_name)
+
+    def _make(self, spec: WorkerSpec) -> None:
+        """Create the worker (a copy of a template where it can be) and start it."""
         # On a cluster a copy would cross members: there LXD unpacks the image for each worker.
         copy = self.local and not self.members.clustered
         self._create(spec, self.templates.worker_source(spec.image, spec.job_id, copy))
-        try:
-            self.members.look_up(name)
-            self._boot(name)
+        with self._deleted_on_failure(spec.worker_name):
+            self.members.look_up(spec.worker_name)
+            self._boot(spec.worker_name)
             if spec.reuse:
-                self.warm.learn(name)
-            self._exec_launcher(name, spec, env)
+                self.warm.learn(spec.worker_name)
+
+    @contextlib.contextmanager
+    def _deleted_on_failure(self, name: str) -> Iterator[None]:
+        """Delete the worker when the block fails; the failure is raised as a LaunchError."""
+        try:
+            yield
         except (LaunchError, OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
             with contextlib.suppress(Exception):
                 self.delete(name)
             if isinstance(err, LaunchError):
                 raise
             raise LaunchError(f"starting worker {name} failed: {err}") from err
-        self._launched.add(name)
-        return name
 
     def _next_task(self, spec: WorkerSpec, env: dict[str, str]) -> str | None:
         """Check, wipe and give a warm worker its next command; None: it was left dirty.
@@ -217,21 +244,7 @@ class LXDBackend:
         """
         environment = {**env, "CC_COMMAND": spec.command, "CC_WRAPPER": WRAPPER, **(warm or {})}
         script = LAUNCHER if warm is None else WARM_LAUNCHER
-
-        def execute() -> dict[str, Any]:
-            response = self.client.api.instances[name].exec.post(
-                json={
-                    "command": ["/bin/sh", "-c", script],
-                    "environment": environment,
-                    "wait-for-websocket": False,
-                    "interactive": False,
-                    "record-output": False,
-                }
-            )
-            return self.api.wait_operation(response, timeout=LAUNCHER_TIMEOUT_SECONDS)
-
-        result = self.api.retry(f"starting the command in worker {name}", execute)
-        code = int(result.get("return", 0))
+        code = run_launcher(self.api, name, script, environment)
         if code != 0 and (warm is None or not self.warm.verdict(code)):
             raise LaunchError(
                 f"the launcher in worker {name} exited {code} "
@@ -274,6 +287,7 @@ class LXDBackend:
 
         """
         self.warm.forget(name)
+        self.prepared.forget(name)
         try:
             removed = _remove_worker(self.api, name)
         except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
@@ -290,14 +304,7 @@ class LXDBackend:
 
     def reap_extras(self, live_jobs: set[str]) -> list[str]:
         """Delete templates of finished jobs, of images no alias names, or of another id mode."""
-        if not self.local:
-            return []
-        listing = self.api.retry(
-            "listing images",
-            lambda: self.client.api.images.get(params={"recursion": "1"}).json()["metadata"],
-        )
-        current = {image["fingerprint"] for image in listing}
-        return self.templates.prune(live_jobs, lambda fingerprint: fingerprint in current)
+        return self.templates.prune_unused(live_jobs) if self.local else []
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker of this backend's project that carries container-compute labels."""
@@ -321,12 +328,9 @@ def create_body(spec: WorkerSpec, source: dict[str, Any], pool: str) -> dict[str
     Raises:
         LaunchError: when the job's disk size is not one.
     """
-    config = {
-        LABEL_JOB: spec.job_id,
-        LABEL_TASK: str(spec.task_index),
-        LABEL_ATTEMPT: str(spec.attempt),
-        LABEL_STARTED: f"{time.time():.3f}",
-    }
+    config = {LABEL_JOB: spec.job_id, LABEL_STARTED: f"{time.time():.3f}"}
+    if spec.task_index != SPARE_TASK:  # a worker made ahead has no task yet
+        config |= {LABEL_TASK: str(spec.task_index), LABEL_ATTEMPT: str(spec.attempt)}
     if spec.cpu:
         config["limits.cpu"] = spec.cpu
     if spec.memory:

@@ -4,7 +4,10 @@ They run through LXD's exec API as ``/bin/sh -c <script>`` with their data in th
 environment: nothing from a job is ever spliced into a script's text.
 """
 
+from typing import Any
+
 from ...constants import RESULTS_DIR_IN_WORKER
+from .api import LXDApi
 
 # The launcher and the wrapper set these; a job cannot.
 RESERVED_ENV = ("CC_COMMAND", "CC_WRAPPER", "CC_KEEP", "CC_MIN_FREE")
@@ -67,3 +70,24 @@ RECYCLE = (
 )
 # A warm worker's next task: the checks and the wipe, then the launcher.
 WARM_LAUNCHER = RECYCLE + LAUNCHER
+
+LAUNCHER_TIMEOUT_SECONDS = 60.0  # the launcher only forks the wrapper and returns
+
+
+def run_launcher(api: LXDApi, name: str, script: str, environment: dict[str, str]) -> int:
+    """Run ``script`` in worker ``name`` through exec (no websocket); return its exit code."""
+
+    def execute() -> dict[str, Any]:
+        response = api.client.api.instances[name].exec.post(
+            json={
+                "command": ["/bin/sh", "-c", script],
+                "environment": environment,
+                "wait-for-websocket": False,
+                "interactive": False,
+                "record-output": False,
+            }
+        )
+        return api.wait_operation(response, timeout=LAUNCHER_TIMEOUT_SECONDS)
+
+    result = api.retry(f"starting the command in worker {name}", execute)
+    return int(result.get("return", 0))

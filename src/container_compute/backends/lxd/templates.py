@@ -296,17 +296,19 @@ class TemplateBook:
                 names.append(record["name"])
         return names
 
-    def prune(self, live_jobs: set[str], keep: Callable[[str], bool]) -> list[str]:
-        """Delete templates of finished jobs, of another id mode, or of images not kept.
-
-        ``keep(fingerprint)`` tells whether an image is still current (some alias names it).
-        """
+    def prune_unused(self, live_jobs: set[str]) -> list[str]:
+        """Delete templates of finished jobs, of another id mode, or of images no alias names."""
+        listing = self.api.retry(
+            "listing images",
+            lambda: self.api.client.api.images.get(params={"recursion": "1"}).json()["metadata"],
+        )
+        current = {image["fingerprint"] for image in listing}
 
         def stale(config: dict[str, str]) -> bool:
             mode, _, fingerprint = config[LABEL_TEMPLATE].partition(":")
             job = config.get(LABEL_TEMPLATE_JOB, "")
             finished = bool(job) and job not in live_jobs
-            return mode != self.mode() or not keep(fingerprint) or finished
+            return mode != self.mode() or fingerprint not in current or finished
 
         deleted = self._listed(stale)
         for name in deleted:

@@ -1,4 +1,6 @@
-"""Warm workers (``reuse-workers``): one worker runs task after task of the same job.
+"""Workers made before their task: warm ones and prepared ones.
+
+Warm workers (``reuse-workers``): one worker runs task after task of the same job.
 
 Before its next task the worker is checked and wiped, in the same exec that launches that
 task (``launch.WARM_LAUNCHER``): every process but those the worker ran before its first
@@ -8,9 +10,13 @@ removed, and the root disk must have room left. A worker that fails any of it is
 made again, never reused. The list of allowed processes comes from the backend, not from the
 worker; the checks themselves run the worker's own shell, so a task that replaces the
 worker's tools could fool them: that is why only tasks of the same job share a worker.
+
+Prepared workers (``PreparedWorkers``): fresh workers created and started ahead of their
+task, so that a free slot finds a started worker; each runs one task, like any cold worker.
 """
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -99,3 +105,30 @@ def _output_path(result: dict[str, Any]) -> str:
     """The URL of the recorded stdout of an exec operation ("" when none)."""
     output = result.get("output") or {}
     return str(output.get("1") or output.get(1) or "")
+
+
+class PreparedWorkers:
+    """The workers this backend made ahead of their task and no attempt has claimed yet."""
+
+    def __init__(self) -> None:
+        """None yet."""
+        self._lock = threading.Lock()
+        self._ready: set[str] = set()
+
+    def add(self, name: str) -> None:
+        """``name`` is made and started, with no command yet."""
+        with self._lock:
+            self._ready.add(name)
+
+    def claim(self, name: str) -> bool:
+        """Take ``name`` for its attempt; False when it is not a prepared worker (any more)."""
+        with self._lock:
+            if name in self._ready:
+                self._ready.discard(name)
+                return True
+            return False
+
+    def forget(self, name: str) -> None:
+        """``name`` is deleted."""
+        with self._lock:
+            self._ready.discard(name)

@@ -1,0 +1,190 @@
+"""Workers made ahead of demand: a cold job's next task finds its worker created and started.
+
+For a job that runs each task in a fresh worker, on a backend that can ``prepare`` one (LXD),
+the engine keeps up to ``parallelism`` spare workers of the job (being made or ready) while
+the job has tasks left to start. A launched attempt takes a ready spare, if there is one (its
+spec names it), and only gives it its command; the worker is deleted after its task like any
+cold worker. Spares are not attempts: job-status counts running attempts, never more than the
+job's parallelism; with its spares a job has at most twice as many workers, and the engine
+makes none beyond max-parallel-workers workers in all.
+
+Jobs that reuse workers or place their tasks on cluster members get no spares. A spare
+carries its job's label and no task. When its job is over (or the engine hands over)
+it is deleted; after a crash the reaper deletes it. A job whose spare could not be made gets
+no other for a while (its attempts make their own workers, and say why they could not).
+"""
+
+import itertools
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from ..backends import Backend, WorkerSpec
+from .ledger import JobRecord
+
+logger = logging.getLogger(__name__)
+
+PAUSE_AFTER_FAILURE_SECONDS = 30.0
+MAKERS = max(1, len(os.sched_getaffinity(0)) // 2)  # spares of a job made at once
+
+
+class Deletions(Protocol):
+    """Where the engine counts the worker deletions it waits for (``AttemptThreads``)."""
+
+    def deleting(self, worker: str, job_id: str) -> None:
+        """Record that ``worker`` is being deleted."""
+        ...
+
+    def deleted(self, worker: str, key: tuple[str, int] | None = None) -> None:
+        """Record that ``worker`` is deleted."""
+        ...
+
+
+Prepare = Callable[[WorkerSpec], None]
+Delete = Callable[[str, str], None]  # (backend, worker)
+
+
+class SpareWorkers:
+    """The spare workers of this engine's jobs: being made, or ready for an attempt."""
+
+    def __init__(
+        self,
+        backend_of: Callable[[str], Backend],
+        deletions: Deletions,
+        delete: Delete,
+        makers: int = MAKERS,
+    ) -> None:
+        """Make spares through the backends ``backend_of`` returns, delete them with ``delete``.
+
+        Spares being made count in ``deletions``: the engine waits for them as for deletions.
+        """
+        self.backend_of = backend_of
+        self.deletions = deletions
+        self.delete = delete
+        self._lock = threading.Lock()
+        self._ready: dict[str, list[str]] = {}  # job -> spares ready, oldest first
+        self._making: dict[str, set[str]] = {}  # job -> spares being made
+        self._closed: set[str] = set()
+        self._paused: dict[str, float] = {}  # job -> no new spare before this monotonic time
+        self._wanted: dict[str, int] = {}  # job -> how many spares it wants now
+        self._makers: dict[str, int] = {}  # job -> threads making its spares
+        self.makers = makers
+        self._numbers = itertools.count(1)
+        self._tag = secrets.token_hex(2)  # names of another engine's spares never collide
+
+    def preparer(self, job: JobRecord) -> Prepare | None:
+        """The backend's ``prepare`` when the job's tasks may run in spares, else None."""
+        if job.params.get("reuse_workers"):
+            return None  # warm workers are made once per slot anyway
+        if job.params.get("placement"):
+            return None  # a task's member depends on its index (round-robin, a member list)
+        try:
+            prepare: Prepare | None = getattr(self.backend_of(job.backend), "prepare", None)
+        except Exception:  # the backend cannot be opened: the attempts will say why
+            return None
+        return prepare
+
+    def take(self, job_id: str) -> str | None:
+        """A ready spare of the job for an attempt (the oldest), or None."""
+        with self._lock:
+            ready = self._ready.get(job_id)
+            return ready.pop(0) if ready else None
+
+    def give_back(self, job_id: str, name: str) -> None:
+        """An attempt that did not start returns its spare."""
+        with self._lock:
+            self._ready.setdefault(job_id, []).insert(0, name)
+
+    def count(self, job_id: str | None = None) -> int:
+        """How many spares there are, being made or ready (of one job, or in all)."""
+        with self._lock:
+            jobs = [job_id] if job_id is not None else {*self._ready, *self._making}
+            return sum(len(self._ready.get(j, ())) + len(self._making.get(j, ())) for j in jobs)
+
+    def names(self) -> set[str]:
+        """Every spare's name, being made or ready (the reaper leaves them alone)."""
+        with self._lock:
+            return {n for names in [*self._ready.values(), *self._making.values()] for n in names}
+
+    def jobs(self) -> list[str]:
+        """The jobs that have spares, being made or ready."""
+        with self._lock:
+            spares = [*self._ready.items(), *self._making.items()]
+            return sorted({job_id for job_id, names in spares if names})
+
+    def top_up(self, job: JobRecord, spec_of: Callable[[str], WorkerSpec], wanted: int) -> int:
+        """Have the job's spares made until it has ``wanted``; return how many makers started.
+
+        At most ``makers`` spares of a job are made at once, one after another.
+        """
+        prepare = self.preparer(job)
+        if prepare is None:
+            return 0
+        with self._lock:
+            self._wanted[job.id] = wanted
+            if job.id in self._closed or time.monotonic() < self._paused.get(job.id, 0.0):
+                return 0
+            busy = self._makers.get(job.id, 0)
+            have = len(self._making.get(job.id, ())) + len(self._ready.get(job.id, ()))
+            start = max(0, min(self.makers - busy, wanted - have))
+            self._makers[job.id] = busy + start
+        for _ in range(start):
+            threading.Thread(
+                target=self._maker, args=(job, prepare, spec_of), daemon=True, name="spares"
+            ).start()
+        return start
+
+    def _maker(
+        self, job: JobRecord, prepare: Prepare, spec_of: Callable[[str], WorkerSpec]
+    ) -> None:
+        """Make the job's spares one after another while it wants more."""
+        try:
+            while True:
+                with self._lock:
+                    making = self._making.setdefault(job.id, set())
+                    have = len(making) + len(self._ready.get(job.id, ()))
+                    stopped = job.id in self._closed or time.monotonic() < self._paused.get(
+                        job.id, 0.0
+                    )
+                    if stopped or have >= self._wanted.get(job.id, 0):
+                        return
+                    name = f"cc-{job.id}-s{self._tag}{next(self._numbers)}"
+                    making.add(name)
+                self.deletions.deleting(name, job.id)
+                self._make(job, prepare, spec_of(name))
+        finally:
+            with self._lock:
+                self._makers[job.id] -= 1
+
+    def _make(self, job: JobRecord, prepare: Prepare, spec: WorkerSpec) -> None:
+        job_id, name = job.id, spec.worker_name
+        made = False
+        try:
+            prepare(spec)
+            made = True
+        except Exception as err:  # the attempts make their own workers
+            logger.info("could not prepare a worker for job %s: %s", job_id, err)
+        with self._lock:
+            self._making.get(job_id, set()).discard(name)
+            closed = job_id in self._closed
+            if not made:
+                self._paused[job_id] = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
+            elif not closed:
+                self._ready.setdefault(job_id, []).append(name)
+        if made and closed:  # its job ended meanwhile
+            self.delete(job.backend, name)
+        self.deletions.deleted(name)
+
+    def close(self, job_id: str) -> list[str]:
+        """The job is over: return its ready spares, to delete; no new one is made after.
+
+        Those being made delete themselves once made.
+        """
+        with self._lock:
+            self._closed.add(job_id)
+            self._paused.pop(job_id, None)
+            return self._ready.pop(job_id, [])

@@ -1,0 +1,169 @@
+"""Spare workers: a cold job's next workers made ahead of demand, in the engine, without LXD.
+
+The LXD side (a spare really is created and started, then only given its command) is in
+tests/functional/test_spare_workers.py.
+"""
+
+import threading
+import time
+from pathlib import Path
+
+from container_compute.backends import SPARE_TASK, LaunchError, WorkerInfo, WorkerSpec
+from container_compute.jobs import housekeeping
+from container_compute.jobs.model import JobState
+from container_compute.jobs.params import LaunchJobParams
+
+from .fake_backend import FakeBackend, Plan, make_engine, run_until_done
+
+
+class SpareBackend(FakeBackend):
+    """The fake backend with ``prepare``: a spare is a worker with no task, started later."""
+
+    def __init__(self, prepare_error: str = "", **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.prepare_error = prepare_error
+        self.prepared: set[str] = set()
+        self.in_spares: list[str] = []  # attempts that ran in a spare
+        self.most_workers = 0
+        self.lock = threading.Lock()
+
+    def prepare(self, spec: WorkerSpec) -> None:
+        assert spec.task_index == SPARE_TASK and spec.worker_name.startswith(f"cc-{spec.job_id}-s")
+        if self.prepare_error:
+            raise LaunchError(self.prepare_error)
+        time.sleep(0.005)
+        with self.lock:
+            worker = WorkerInfo(spec.worker_name, spec.job_id, None, None, True)
+            self.workers[spec.worker_name] = worker
+            self.prepared.add(spec.worker_name)
+            self.most_workers = max(self.most_workers, len(self.workers))
+
+    def start(self, spec: WorkerSpec) -> str:
+        with self.lock:
+            if spec.worker_name in self.prepared:
+                self.prepared.discard(spec.worker_name)
+                self.in_spares.append(spec.worker_name)
+                self.started.append(spec.worker_name)
+                return spec.worker_name
+        name = super().start(spec)
+        with self.lock:
+            self.most_workers = max(self.most_workers, len(self.workers))
+        return name
+
+    def delete(self, name: str) -> bool:
+        with self.lock:
+            self.prepared.discard(name)
+        return super().delete(name)
+
+
+def slow(spec: WorkerSpec) -> Plan:
+    return Plan(seconds=0.05, files={"n": spec.env["TASK_INDEX"]})
+
+
+def test_attempts_run_in_spares_and_never_beyond_parallelism(tmp_path: Path) -> None:
+    backend = SpareBackend(plan=slow)
+    engine = make_engine(tmp_path, backend, max_parallel_workers=8)
+    job = engine.submit(LaunchJobParams(command="x", tasks=24, parallelism=2))
+
+    run_until_done(engine)
+    engine.wait_deletions(timeout=5)
+
+    assert engine.ledger.job(job.id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert backend.in_spares, "no attempt found a spare ready"
+    assert backend.max_running <= 2  # running attempts: the job's parallelism
+    assert backend.most_workers <= 4  # with the spares: at most twice
+    workers = [a.worker for a in engine.ledger.attempts(job.id)]
+    assert set(backend.in_spares) <= set(workers)
+    assert backend.workers == {}  # every spare ran a task or was deleted with the job
+
+
+def test_no_spares_when_off_or_the_job_reuses_workers_or_places_tasks(tmp_path: Path) -> None:
+    backend = SpareBackend(plan=slow)
+    engine = make_engine(tmp_path / "off", backend, spare_workers=False)
+    engine.submit(LaunchJobParams(command="x", tasks=8, parallelism=2))
+    run_until_done(engine)
+
+    placed = SpareBackend(plan=slow)
+    placed_engine = make_engine(tmp_path / "placed", placed)
+    placed_engine.submit(
+        LaunchJobParams(command="x", tasks=8, parallelism=2, placement="round-robin")
+    )
+    run_until_done(placed_engine)
+
+    warm = SpareBackend(plan=slow)
+    warm_engine = make_engine(tmp_path / "warm", warm)
+    warm_engine.submit(LaunchJobParams(command="x", tasks=8, parallelism=2, reuse_workers=True))
+    run_until_done(warm_engine)
+
+    assert backend.in_spares == [] and backend.most_workers <= 2
+    assert placed.in_spares == [] and placed.most_workers <= 2
+    assert warm.in_spares == []
+
+
+def test_spares_stay_within_max_parallel_workers(tmp_path: Path) -> None:
+    backend = SpareBackend(plan=slow)
+    engine = make_engine(tmp_path, backend, max_parallel_workers=3)
+    engine.submit(LaunchJobParams(command="x", tasks=12, parallelism=3))
+
+    run_until_done(engine)
+
+    assert backend.most_workers <= 3
+
+
+def test_a_spare_that_cannot_be_made_leaves_the_attempts_their_own(tmp_path: Path) -> None:
+    backend = SpareBackend(prepare_error="pool full", plan=slow)
+    engine = make_engine(tmp_path, backend)
+    job = engine.submit(LaunchJobParams(command="x", tasks=6, parallelism=2))
+
+    run_until_done(engine)
+
+    assert engine.ledger.job(job.id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert backend.in_spares == [] and len(backend.started) == 6
+
+
+def test_spares_go_with_a_cancelled_job_and_when_the_engine_stops_launching(
+    tmp_path: Path,
+) -> None:
+    backend = SpareBackend(plan=lambda spec: Plan(hang=True))
+    engine = make_engine(tmp_path, backend, max_parallel_workers=8)
+    cancelled = engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2))
+    other = engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2))
+    end = time.time() + 5
+    while len(backend.prepared) < 4 and time.time() < end:
+        engine.step()
+        time.sleep(0.01)
+    jobs = sorted(name.split("-")[1] for name in backend.prepared)
+    assert jobs == sorted([cancelled.id, other.id] * 2)
+
+    assert engine.ledger.set_job_state(cancelled.id, JobState.CANCELLED)  # cancel-job
+    while engine.inflight_count(cancelled.id) and time.time() < end:
+        engine.step()
+        time.sleep(0.01)
+    engine.step()
+    assert engine.wait_deletions(timeout=5, job_id=cancelled.id)
+    assert not any(name.startswith(f"cc-{cancelled.id}-s") for name in backend.workers)
+    assert any(name.startswith(f"cc-{other.id}-s") for name in backend.workers)
+
+    engine.stop_launching()  # the engine hands over: its spares go, its attempts stay
+    while backend.prepared and time.time() < end:
+        time.sleep(0.01)
+    assert backend.prepared == set() and engine.inflight_count(other.id) == 2
+    backend.release.set()
+    engine.drain(5)
+
+
+def test_the_reaper_leaves_spares_alone_and_deletes_those_no_engine_keeps(tmp_path: Path) -> None:
+    backend = SpareBackend(plan=lambda spec: Plan(hang=True))
+    engine = make_engine(tmp_path, backend, max_parallel_workers=8)
+    job = engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2))
+    end = time.time() + 5
+    while not backend.prepared and time.time() < end:
+        engine.step()
+        time.sleep(0.01)
+    orphan = f"cc-{job.id}-sdead1"  # a spare a crashed engine left
+    backend.workers[orphan] = WorkerInfo(orphan, job.id, None, None, True)
+
+    assert housekeeping.reap(engine) == [orphan]
+    assert backend.prepared <= set(backend.workers)
+    backend.release.set()
+    run_until_done(engine)
