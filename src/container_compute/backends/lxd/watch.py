@@ -41,6 +41,7 @@ WRAPPER_START_CHECKS = 15  # liveness checks (2 s apart) without /run/cc/pid: ne
 LIVENESS_SECONDS = 2.0
 CHECK_TIMEOUT_SECONDS = 10.0
 SECOND_LOOK_SECONDS = 0.3  # between two looks at a /run/cc seen gone (a replacement?)
+HOST_POLL_CAP_SECONDS = 0.2  # longest pause between two looks at a worker from the host
 SETTLE_SECONDS = 3.0  # how long a worker whose task's shell died may take to stop or reboot
 # Exits 0 while the wrapper lives, 1 once it is gone, 3 when its pid cannot be read safely.
 _WRAPPER_CHECK = (
@@ -238,8 +239,10 @@ class AttemptWatcher:
         should_stop: Callable[[], FailureReason | None],
     ) -> TaskOutcome:
         """Poll until an exit code appears, the deadline passes, or should_stop says so."""
+        # Seen from the host, a look is a few stat calls: often, so a task's end is seen soon.
         interval = 0.02 if view.rootfs is not None else self.poll_seconds
-        limit = self.poll_seconds if view.rootfs is not None else max(self.poll_seconds, 2.0)
+        host_limit = min(self.poll_seconds, HOST_POLL_CAP_SECONDS)
+        limit = host_limit if view.rootfs is not None else max(self.poll_seconds, 2.0)
         next_check = time.monotonic() + (LIVENESS_SECONDS if view.pid else 0.0)
         while True:
             ended = self.judge.exit_status(view)
