@@ -6,9 +6,17 @@ tests/functional/test_spare_workers.py.
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from container_compute.backends import SPARE_TASK, LaunchError, WorkerInfo, WorkerSpec
+from container_compute.backends import (
+    SPARE_TASK,
+    FailureReason,
+    LaunchError,
+    TaskOutcome,
+    WorkerInfo,
+    WorkerSpec,
+)
 from container_compute.jobs import housekeeping
 from container_compute.jobs.model import JobState
 from container_compute.jobs.params import LaunchJobParams
@@ -17,15 +25,23 @@ from .fake_backend import FakeBackend, Plan, make_engine, run_until_done
 
 
 class SpareBackend(FakeBackend):
-    """The fake backend with ``prepare``: a spare is a worker with no task, started later."""
+    """The fake backend with ``prepare``: a spare is a worker with no task, started later.
+
+    ``most_workers``: the most workers seen at once that run a task or wait as spares (those
+    of ended attempts, still being deleted, do not count: their slot is free already).
+    """
 
     def __init__(self, prepare_error: str = "", **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.prepare_error = prepare_error
         self.prepared: set[str] = set()
         self.in_spares: list[str] = []  # attempts that ran in a spare
+        self.busy: set[str] = set()  # workers whose attempt has not ended
         self.most_workers = 0
         self.lock = threading.Lock()
+
+    def _count(self) -> None:
+        self.most_workers = max(self.most_workers, len(self.busy) + len(self.prepared))
 
     def prepare(self, spec: WorkerSpec) -> None:
         assert spec.task_index == SPARE_TASK and spec.worker_name.startswith(f"cc-{spec.job_id}-s")
@@ -36,7 +52,7 @@ class SpareBackend(FakeBackend):
             worker = WorkerInfo(spec.worker_name, spec.job_id, None, None, True)
             self.workers[spec.worker_name] = worker
             self.prepared.add(spec.worker_name)
-            self.most_workers = max(self.most_workers, len(self.workers))
+            self._count()
 
     def start(self, spec: WorkerSpec) -> str:
         with self.lock:
@@ -44,11 +60,22 @@ class SpareBackend(FakeBackend):
                 self.prepared.discard(spec.worker_name)
                 self.in_spares.append(spec.worker_name)
                 self.started.append(spec.worker_name)
+                self.busy.add(spec.worker_name)
                 return spec.worker_name
         name = super().start(spec)
         with self.lock:
-            self.most_workers = max(self.most_workers, len(self.workers))
+            self.busy.add(name)
+            self._count()
         return name
+
+    def wait(
+        self, spec: WorkerSpec, task_dir: Path, should_stop: Callable[[], FailureReason | None]
+    ) -> TaskOutcome:
+        try:
+            return super().wait(spec, task_dir, should_stop)
+        finally:
+            with self.lock:
+                self.busy.discard(spec.worker_name)
 
     def delete(self, name: str) -> bool:
         with self.lock:

@@ -70,7 +70,7 @@ class SpareWorkers:
         self._making: dict[str, set[str]] = {}  # job -> spares being made
         self._closed: set[str] = set()
         self._paused: dict[str, float] = {}  # job -> no new spare before this monotonic time
-        self._wanted: dict[str, int] = {}  # job -> how many spares it wants now
+        self._todo: dict[str, int] = {}  # job -> spares still to make (the last top_up's count)
         self._makers: dict[str, int] = {}  # job -> threads making its spares
         self.makers = makers
         self._numbers = itertools.count(1)
@@ -117,20 +117,21 @@ class SpareWorkers:
             return sorted({job_id for job_id, names in spares if names})
 
     def top_up(self, job: JobRecord, spec_of: Callable[[str], WorkerSpec], wanted: int) -> int:
-        """Have the job's spares made until it has ``wanted``; return how many makers started.
+        """Have spares made until the job has ``wanted``; return how many makers started.
 
-        At most ``makers`` spares of a job are made at once, one after another.
+        At most ``makers`` spares of a job are made at once, one after another; each call
+        says afresh how many more are to be made (the room left may have shrunk).
         """
         prepare = self.preparer(job)
         if prepare is None:
             return 0
         with self._lock:
-            self._wanted[job.id] = wanted
+            have = len(self._making.get(job.id, ())) + len(self._ready.get(job.id, ()))
+            self._todo[job.id] = max(0, wanted - have)
             if job.id in self._closed or time.monotonic() < self._paused.get(job.id, 0.0):
                 return 0
             busy = self._makers.get(job.id, 0)
-            have = len(self._making.get(job.id, ())) + len(self._ready.get(job.id, ()))
-            start = max(0, min(self.makers - busy, wanted - have))
+            start = min(self.makers - busy, self._todo[job.id])
             self._makers[job.id] = busy + start
         for _ in range(start):
             threading.Thread(
@@ -141,24 +142,23 @@ class SpareWorkers:
     def _maker(
         self, job: JobRecord, prepare: Prepare, spec_of: Callable[[str], WorkerSpec]
     ) -> None:
-        """Make the job's spares one after another while it wants more."""
+        """Make the job's spares one after another while some are still to be made."""
         try:
             while True:
                 with self._lock:
-                    making = self._making.setdefault(job.id, set())
-                    have = len(making) + len(self._ready.get(job.id, ()))
-                    stopped = job.id in self._closed or time.monotonic() < self._paused.get(
-                        job.id, 0.0
-                    )
-                    if stopped or have >= self._wanted.get(job.id, 0):
+                    paused = time.monotonic() < self._paused.get(job.id, 0.0)
+                    if job.id in self._closed or paused or self._todo.get(job.id, 0) <= 0:
                         return
+                    self._todo[job.id] -= 1
                     name = f"cc-{job.id}-s{self._tag}{next(self._numbers)}"
-                    making.add(name)
+                    self._making.setdefault(job.id, set()).add(name)
                 self.deletions.deleting(name, job.id)
                 self._make(job, prepare, spec_of(name))
         finally:
             with self._lock:
                 self._makers[job.id] -= 1
+                if not self._makers[job.id]:
+                    del self._makers[job.id]
 
     def _make(self, job: JobRecord, prepare: Prepare, spec: WorkerSpec) -> None:
         job_id, name = job.id, spec.worker_name
@@ -187,4 +187,5 @@ class SpareWorkers:
         with self._lock:
             self._closed.add(job_id)
             self._paused.pop(job_id, None)
+            self._todo.pop(job_id, None)
             return self._ready.pop(job_id, [])
