@@ -142,7 +142,8 @@ class ContainerRunner:
         )
         if done.returncode != 0 or done.stdout.strip() != "done":
             raise BenchError(
-                f"{self.kind} run of task {index}: {done.returncode} {done.stderr[-500:]}"
+                f"{self.kind} run of task {index}: exit {done.returncode}, stdout "
+                f"{done.stdout[-200:]!r} (expected 'done'), stderr {done.stderr[-500:]!r}"
             )
 
     def close(self) -> None:
