@@ -11,7 +11,7 @@ makes none beyond max-parallel-workers workers in all.
 Jobs that reuse workers or place their tasks on cluster members get no spares. A spare
 carries its job's label and no task. When its job is over (or the engine hands over)
 it is deleted; after a crash the reaper deletes it. A job whose spare could not be made gets
-no other for a while (its attempts make their own workers, and say why they could not).
+no other for a while (the failure is logged; its attempts make their own workers).
 """
 
 import itertools
