@@ -413,15 +413,15 @@ class Engine:
                 self.ledger.fail_pending(
                     job.id, FailureReason.DEADLINE.value, "the job's deadline passed", now
                 )
-            if self._finish_if_done(job):
+            counts = self.ledger.task_counts(job.id)
+            if self._finish_if_done(job, counts):
                 continue
             if self.launching and self._resumed and not self.threads.parked:
-                self._launch_some(job, now)
+                self._launch_some(job, now, counts[TaskState.PENDING.value])
         return bool(active) or self.inflight_count() > 0
 
-    def _finish_if_done(self, job: JobRecord) -> bool:
+    def _finish_if_done(self, job: JobRecord, counts: dict[str, int]) -> bool:
         """True when the job is finished: by a commit, the deadline, or (older ledgers) now."""
-        counts = self.ledger.task_counts(job.id)
         if counts[TaskState.PENDING.value] or counts[TaskState.RUNNING.value]:
             return False
         state = self.ledger.finish_if_done(job.id, self.clock())
@@ -433,12 +433,10 @@ class Engine:
             self.keeper.release(job)
         return True
 
-    def _launch_some(self, job: JobRecord, now: float) -> None:
+    def _launch_some(self, job: JobRecord, now: float, pending: int) -> None:
         limit = job_parallelism(self.config, job)
-        free = min(
-            limit - self.inflight_count(job.id),
-            self.config.max_parallel_workers - self.inflight_count(),
-        )
+        room = self.config.max_parallel_workers - self.inflight_count()  # on the whole host
+        free = min(limit - self.inflight_count(job.id), room)
         for task in self.ledger.runnable_tasks(job.id, now, free) if free > 0 else []:
             started = self.clock()
             placed = self.keeper.place(job, started)
@@ -449,13 +447,13 @@ class Engine:
                 started,
             )
             if attempt is not None:
+                pending, room = pending - 1, room - 1
                 self.spawn(job, self.spec(job, task.index, task.input, attempt, placed), False)
             elif placed is not None:
                 self.keeper.unplace(job, placed[0])
         if self.config.spare_workers:
-            room = self.config.max_parallel_workers - self.inflight_count()
             spec_of = lambda name: self.spec(job, SPARE_TASK, None, 0, (name, 0.0))  # noqa: E731
-            self.keeper.prepare_ahead(job, limit, room, spec_of)
+            self.keeper.prepare_ahead(job, min(limit, pending), room, spec_of)
 
     def spec(
         self,

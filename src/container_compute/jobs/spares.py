@@ -169,7 +169,10 @@ class SpareWorkers:
         except Exception as err:  # the attempts make their own workers
             logger.info("could not prepare a worker for job %s: %s", job_id, err)
         with self._lock:
-            self._making.get(job_id, set()).discard(name)
+            making = self._making.get(job_id, set())
+            making.discard(name)
+            if not making:
+                self._making.pop(job_id, None)
             closed = job_id in self._closed
             if not made:
                 self._paused[job_id] = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS

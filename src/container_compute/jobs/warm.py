@@ -117,16 +117,15 @@ class WorkerKeeper:
             self.spares.give_back(job.id, worker)
 
     def prepare_ahead(
-        self, job: JobRecord, limit: int, room: int, spec_of: Callable[[str], WorkerSpec]
+        self, job: JobRecord, wanted: int, room: int, spec_of: Callable[[str], WorkerSpec]
     ) -> None:
-        """Have spares made for the job's next tasks, at most ``limit`` and its pending tasks.
+        """Have ``wanted`` spares made for the job's next tasks, room allowing.
 
         ``room``: how many workers the host may run besides the running attempts' (the spares
         of every job count against it).
         """
-        pending = self.ledger.task_counts(job.id)[TaskState.PENDING.value]
         room -= self.spares.count()
-        self.spares.top_up(job, spec_of, min(limit, pending, self.spares.count(job.id) + room))
+        self.spares.top_up(job, spec_of, min(wanted, self.spares.count(job.id) + room))
 
     def idle(self) -> set[str]:
         """The workers kept for the jobs' next tasks: idle warm ones and spares."""
