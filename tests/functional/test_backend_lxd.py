@@ -178,6 +178,25 @@ def test_oom_is_told_apart(backend: LXDBackend, tmp_path: Path) -> None:
     assert not outcome.succeeded
 
 
+@pytest.mark.parametrize(
+    ("tag", "after"),
+    [
+        ("oa1", ""),  # the command's status: 137
+        # The OOM killer took the task's shell too (as it may, at its own time): no exit code.
+        ("oa2", "; kill -9 $PPID; sleep 5"),
+    ],
+)
+def test_oom_is_told_apart_through_the_api(
+    configured_host: HostConfig, tmp_path: Path, tag: str, after: str
+) -> None:
+    backend = LXDBackend(configured_host, host_access=False)
+    command = "head -c 200m /dev/zero | tail > /dev/null" + after
+    outcome, _ = _run(backend, _spec(tag, command, memory="32MiB"), tmp_path)
+    assert outcome.reason is FailureReason.OOM, outcome
+    assert "as LXD's API shows it" in outcome.detail
+    assert outcome.exit_code == (137 if not after else None)
+
+
 def test_symlink_to_shadow_is_not_followed(backend: LXDBackend, tmp_path: Path) -> None:
     command = (
         "ln -s /etc/shadow /results/shadow; ln -s / /results/root; mkfifo /results/fifo; "

@@ -6,10 +6,12 @@ domain is left. Its services come from the venv ``$CC_OPENSTACK_VENV`` (tox buil
 scripts/openstack-services-venv).
 """
 
+import contextlib
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,27 @@ def stack() -> Iterator[OpenStackStack]:
         print(f"\nOpenStack stack stopped; cleaned up: {report}")
         if not os.environ.get("CC_OPENSTACK_KEEP"):
             started.remove()
+
+
+@pytest.fixture(autouse=True)
+def no_server_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the stack, delete every server left: none leaks into the next.
+
+    Each test then sees only its own servers, also after an earlier test failed.
+    """
+    yield
+    if "stack" not in request.fixturenames:
+        return
+    nova = request.getfixturevalue("stack").nova_admin()
+    deadline = time.monotonic() + 180
+    while left := nova.servers.list(search_opts={"all_tenants": 1}):
+        if time.monotonic() > deadline:
+            pytest.fail(f"servers left by the test could not be deleted: {left}")
+        for server in left:  # asked again: Nova may put a server back in ERROR mid-delete
+            if getattr(server, "OS-EXT-STS:task_state", None) != "deleting":
+                with contextlib.suppress(Exception):  # gone meanwhile
+                    server.delete()
+        time.sleep(2)
 
 
 def keystone_charm_credentials(
@@ -116,6 +139,9 @@ def nova_host(stack: OpenStackStack) -> Iterator[NovaHost]:
         credentials.project_id, instances=200, cores=400, ram=512000, server_groups=100
     )
     config = HostConfig(
+        # A Nova-only host: its LXD project never exists (reaping must cope), and nothing of
+        # this session touches the host's own container-compute project.
+        lxd_project=f"cco{secrets.token_hex(4)}",
         default_backend="nova",
         nova_flavor=FLAVOR,
         nova_image=IMAGE,

@@ -398,6 +398,31 @@ def test_reaper_deletes_workers_of_no_live_attempt(tmp_path: Path) -> None:
     assert housekeeping.reap(engine) == []
 
 
+class NoProjectYet(FakeBackend):
+    """An LXD backend on a host before configure-host: its project does not exist."""
+
+    def reap_extras(self, live_jobs: set[str]) -> list[str]:
+        raise RuntimeError("Project not found")
+
+
+def test_a_backend_that_cannot_be_reaped_does_not_stop_the_others(tmp_path: Path) -> None:
+    lxd, nova = NoProjectYet(), FakeBackend()
+    config = make_engine(tmp_path, nova, nova_image="busybox").config
+    engine = Engine(tmp_path, config, {"lxd": lxd, "nova": nova}.__getitem__)
+    job_id = launch(engine, tasks=1, backend="nova")
+    run_until_done(engine)
+    from container_compute.backends import WorkerInfo
+
+    nova.workers["cc-jdeadbeef-0-1"] = WorkerInfo("cc-jdeadbeef-0-1", "jdeadbeef", 0, 1, True)
+    lxd.workers["cc-jfeedbeef-0-1"] = WorkerInfo("cc-jfeedbeef-0-1", "jfeedbeef", 0, 1, True)
+
+    deleted = housekeeping.reap(engine)
+
+    assert sorted(deleted) == ["cc-jdeadbeef-0-1", "cc-jfeedbeef-0-1"]
+    assert not nova.workers and not lxd.workers
+    assert engine.ledger.job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+
+
 def test_retention_deletes_old_finished_jobs(tmp_path: Path) -> None:
     clock = {"now": time.time()}
     backend = FakeBackend()

@@ -33,9 +33,9 @@ EXPECTED_PAGES = {
     "troubleshooting.md",
 }
 QUICK_START = [
-    "scripts/quickstart                 # install and start LXD, prepare it, run a 16-task job",
-    "tox -e lint,unit,functional,pack,integration,openstack,cluster   # the tests (CI runs "
-    "exactly this, after scripts/setup-host, setup-openstack and setup-cluster-tests)",
+    "scripts/quickstart   # install and start LXD, prepare it, run a 16-task job",
+    "scripts/test         # install what the tests need, run every test environment "
+    "(CI runs exactly this)",
 ]
 # Programs whose lines must be in a console or console-static block, never in a plain one.
 COMMAND_WORDS = re.compile(
@@ -96,6 +96,21 @@ def test_the_quick_start_block_is_kept_and_true() -> None:
     quickstart = REPO / "scripts" / "quickstart"
     assert quickstart.is_file() and quickstart.stat().st_mode & 0o111
     guide_doc.check_repo_tool(QUICK_START[1].split("#")[0].split())
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    commands = [line for line in ci if line.strip() and not line.lstrip().startswith("#")]
+    test_command = QUICK_START[1].split("#")[0].strip()
+    assert commands[-1] == f"exec {test_command}", commands
+    assert all(c.startswith(("set ", "cd ")) for c in commands[:-1]), commands
+
+
+def test_the_test_script_knows_every_test_environment_of_tox() -> None:
+    script = (REPO / "scripts" / "test").read_text()
+    listed = set(re.search(r"^all=\(([^)]*)\)", script, re.M).group(1).split())  # type: ignore[union-attr]
+    tox = set(re.findall(r"^\[testenv:([a-z-]+)\]", (REPO / "tox.ini").read_text(), re.M))
+    assert listed == tox - {"format", "bench"}
 
 
 def test_the_options_table_is_untouched() -> None:

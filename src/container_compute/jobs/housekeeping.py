@@ -120,12 +120,17 @@ def cancel_stale(engine: Engine, job_id: str) -> list[str]:
 
 
 def reap(engine: Engine) -> list[str]:
-    """Delete labelled workers that belong to no running attempt; return their names."""
+    """Delete labelled workers that belong to no running attempt; return their names.
+
+    A backend that cannot be reaped now (no credentials, no LXD project yet, its service
+    away) is logged and skipped: it never keeps the others from being reaped.
+    """
     attempts = engine.ledger.attempts(state=ATTEMPT_RUNNING)
     running = {(a.job, a.index): a.attempt for a in attempts}
     # Warm workers run task after task: theirs is the worker a running attempt names, and
     # the engine keeps some idle between two tasks.
     busy = {a.worker for a in attempts} | engine.idle_workers()
+    live = {job.id for job in engine.ledger.jobs() if not job.state.finished}
     deleted: list[str] = []
     for name in reap_backends(engine):
         try:
@@ -133,22 +138,40 @@ def reap(engine: Engine) -> list[str]:
         except Exception as err:  # e.g. nova without credentials: nothing of ours to reap
             logger.info("not reaping backend %s: %s", name, err)
             continue
-        for worker in backend.list_workers():
-            if worker.name in busy:
+        try:
+            deleted += _reap_backend(engine, backend, busy, running, live)
+        except Exception as err:  # one backend that cannot be reaped must not stop the others
+            logger.warning("could not reap backend %s: %s", name, err)
+    return deleted
+
+
+def _reap_backend(
+    engine: Engine,
+    backend: Backend,
+    busy: set[str],
+    running: dict[tuple[str, int], int],
+    live: set[str],
+) -> list[str]:
+    """Reap one backend's workers (and what it keeps per job); return what was deleted."""
+    deleted: list[str] = []
+    for worker in backend.list_workers():
+        if worker.name in busy:
+            continue
+        job = engine.ledger.job(worker.job_id) if worker.job_id else None
+        if job is not None and not job.state.finished and worker.task_index is not None:
+            if running.get((job.id, worker.task_index)) == worker.attempt:
                 continue
-            job = engine.ledger.job(worker.job_id) if worker.job_id else None
-            if job is not None and not job.state.finished and worker.task_index is not None:
-                if running.get((job.id, worker.task_index)) == worker.attempt:
-                    continue
-            try:
-                if backend.delete(worker.name):
-                    deleted.append(worker.name)
-            except Exception as err:  # one worker that resists must not stop the others
-                logger.warning("could not reap worker %s: %s", worker.name, err)
-        extras: Callable[[set[str]], list[str]] | None = getattr(backend, "reap_extras", None)
-        if extras is not None:
-            live = {job.id for job in engine.ledger.jobs() if not job.state.finished}
+        try:
+            if backend.delete(worker.name):
+                deleted.append(worker.name)
+        except Exception as err:  # one worker that resists must not stop the others
+            logger.warning("could not reap worker %s: %s", worker.name, err)
+    extras: Callable[[set[str]], list[str]] | None = getattr(backend, "reap_extras", None)
+    if extras is not None:
+        try:
             deleted += extras(live)
+        except Exception as err:  # the workers reaped above still count
+            logger.warning("could not reap what a backend keeps per job: %s", err)
     return deleted
 
 

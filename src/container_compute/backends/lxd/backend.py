@@ -477,12 +477,12 @@ def _follow_on_member(
         if members.answers_for(spec.worker_name):
             raise  # the member is back (or was only listed offline during an election)
         outcome = lost_outcome(member, str(err))
+    peak = None if local else backend.remote_watcher.take_peak(spec.worker_name)
     if outcome.reason == FailureReason.MEMBER_LOST:
         _empty(task_dir)
         if outcome.host != member:  # told by the guard, not yet said which member
             outcome = lost_outcome(member, outcome.detail)
     elif not local:
-        peak = backend.remote_watcher.take_peak(spec.worker_name)
         outcome = explain_remote_oom(backend.api, spec, outcome, peak)
     outcome.host = member
     return outcome

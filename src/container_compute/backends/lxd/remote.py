@@ -2,8 +2,9 @@
 
 ``RemoteAttemptWatcher`` is the watcher with no host access: everything goes through the API.
 There the worker is stopped before its exit code is read (so that nothing of the task can
-swap or hold the file), which also ends what LXD shows of its memory. Just before that, it
-notes the worker's memory peak (``usage_peak`` of the instance state), which
+swap or hold the file), which also ends what LXD shows of its memory. Just before any stop
+(whether the command wrote its exit code or its shell was killed first), it notes the
+worker's memory peak (``usage_peak`` of the instance state), which
 ``explain_remote_oom`` then compares with the worker's limit: no cgroup OOM counter is
 visible remotely, so a command killed by SIGKILL (137) with the memory at its limit is taken
 as an OOM kill. The process limit (forks refused) has no such trace in the API and is not
@@ -18,9 +19,7 @@ import requests
 
 from ...units import parse_size
 from .. import FailureReason, TaskOutcome, WorkerSpec
-from . import files
 from .api import LXDApi
-from .hostside import CC_DIR, Found, WorkerView
 from .watch import AttemptWatcher
 
 OOM_EXIT_CODE = 137  # the shell's status for a command killed by SIGKILL (the OOM killer's)
@@ -36,21 +35,20 @@ class RemoteAttemptWatcher(AttemptWatcher):
         self._peaks: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def read_cc(
-        self, view: WorkerView, name: str, limit: int = 64, content: bool = True
-    ) -> Found | None:
-        """As AttemptWatcher.read_cc; the memory peak is noted before a stop to read content."""
-        if content and view.rootfs is None and not view.stopped and name == "exit_code":
-            try:
-                kind = files.head(self.api.client, view.name, f"/{CC_DIR}/{name}")
-            except files.FilesUnavailableError:
-                kind = ""
-            if kind == "file":
-                peak = memory_peak(self.api, view.name)
-                if peak is not None:
-                    with self._lock:
-                        self._peaks[view.name] = peak
-        return super().read_cc(view, name, limit, content)
+    def stop(self, name: str) -> None:
+        """Note the worker's memory peak, then stop it (a stop ends what LXD shows of it).
+
+        Every stop of a watched worker comes here, whatever ended its attempt: an exit code
+        written, the task's shell killed before it could write one, a timeout.
+        """
+        with self._lock:
+            noted = name in self._peaks
+        if not noted:
+            peak = memory_peak(self.api, name)
+            if peak is not None:
+                with self._lock:
+                    self._peaks[name] = peak
+        super().stop(name)
 
     def take_peak(self, worker: str) -> int | None:
         """The memory peak noted for ``worker`` (forgotten once taken)."""

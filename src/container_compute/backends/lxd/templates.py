@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pylxd
+import pylxd.exceptions
 
 from ...config import HostConfig
 from ...constants import (
@@ -297,11 +298,20 @@ class TemplateBook:
         return names
 
     def prune_unused(self, live_jobs: set[str]) -> list[str]:
-        """Delete templates of finished jobs, of another id mode, or of images no alias names."""
-        listing = self.api.retry(
-            "listing images",
-            lambda: self.api.client.api.images.get(params={"recursion": "1"}).json()["metadata"],
-        )
+        """Delete templates of finished jobs, of another id mode, or of images no alias names.
+
+        A project that does not exist yet (a Nova-only host, a host before configure-host)
+        holds no template: nothing to prune.
+        """
+        try:
+            listing = self.api.retry(
+                "listing images",
+                lambda: self.api.client.api.images.get(params={"recursion": "1"}).json()[
+                    "metadata"
+                ],
+            )
+        except pylxd.exceptions.NotFound:
+            return []
         current = {image["fingerprint"] for image in listing}
 
         def stale(config: dict[str, str]) -> bool:

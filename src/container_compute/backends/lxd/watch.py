@@ -154,12 +154,16 @@ class AttemptWatcher:
             if kind != "file" or not content:
                 return Found(kind)
             if not view.stopped:
-                self.api.force_stop(view.name)  # nothing may swap or hold the file any more
+                self.stop(view.name)  # nothing may swap or hold the file any more
                 view.stopped = True
             pulled = files.pull(client, view.name, f"/{CC_DIR}/{name}", limit)
         except files.FilesUnavailableError:
             return None
         return Found(pulled.kind, pulled.data)
+
+    def stop(self, name: str) -> None:
+        """Force-stop a watched worker (to read it safely, or to end its attempt)."""
+        self.api.force_stop(name)
 
     def wrapper_alive_in_worker(self, name: str) -> bool:
         """Ask inside a running worker whether its wrapper lives (for the files API path).
@@ -222,7 +226,7 @@ class AttemptWatcher:
         outcome.started_at = started_at
         report = self._gather(view, task_dir, spec.results_cap_bytes, outcome.exit_code)
         if outcome.reason is not None and outcome.exit_code is None:
-            self.api.force_stop(name)
+            self.stop(name)
         outcome.finished_at = time.time()
         outcome.stdout_bytes = report.stdout_bytes
         outcome.stderr_bytes = report.stderr_bytes
@@ -281,7 +285,7 @@ class AttemptWatcher:
                 _empty(task_dir)
                 view.rootfs = None
                 view.proc_root = None
-        self.api.force_stop(view.name)  # nothing of the task may hold a fifo open
+        self.stop(view.name)  # nothing of the task may hold a fifo open
         with tempfile.TemporaryDirectory(prefix="cc-pull-") as staging:
             root = Path(staging)
             skipped = files.pull_tree(self.api.client, view.name, root, cap_bytes)
