@@ -7,10 +7,23 @@ from typing import Any
 import pytest
 import requests
 
-from container_compute.backends import FailureReason, LaunchError, TaskOutcome, WorkerSpec
-from container_compute.backends.lxd.members import LostMemberGuard, MemberBook, unreachable
+from container_compute.backends import (
+    FailureReason,
+    LaunchError,
+    MemberLostError,
+    TaskOutcome,
+    WorkerSpec,
+)
+from container_compute.backends.lxd.members import (
+    LostMemberGuard,
+    MemberBook,
+    told_member_lost,
+    unreachable,
+)
 from container_compute.jobs import results
+from container_compute.jobs.ledger import TaskRecord
 from container_compute.jobs.model import JobState, TaskState
+from container_compute.jobs.outcomes import FREE_HOST_RETRIES, decide
 from container_compute.jobs.params import LaunchJobParams
 from container_compute.jobs.status import job_status
 
@@ -127,7 +140,7 @@ def test_a_list_of_members_skips_those_offline() -> None:
     members = book({"member1": "Online", "member2": "Offline", "member3": "Online"})
 
     assert [members.target("member2,member3", i) for i in range(2)] == ["member3", "member3"]
-    with pytest.raises(LaunchError, match="no member of 'member2' is online"):
+    with pytest.raises(MemberLostError, match="no member of 'member2' is online"):
         members.target("member2", 0)
     with pytest.raises(LaunchError, match="member9 is not a member of the cluster"):
         members.target("member9", 0)
@@ -153,3 +166,103 @@ def test_a_member_listed_offline_that_answers_for_its_worker_is_not_lost() -> No
 def test_unreachable_members_are_told_by_lxd_messages() -> None:
     assert unreachable(RuntimeError("Missing event connection with target cluster member"))
     assert not unreachable(RuntimeError("Instance not found"))
+
+
+def test_a_member_that_could_not_take_a_worker_is_lost_and_left_out_of_placement() -> None:
+    """LXD lists a member that just died as online until its heartbeats are missed."""
+    members = book({"member1": "Online", "member2": "Online", "member3": "Online"})
+    assert members.target("round-robin", 1, "w1") == "member2"
+
+    with pytest.raises(MemberLostError) as raised, told_member_lost(members, "w1"):
+        raise LaunchError("creating worker w1 failed: Unable to connect to: 10.1.2.3:8443")
+
+    assert raised.value.member == "member2"
+    placed = [members.target("round-robin", i) for i in range(3)]
+    assert placed == ["member1", "member3", "member1"]
+
+
+def test_a_launch_error_of_a_member_that_answers_stays_a_launch_error() -> None:
+    members = book({"member1": "Online", "member2": "Online"})
+    assert members.target("round-robin", 1, "w1") == "member2"
+
+    with pytest.raises(LaunchError) as raised, told_member_lost(members, "w1"):
+        raise LaunchError("the launcher in worker w1 exited 1")
+
+    assert not isinstance(raised.value, MemberLostError)
+    assert members.online() == ["member1", "member2"]
+
+
+class NoMemberOnline(FakeBackend):
+    """Every start of the first ``lost`` attempts finds no member online (an election)."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__()
+        self.lost = lost
+
+    def start(self, spec: WorkerSpec) -> str:
+        if spec.attempt <= self.lost:
+            raise MemberLostError("", "placement: no member of 'round-robin' is online now")
+        return super().start(spec)
+
+
+def test_a_task_no_member_could_take_runs_later_without_spending_a_retry(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(tmp_path, NoMemberOnline(lost=5))
+    job_id = engine.submit(LaunchJobParams(command="echo", tasks=2, retries=0)).id
+
+    run_until_done(engine)
+
+    job = engine.ledger.job(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    task = engine.ledger.task(job_id, 0)
+    assert task is not None and (task.attempts, task.charged) == (6, 0)
+    reasons = {(a.outcome or {}).get("reason") for a in engine.ledger.attempts(job_id)}
+    assert reasons == {"member-lost", None}
+
+
+def test_attempts_lost_to_the_host_are_bounded_and_backed_off(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, NoMemberOnline(lost=1000))
+    job_id = engine.submit(LaunchJobParams(command="echo", tasks=1, retries=1)).id
+
+    run_until_done(engine)
+
+    task = engine.ledger.task(job_id, 0)
+    assert task is not None and task.state == TaskState.FAILED
+    # FREE_HOST_RETRIES free, then one charged (retries=1), then the last one charged
+    assert (task.attempts, task.charged) == (FREE_HOST_RETRIES + 2, 2)
+    attempts = engine.ledger.attempts(job_id)
+    assert "were lost to the host without counting" in (attempts[-1].outcome or {})["detail"]
+
+
+@pytest.mark.parametrize(
+    ("lost_before", "delay"), [(0, 0.0), (1, 2.0), (2, 4.0), (3, 8.0), (8, 256.0)]
+)
+def test_the_first_attempt_lost_to_the_host_runs_again_at_once_the_next_ones_later(
+    lost_before: int, delay: float
+) -> None:
+    task = TaskRecord(
+        job="j1",
+        index=0,
+        state=TaskState.RUNNING,
+        attempts=lost_before + 1,
+        charged=0,
+        exit_code=None,
+        reason=None,
+        detail="",
+        input=None,
+        started=None,
+        finished=None,
+        bytes=0,
+        truncated=False,
+        not_before=0.0,
+    )
+    outcome = TaskOutcome(None, FailureReason.MEMBER_LOST, detail="gone")
+
+    decision = decide(task, JobState.RUNNING, outcome, retries=0, vanished=False, now=100.0)
+
+    assert (decision.state, decision.charge, decision.not_before) == (
+        TaskState.PENDING,
+        False,
+        100.0 + delay,
+    )

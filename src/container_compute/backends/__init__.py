@@ -116,6 +116,19 @@ class LaunchError(RuntimeError):
     """The worker could not be created or started (image missing, pool full, ...)."""
 
 
+class MemberLostError(LaunchError):
+    """The worker's host (an LXD cluster member) could not take it: gone, or none online.
+
+    Not the task's fault: the engine runs it again, elsewhere or a little later, without
+    spending one of its retries (``FailureReason.MEMBER_LOST``).
+    """
+
+    def __init__(self, member: str, message: str) -> None:
+        """``member``: the member that was lost ("" when no member was online at all)."""
+        super().__init__(message)
+        self.member = member
+
+
 class Backend(Protocol):
     """What the engine needs of a place to run tasks."""
 

@@ -2,8 +2,9 @@
 
 ``decide`` is the whole retry policy: success ends the task; a cancelled job or a passed
 deadline fails it; a worker lost to the host (vanished, its LXD cluster member lost, or a
-launch error within the free budget) runs it again without spending its retries; otherwise
-it is retried with exponential back-off while retries remain, and fails after.
+launch error within the free budget) runs it again without spending its retries, within a
+bound and backed off; otherwise it is retried with exponential back-off while retries
+remain, and fails after.
 """
 
 import logging
@@ -24,6 +25,9 @@ DETAIL_CHARS = 500
 VANISHED = "worker vanished"
 # Launch errors retried without spending the task's retries, before they count.
 FREE_LAUNCH_RETRIES = 3
+# Attempts lost to the host (a vanished worker, a lost cluster member) run again without
+# spending the task's retries, up to this many; the first at once, the next ones backed off.
+FREE_HOST_RETRIES = 10
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +67,19 @@ def decide(
         return Decision(TaskState.FAILED, True, now)
     if outcome.reason in (FailureReason.DEADLINE, FailureReason.CANCELLED):
         return Decision(TaskState.FAILED, True, now)
+    free = task.attempts - task.charged  # this attempt and the earlier ones not charged
     if vanished or outcome.reason == FailureReason.MEMBER_LOST:
         # The worker (or the cluster member it ran on) went away: the command is not to
-        # blame, so it runs again, elsewhere, without spending the task's retries.
-        return Decision(TaskState.PENDING, False, now)
-    if (
-        outcome.reason == FailureReason.LAUNCH_ERROR
-        and task.attempts - task.charged <= FREE_LAUNCH_RETRIES
-    ):
+        # blame, so it runs again, elsewhere, without spending the task's retries; but a
+        # host that keeps losing it is not tried for ever.
+        if free <= FREE_HOST_RETRIES:
+            delay = 0.0 if free <= 1 else backoff_delay(free - 1, backoff_base / 5, backoff_cap)
+            return Decision(TaskState.PENDING, False, now + delay)
+        outcome.detail = (
+            f"{outcome.detail}; {free} attempts of this task were lost to the host without "
+            "counting: this one counts as a failed attempt"
+        )
+    if outcome.reason == FailureReason.LAUNCH_ERROR and free <= FREE_LAUNCH_RETRIES:
         # The host, not the command, failed (e.g. LXD refused an idmap under load): try
         # again soon without spending the task's retries.
         return Decision(TaskState.PENDING, False, now + backoff_base / 5)

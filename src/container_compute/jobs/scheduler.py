@@ -37,6 +37,7 @@ from ..backends import (
     Backend,
     FailureReason,
     LaunchError,
+    MemberLostError,
     TaskOutcome,
     WorkerSpec,
     open_backend,
@@ -153,6 +154,9 @@ def follow_attempt(
                     return None
                 backend.start(spec)
         outcome = backend.wait(spec, temp, should_stop)
+    except MemberLostError as err:  # not the task's fault: it runs again, elsewhere
+        outcome = failed(FailureReason.MEMBER_LOST, str(err))
+        outcome.host = err.member
     except LaunchError as err:
         outcome = failed(FailureReason.LAUNCH_ERROR, str(err))
     except Exception as err:  # a backend bug must not kill the engine

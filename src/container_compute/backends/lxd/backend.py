@@ -47,6 +47,7 @@ from .members import (
     LostMemberGuard,
     MemberBook,
     lost_outcome,
+    told_member_lost,
     unreachable,
 )
 from .remote import RemoteAttemptWatcher, explain_remote_oom
@@ -98,7 +99,7 @@ class LXDBackend:
 
     def _create(self, spec: WorkerSpec, source: dict[str, Any]) -> None:
         body = create_body(spec, source, self.config.storage_pool)
-        target = self.members.target(spec.placement, spec.task_index)
+        target = self.members.target(spec.placement, spec.task_index, spec.worker_name)
         where = {"params": {"target": target}} if target else {}
 
         def create() -> None:
@@ -122,17 +123,17 @@ class LXDBackend:
         Raises:
             LaunchError: when the spec is invalid (nothing is changed), the image is missing,
                 or the worker cannot be created, started or given its command (the half-made
-                worker is deleted).
-
+                worker is deleted); MemberLostError when its cluster member is gone.
         """
         env = check_spec(spec)
         name = spec.worker_name
-        if spec.reuse and self.warm.knows(name) and self._next_task(spec, env):
-            return name
-        if not self.prepared.claim(name):
-            self._make(spec)
-        with self._deleted_on_failure(name):
-            self._exec_launcher(name, spec, env)
+        with told_member_lost(self.members, name):
+            if spec.reuse and self.warm.knows(name) and self._next_task(spec, env):
+                return name
+            if not self.prepared.claim(name):
+                self._make(spec)
+            with self._deleted_on_failure(name):
+                self._exec_launcher(name, spec, env)
         self._launched.add(name)
         return name
 

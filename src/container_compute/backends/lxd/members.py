@@ -7,20 +7,24 @@ may ask for round-robin over the members that are online, or over a list of memb
 ``cluster.offline_threshold``), or it stays unreachable while calls to it fail.
 """
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pylxd
 import pylxd.exceptions
 import requests
 
-from .. import FailureReason, LaunchError, TaskOutcome
+from .. import FailureReason, LaunchError, MemberLostError, TaskOutcome
 from .api import LXDApi
 
 ROUND_ROBIN = "round-robin"
 MEMBERS_TTL_SECONDS = 3.0
 GUARD_SECONDS = 4.0
+# How long a member that could not take a worker is left out of round-robin placement.
+SUSPECT_SECONDS = 30.0
 ANSWER_TIMEOUT_SECONDS = 5.0  # for a member to tell the state of one of its workers
 # What LXD answers about an instance on a member it cannot reach.
 UNREACHABLE_MARKS = (
@@ -50,6 +54,7 @@ class MemberBook:
         self._states: dict[str, str] = {}
         self._read_at = 0.0
         self._locations: dict[str, str] = {}
+        self._suspects: dict[str, float] = {}
 
     @property
     def clustered(self) -> bool:
@@ -85,14 +90,31 @@ class MemberBook:
             return dict(self._states)
 
     def online(self) -> list[str]:
-        """The members that are online, sorted."""
-        return sorted(name for name, state in self.states().items() if state == "Online")
+        """The members that are online and not suspected (see ``suspect``), sorted."""
+        now = time.monotonic()
+        with self._lock:
+            suspects = {m for m, until in self._suspects.items() if until > now}
+        states = self.states()
+        return sorted(n for n, s in states.items() if s == "Online" and n not in suspects)
 
-    def target(self, placement: str, task_index: int) -> str | None:
+    def suspect(self, member: str) -> None:
+        """Leave ``member`` out of placement for a while: it could not take a worker.
+
+        LXD goes on listing a member that died as online until its heartbeats are missed
+        (``cluster.offline_threshold``); meanwhile the tasks placed there go elsewhere.
+        """
+        with self._lock:
+            self._suspects[member] = time.monotonic() + SUSPECT_SECONDS
+
+    def target(self, placement: str, task_index: int, worker: str = "") -> str | None:
         """Return the member a task's worker must go to; None: LXD's scheduler decides.
 
+        The member is noted as ``worker``'s location at once: a create that fails (the
+        member died) still tells which member it was.
+
         Raises:
-            LaunchError: when none of the members the placement names is online.
+            LaunchError: when the placement names a member the cluster does not have.
+            MemberLostError: when none of the members it names is online now.
         """
         if not placement or not self.clustered:
             return None
@@ -109,8 +131,11 @@ class MemberBook:
                 )
             candidates = [m for m in wanted if m in online]
         if not candidates:
-            raise LaunchError(f"placement: no member of {placement!r} is online")
-        return candidates[task_index % len(candidates)]
+            raise MemberLostError("", f"placement: no member of {placement!r} is online now")
+        member = candidates[task_index % len(candidates)]
+        if worker:
+            self.remember(worker, {"location": member})
+        return member
 
     def remember(self, worker: str, record: dict[str, Any]) -> str:
         """Note where a worker is (from its record); return the member ("" if not clustered)."""
@@ -176,6 +201,27 @@ class MemberBook:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+
+
+@contextlib.contextmanager
+def told_member_lost(book: MemberBook, worker: str) -> Iterator[None]:
+    """Raise a launch failure of ``worker`` as MemberLostError when its member is gone.
+
+    Gone: unreachable, or counted offline by LXD. The member is then left out of placement
+    for a while (``MemberBook.suspect``), so the task's next attempt goes elsewhere.
+    """
+    try:
+        yield
+    except MemberLostError:
+        raise
+    except LaunchError as err:
+        member = book.location(worker) if book.clustered else ""
+        if not member or not (unreachable(err) or book.lost(member, fresh=True)):
+            raise
+        book.suspect(member)
+        raise MemberLostError(
+            member, f"cluster member {member} could not take worker {worker}: {err}"
+        ) from err
 
 
 class LostMemberGuard:
