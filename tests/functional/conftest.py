@@ -147,8 +147,11 @@ def lxd_daemon_down(pause: float = 2.0) -> Iterator[int]:
     finally:
         if lxd_daemon_process() is None:
             # setsid -f forks: the daemon is not our child, so it never lingers as our zombie.
+            # It runs from /: a working directory removed later (this checkout) would break
+            # every command it runs (rsync's getcwd fails, and with it every copy).
             subprocess.run(
                 [SETSID_BIN, "-f", LXD_BIN, *argv[1:]],
+                cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
