@@ -102,8 +102,13 @@ def run_agent(
     once: bool = False,
     poll: float = 2.0,
     stop: threading.Event | None = None,
+    reap_interval: float = REAP_INTERVAL_SECONDS,
 ) -> Engine:
-    """Run the agent loop until ``stop`` is set (or, with ``once``, no job is active)."""
+    """Run the agent loop until ``stop`` is set (or, with ``once``, no job is active).
+
+    A pass that fails (the ledger's disk full, a backend error the engine did not expect)
+    is logged and tried again at the next pass: it never ends the agent.
+    """
     stop = stop or threading.Event()
     lock = EngineLock(state_dir)
     while not lock.acquire():
@@ -114,9 +119,14 @@ def run_agent(
     last_reap = 0.0
     try:
         while not stop.is_set():
-            engine.ledger.heartbeat(os.getpid(), AGENT_ROLE)
-            active = engine.step()
-            if time.monotonic() - last_reap >= REAP_INTERVAL_SECONDS or (once and not active):
+            try:
+                engine.ledger.heartbeat(os.getpid(), AGENT_ROLE)
+                active = engine.step()
+            except Exception:  # the next pass tries again: the agent must not end here
+                logger.exception("a scheduling pass failed; trying again in %.1fs", poll)
+                stop.wait(poll)
+                continue
+            if time.monotonic() - last_reap >= reap_interval or (once and not active):
                 last_reap = time.monotonic()
                 _housekeeping(engine)
             if once and not active:
@@ -165,11 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between passes")
     parser.add_argument(
+        "--reap-interval",
+        type=float,
+        default=REAP_INTERVAL_SECONDS,
+        help="seconds between two reaps of this state dir's leftover workers",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
     if args.poll <= 0:
         parser.error("--poll must be above 0")
+    if args.reap_interval <= 0:
+        parser.error("--reap-interval must be above 0")
     logging.basicConfig(
         level=args.log_level,
         stream=sys.stderr,
@@ -184,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    run_agent(args.state_dir, config, once=args.once, poll=args.poll, stop=stop)
+    run_agent(
+        args.state_dir,
+        config,
+        once=args.once,
+        poll=args.poll,
+        stop=stop,
+        reap_interval=args.reap_interval,
+    )
     return 0
 
 

@@ -33,7 +33,8 @@ from typing import Any, TextIO
 from . import actions, agent
 from .actions import ACTION_PARAMS
 from .config import HostConfig, config_options
-from .jobs.params import is_required, schema_type
+from .constants import ENV_NAME_RE
+from .jobs.params import check_env_entry, is_required, schema_type
 
 EXIT_OK = 0
 EXIT_ACTION_FAILED = 1
@@ -49,6 +50,7 @@ EXIT_FOR_STATE = {
     "running": EXIT_STILL_RUNNING,
 }
 _PROGRESS_RE = re.compile(r"(\d+)/(\d+) done")
+MAX_ENV_FILE_BYTES = 1024 * 1024
 
 
 class UsageError(Exception):
@@ -162,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="-- COMMAND ARGS",
                 help="the command, as words after '--' (instead of --command)",
             )
+            sub.add_argument(
+                "--env-file",
+                type=Path,
+                default=None,
+                metavar="PATH",
+                help="a file of KEY=VALUE lines (blank lines and lines starting with # are "
+                "ignored) added to --env: the values stay out of the process list",
+            )
+    reap = subparsers.add_parser(
+        "reap",
+        help="delete this state dir's workers that nothing holds (or another owner's leftovers)",
+        description="Delete the workers and templates this state dir made that no job uses. "
+        "Nothing is done while its agent runs (the agent reaps its own). With --owner, delete "
+        "everything a state dir gone for good left on the shared LXD project (its id is in "
+        "<state dir>/owner; 'unowned': workers made before owners were labelled).",
+    )
+    _common(reap)
+    reap.add_argument("--owner", default="", metavar="ID", help="owner id of a state dir gone")
     return parser
 
 
@@ -182,6 +202,9 @@ def params_from_args(action: str, args: argparse.Namespace) -> Any:
         if "command" in values:
             raise UsageError("command: give it either with --command or after '--', not both")
         values["command"] = shlex.join(words)
+    env_file = getattr(args, "env_file", None)
+    if env_file is not None:
+        values["env"] = merge_env(values.get("env", []), read_env_file(env_file))
     for f in dataclasses.fields(params_class):
         if is_required(f) and f.name not in values:
             raise UsageError(
@@ -191,6 +214,58 @@ def params_from_args(action: str, args: argparse.Namespace) -> Any:
         return params_class(**values)
     except ValueError as err:
         raise UsageError(str(err)) from err
+
+
+def read_env_file(path: Path) -> list[str]:
+    """Return the KEY=VALUE lines of ``path``, skipping blank lines and ``#`` comments.
+
+    Raises:
+        UsageError: naming env-file and the line (never a value) when the file cannot be read
+            or a line is not a KEY=VALUE entry launch-job takes.
+    """
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_ENV_FILE_BYTES + 1)
+    except OSError as err:
+        raise UsageError(f"env-file: cannot read {path}: {err.strerror or err}") from None
+    if len(data) > MAX_ENV_FILE_BYTES:
+        raise UsageError(f"env-file: {path} is over {MAX_ENV_FILE_BYTES} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"env-file: {path} is not UTF-8 text") from None
+    entries: list[str] = []
+    first_lines: dict[str, int] = {}
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, _value = line.partition("=")
+        if not sep or not ENV_NAME_RE.match(key):
+            raise UsageError(
+                f"env-file: line {number} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _"
+            )
+        if key in first_lines:
+            raise UsageError(
+                f"env-file: line {number}: {key} is given twice (first on line {first_lines[key]})"
+            )
+        try:
+            check_env_entry(line)
+        except ValueError as err:
+            raise UsageError(f"env-file: line {number}: {err}") from None
+        entries.append(line)
+        first_lines[key] = number
+    return entries
+
+
+def merge_env(given: list[str], from_file: list[str]) -> list[str]:
+    """Return the --env entries followed by the env-file's; a key in both is refused."""
+    keys = {entry.partition("=")[0] for entry in given}
+    for entry in from_file:
+        key = entry.partition("=")[0]
+        if key in keys:
+            raise UsageError(f"env-file: {key} is given with --env too")
+    return [*given, *from_file]
 
 
 def format_text(result: Any, indent: int = 0) -> str:
@@ -244,14 +319,40 @@ def _progress_printer(stream: TextIO) -> Callable[[str], None] | None:
     return show
 
 
+def _reap(args: argparse.Namespace, state_dir: Path) -> int:
+    """``reap``: this state dir's leftovers, or (``--owner``) a state dir's gone for good."""
+    from .jobs.scheduler import EngineLock
+    from .owner import owner_id
+
+    config = agent.load_config(state_dir)
+    result: dict[str, Any] = {"owner": args.owner or owner_id(state_dir)}
+    if not args.owner:
+        lock = EngineLock(state_dir)
+        if not lock.acquire():
+            result["reaped"] = []
+            result["note"] = "another engine (the agent) runs this state dir: it reaps its own"
+            _emit(result, args.format, sys.stdout)
+            return EXIT_OK
+        lock.release()
+    result["reaped"] = actions.reap(config, state_dir, owner=args.owner)
+    _emit(result, args.format, sys.stdout)
+    return EXIT_OK
+
+
 def _configure_host(args: argparse.Namespace, state_dir: Path) -> int:
     from . import host
+    from .lxdclient import PEM_MARK
 
     overrides = {
         name.replace("-", "_"): getattr(args, "opt_" + name.replace("-", "_"))
         for name, _kind, _default, _description in config_options()
         if getattr(args, "opt_" + name.replace("-", "_")) is not None
     }
+    if overrides.get("lxd_client_key", "").lstrip().startswith(PEM_MARK):
+        raise UsageError(
+            "lxd-client-key: refusing PEM text on the command line (every local user can read "
+            "a command line): pass the path of the key file instead"
+        )
     if args.lxd_remote:
         from .lxdclient import LXDAccessError, lxc_remote
 
@@ -291,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if action == "configure-host":
             return _configure_host(args, state_dir)
+        if action == "reap":
+            return _reap(args, state_dir)
         params = params_from_args(action, args)
         config = agent.load_config(state_dir)
         progress = _progress_printer(sys.stderr)

@@ -1,5 +1,6 @@
 """Names, paths and labels shared by the library, the charm and the command line."""
 
+import re
 from pathlib import Path
 
 APP_NAME = "container-compute"
@@ -14,7 +15,15 @@ COMPUTE_JOBS_ENDPOINT = "compute-jobs"
 # Paths on the host.
 STATE_DIR = Path("/var/lib/container-compute")
 STATE_DIR_ENV = "CONTAINER_COMPUTE_STATE_DIR"
+# The state dir is private to its owner (privatefiles.py, jobs/private.py).
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+# PEM text of an lxd-* option, kept in the state dir as <prefix><hash of the text>.
+LXD_PEM_FILE_PREFIX = "lxd-pem-"
+# What a secret value (a task's environment value) is shown as.
+REDACTED = "<redacted>"
 LEDGER_FILE = "ledger.sqlite3"
+OWNER_FILE = "owner"  # the state dir's owner id, on every worker and template it makes
 RESULTS_SUBDIR = "results"
 SYSCTL_DIR = Path("/etc/sysctl.d")
 SYSCTL_FILE_NAME = "60-container-compute.conf"
@@ -56,6 +65,7 @@ CONFIG_KEY_PREFIX = "user.container-compute."
 LABEL_JOB = CONFIG_KEY_PREFIX + "job"
 LABEL_TASK = CONFIG_KEY_PREFIX + "task"
 LABEL_ATTEMPT = CONFIG_KEY_PREFIX + "attempt"
+LABEL_OWNER = CONFIG_KEY_PREFIX + "owner"  # the state dir that made it (owner.py)
 WORKER_NAME_PREFIX = "cc-"
 # Prepared templates workers are copied from (backends/lxd/templates.py).
 TEMPLATE_NAME_PREFIX = "cct-"
@@ -72,3 +82,37 @@ SUBID_BASE = 100000
 # Inside a worker.
 RESULTS_DIR_IN_WORKER = "/results"
 INPUT_DIR_IN_WORKER = "/input"
+
+# A task's environment. A name a job may give (launch-job's env), checked by every backend too.
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # \Z: no trailing newline
+# Set by the engine for every task (jobs/scheduler.py).
+TASK_ENV = ("TASK_INDEX", "TASK_COUNT", "JOB_ID", "RESULTS_DIR", "TASK_INPUT", "TASK_ATTEMPT")
+# Set by the scripts that run a task: the LXD launcher, wrapper and warm wipe
+# (backends/lxd/launch.py) and the Nova task script (templates/nova-task.sh.j2).
+SCRIPT_ENV = (
+    "CC_COMMAND",
+    "CC_WRAPPER",
+    "CC_KEEP",
+    "CC_MIN_FREE",
+    "cc_command",
+    "cc_setsid",
+    "cc_tag",
+    "cc_cap",
+    "cc_linger",
+    "cc_dir",
+    "cc_exit",
+    "cc_full",
+    "cc_truncated",
+    "cc_keep",
+    "cc_sum",
+    "cc_p",
+    "cc_n",
+    "cc_stat",
+    "cc_state",
+    "cc_i",
+    "cc_r",
+    "cc_f",
+    "cc_free",
+)
+# A job cannot set these.
+RESERVED_ENV = TASK_ENV + SCRIPT_ENV

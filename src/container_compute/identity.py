@@ -16,13 +16,13 @@ the agent opens with :func:`session_from_clouds_yaml` and an operator uses with
 
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .privatefiles import update_private
 
 CREDENTIALS_FILE_NAME = "identity.json"
 """File name of the saved credentials, in the state directory."""
@@ -137,7 +137,7 @@ class KeystoneCredentials:
             path: the file to write (its directory is created, mode 0700, if missing).
 
         """
-        return write_private(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return update_private(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @property
     def user_domain(self) -> dict[str, str]:
@@ -234,28 +234,6 @@ def forget_all(state_dir: Path) -> list[str]:
     return [name for name in names if forget(state_dir / name)]
 
 
-def write_private(path: Path, text: str) -> bool:
-    """Write ``text`` to ``path`` mode 0600, atomically; return True if the file changed."""
-    try:
-        if path.read_text() == text and (path.stat().st_mode & 0o777) == 0o600:
-            return False
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w") as stream:  # mkstemp creates it mode 0600
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return True
-
-
 class IdentityError(RuntimeError):
     """Keystone refused the credentials or could not be asked; the message has no password."""
 
@@ -280,7 +258,7 @@ def save_clouds_yaml(
     credentials: KeystoneCredentials, path: Path, cloud: str = CLOUD_NAME
 ) -> bool:
     """Write the credentials as clouds.yaml at ``path`` (mode 0600); True if it changed."""
-    return write_private(path, clouds_yaml(credentials, cloud))
+    return update_private(path, clouds_yaml(credentials, cloud))
 
 
 def load_cloud(path: Path, cloud: str = CLOUD_NAME) -> dict[str, Any]:
@@ -360,7 +338,7 @@ def verify(session: Any, who: str, password: str = "") -> str:
 
 def record_check(state_dir: Path, ok: bool, message: str) -> None:
     """Remember the result of the last token check (for the unit's status)."""
-    write_private(state_dir / CHECK_FILE_NAME, json.dumps({"ok": ok, "message": message}) + "\n")
+    update_private(state_dir / CHECK_FILE_NAME, json.dumps({"ok": ok, "message": message}) + "\n")
 
 
 def last_check(state_dir: Path) -> tuple[bool, str] | None:

@@ -3,21 +3,19 @@
 An HTTPS endpoint (a remote LXD, or any member of an LXD cluster) is reached with a client
 certificate the server trusts, and the server's certificate pinned by its SHA-256 fingerprint
 (for a cluster: the cluster certificate, which every member presents). Certificates and the
-key are given as file paths or as PEM text; PEM text is written to private files of this
-process. Proxy and CA-bundle settings of the environment (``REQUESTS_CA_BUNDLE``...) are
-ignored for LXD: they would replace the pin.
+key are given as file paths or as PEM text; PEM text is kept in 0600 files of the state
+directory (named by its hash: written once, reused), never under /tmp. Proxy and CA-bundle
+settings of the environment (``REQUESTS_CA_BUNDLE``...) are ignored for LXD: they would
+replace the pin.
 
 Also: whether LXD can enforce a disk ``size`` on a storage pool (its dir driver needs project
 quotas), which the host report and launch-job both tell the operator.
 """
 
-import atexit
 import ctypes
 import hashlib
 import os
-import shutil
 import ssl
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +26,8 @@ import pylxd.exceptions
 import requests
 import yaml
 
-from .constants import LXD_SOCKET_PATHS
+from .constants import LXD_PEM_FILE_PREFIX, LXD_SOCKET_PATHS
+from .privatefiles import default_state_dir, update_private
 
 if TYPE_CHECKING:
     from .config import HostConfig
@@ -53,21 +52,25 @@ class LXDAccessError(RuntimeError):
 class Endpoint:
     """An LXD endpoint over HTTPS and the credentials to use it.
 
-    Each of ``client_cert``, ``client_key`` and ``server_cert`` is a file path or PEM text.
+    Each of ``client_cert``, ``client_key`` and ``server_cert`` is a file path or PEM text;
+    PEM text is kept in ``state_dir`` (None: $CONTAINER_COMPUTE_STATE_DIR, else the default).
     """
 
     url: str
     client_cert: str
     client_key: str
     server_cert: str
+    state_dir: Path | None = None
 
     def __repr__(self) -> str:
         """Never show the key."""
         return f"Endpoint({self.url!r})"
 
 
-def endpoint_of(config: "HostConfig") -> Endpoint | None:
+def endpoint_of(config: "HostConfig", state_dir: Path | None = None) -> Endpoint | None:
     """Return the config's LXD endpoint; None for this host's daemon (lxd-endpoint empty).
+
+    PEM text in the config is kept in ``state_dir`` (None: the default state directory).
 
     Raises:
         LXDAccessError: when the key is still a Juju secret URI (only the charm reads those).
@@ -84,6 +87,7 @@ def endpoint_of(config: "HostConfig") -> Endpoint | None:
         config.lxd_client_cert,
         config.lxd_client_key,
         config.lxd_server_cert,
+        state_dir,
     )
 
 
@@ -136,7 +140,8 @@ def lxc_remote(name: str, config_dir: Path | None = None) -> Endpoint:
     for path in paths:
         if not path.is_file():
             raise LXDAccessError(f"lxd-remote: {path} is missing")
-    return Endpoint(str(remote["addr"]).rstrip("/"), *(str(p) for p in paths))
+    cert, key, server = (str(p) for p in paths)
+    return Endpoint(str(remote["addr"]).rstrip("/"), cert, key, server)
 
 
 def is_local(client: pylxd.Client) -> bool:
@@ -173,33 +178,29 @@ def connect(
         raise LXDUnavailableError(f"LXD at {path} does not answer: {err}") from err
 
 
-_private_dir: Path | None = None
+def pem_file(value: str, option: str, state_dir: Path | None = None) -> str:
+    """Return a file path holding ``value``: the path itself, or a 0600 file of PEM text.
 
-
-def _remove_private_dir() -> None:
-    if _private_dir is not None:
-        shutil.rmtree(_private_dir, ignore_errors=True)
-
-
-def pem_file(value: str, option: str) -> str:
-    """Return a file path holding ``value`` (a path, or PEM text written to a private file).
+    PEM text is kept in ``state_dir`` (None: the default state directory), named by its
+    hash: written once, reused by every later connection, never under /tmp.
 
     Raises:
-        LXDAccessError: when the path does not exist or the text is not PEM.
+        LXDAccessError: when the path does not exist or the text cannot be kept.
     """
-    global _private_dir
     if not value.lstrip().startswith(PEM_MARK):
         if not Path(value).is_file():
             raise LXDAccessError(f"{option}: {value!r} is neither PEM text nor an existing file")
         return value
-    if _private_dir is None:
-        _private_dir = Path(tempfile.mkdtemp(prefix="cc-lxd-"))  # mode 0700
-        atexit.register(_remove_private_dir)
-    path = _private_dir / hashlib.sha256(value.encode()).hexdigest()[:16]
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value.strip() + "\n")
+    directory = state_dir or default_state_dir()
+    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+    path = directory / f"{LXD_PEM_FILE_PREFIX}{digest}.pem"
+    try:
+        update_private(path, value.strip() + "\n")
+    except OSError as err:
+        raise LXDAccessError(
+            f"{option}: cannot keep its PEM text in {directory} ({err.strerror or err}); "
+            "give the path of a PEM file instead"
+        ) from None
     return str(path)
 
 
@@ -224,9 +225,9 @@ def connect_endpoint(
     """
     if not endpoint.url.startswith("https://"):
         raise LXDAccessError(f"lxd-endpoint: {endpoint.url!r} is not an https:// URL")
-    cert = pem_file(endpoint.client_cert, "lxd-client-cert")
-    key = pem_file(endpoint.client_key, "lxd-client-key")
-    server = pem_file(endpoint.server_cert, "lxd-server-cert")
+    cert = pem_file(endpoint.client_cert, "lxd-client-cert", endpoint.state_dir)
+    key = pem_file(endpoint.client_key, "lxd-client-key", endpoint.state_dir)
+    server = pem_file(endpoint.server_cert, "lxd-server-cert", endpoint.state_dir)
     pinned = certificate_fingerprint(server)
     session = pylxd.client.get_session_for_url(endpoint.url, verify=server, cert=(cert, key))
     session.trust_env = False  # REQUESTS_CA_BUNDLE & co. would replace the pin

@@ -359,7 +359,7 @@ def test_no_worker_left_behind(backend: LXDBackend) -> None:
     listing = client.api.instances.get(params={"recursion": "1"}).json()["metadata"]
     templates = sorted(record["name"] for record in listing)
     assert templates and all(name.startswith(TEMPLATE_NAME_PREFIX) for name in templates)
-    assert sorted(backend.reap_extras(live_jobs=set())) == templates
+    assert sorted(backend.reap_extras(live_jobs=set(), known_jobs=set())) == templates
     assert [i.name for i in client.instances.all()] == []
     project = backend.config.lxd_project
     logs = [

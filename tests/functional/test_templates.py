@@ -24,7 +24,7 @@ def backend(configured_host: HostConfig) -> Iterator[LXDBackend]:
     yield backend
     for worker in backend.list_workers():
         backend.delete(worker.name)
-    backend.reap_extras(live_jobs=set())
+    backend.reap_extras(live_jobs=set(), known_jobs=set())
 
 
 def _never() -> FailureReason | None:
@@ -113,7 +113,7 @@ def test_an_image_alias_moved_gets_a_new_template(
     assert backend.templates.name_for(second, "tplc") in names
 
     client.images.get(first).delete(wait=True)  # the old image is gone: its template goes
-    pruned = backend.reap_extras(live_jobs={"tplc", "tplb"})
+    pruned = backend.reap_extras(live_jobs={"tplc", "tplb"}, known_jobs=set())
     assert pruned == [backend.templates.name_for(first, "tplc")]
 
 
@@ -140,4 +140,5 @@ def test_without_isolation_workers_share_one_template_and_map(
     finally:
         for spec in specs:
             shared.delete(spec.worker_name)
-        shared.reap_extras(live_jobs=set())  # another id mode than the project's: pruned
+        # Another id mode than the project's: pruned.
+        shared.reap_extras(live_jobs=set(), known_jobs=set())

@@ -68,6 +68,7 @@ class FakeBackend:
         self.max_running = 0
         self.release = threading.Event()
         self._lock = threading.Lock()
+        self.owner = ""  # labels its workers as a real backend does (make_engine sets it)
 
     def image_exists(self, image: str) -> bool:
         return image in self.images
@@ -82,7 +83,7 @@ class FakeBackend:
             if spec.worker_name in self.workers:
                 raise LaunchError(f"{spec.worker_name} already exists")
             self.workers[spec.worker_name] = WorkerInfo(
-                spec.worker_name, spec.job_id, spec.task_index, spec.attempt, True
+                spec.worker_name, spec.job_id, spec.task_index, spec.attempt, True, self.owner
             )
             self.started.append(spec.worker_name)
         return spec.worker_name
@@ -160,13 +161,15 @@ def make_engine(state_dir: Path, backend: FakeBackend, **options: object) -> "En
     """An engine on the fake backend with a fast back-off (10 ms doubling, 80 ms cap)."""
     from container_compute.jobs.scheduler import Engine
 
-    return Engine(
+    engine = Engine(
         state_dir,
         make_config(**options),
         lambda _name: backend,
         backoff_base=0.01,
         backoff_cap=0.08,
     )
+    backend.owner = engine.owner
+    return engine
 
 
 def run_until_done(engine: "Engine", timeout: float = 30.0) -> None:

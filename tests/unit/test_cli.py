@@ -15,6 +15,7 @@ from container_compute.config import HostConfig, config_options
 from container_compute.jobs import runner
 from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import JobParams
+from container_compute.owner import owner_id
 
 from .fake_backend import FakeBackend, Plan, make_config
 
@@ -42,7 +43,7 @@ def test_every_action_and_param_has_a_flag() -> None:
     parser = cli.build_parser()
     group = parser._subparsers._group_actions[0]  # type: ignore[union-attr]
     subcommands = cast(dict[str, argparse.ArgumentParser], group.choices)
-    assert set(subcommands) == {"configure-host", *ACTION_PARAMS}
+    assert set(subcommands) == {"configure-host", "reap", *ACTION_PARAMS}
     for action, (params_class, _description) in ACTION_PARAMS.items():
         flags = {o for a in subcommands[action]._actions for o in a.option_strings}
         for f in dataclasses.fields(params_class):
@@ -399,7 +400,8 @@ def test_agent_once_runs_queued_jobs_and_reaps(
     )
     assert code == 0
     job_id = json.loads(out)["job"]
-    backend.workers["cc-jdeadbeef-0-1"] = WorkerInfo("cc-jdeadbeef-0-1", "jdeadbeef", 0, 1, True)
+    orphan = WorkerInfo("cc-jdeadbeef-0-1", "jdeadbeef", 0, 1, True, owner_id(tmp_path))
+    backend.workers[orphan.name] = orphan
     engine = agent.run_agent(tmp_path, make_config(), once=True, poll=0.01)
     assert engine.ledger.job(job_id).state.value == "succeeded"  # type: ignore[union-attr]
     assert backend.workers == {}

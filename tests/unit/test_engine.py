@@ -387,12 +387,25 @@ def test_reaper_deletes_workers_of_no_live_attempt(tmp_path: Path) -> None:
     live = f"cc-{job_id}-0-1"
     from container_compute.backends import WorkerInfo
 
-    backend.workers["cc-jdeadbeef-0-1"] = WorkerInfo("cc-jdeadbeef-0-1", "jdeadbeef", 0, 1, True)
-    backend.workers[f"cc-{job_id}-0-7"] = WorkerInfo(f"cc-{job_id}-0-7", job_id, 0, 7, True)
-    backend.workers["cc-nolabel"] = WorkerInfo("cc-nolabel", None, None, None, False)
+    mine, theirs = engine.owner, "o0123456789ab"
+    for name, job, attempt, owner in [
+        ("cc-jdeadbeef-0-1", "jdeadbeef", 1, mine),
+        (f"cc-{job_id}-0-7", job_id, 7, mine),
+        # Made before owners were labelled: ours when we know its job, else left alone.
+        (f"cc-{job_id}-0-8", job_id, 8, ""),
+        ("cc-jold-0-1", "jold", 1, ""),
+        # Another state dir's, on the same project: never touched, whatever its job.
+        ("cc-jfeed-0-1", "jfeed", 1, theirs),
+        (f"cc-{job_id}-0-9", job_id, 9, theirs),
+    ]:
+        backend.workers[name] = WorkerInfo(name, job, 0, attempt, True, owner)
+    backend.workers["cc-nolabel"] = WorkerInfo("cc-nolabel", None, None, None, False, mine)
     deleted = housekeeping.reap(engine)
-    assert sorted(deleted) == sorted(["cc-jdeadbeef-0-1", f"cc-{job_id}-0-7", "cc-nolabel"])
-    assert list(backend.workers) == [live]
+    assert sorted(deleted) == sorted(
+        ["cc-jdeadbeef-0-1", f"cc-{job_id}-0-7", "cc-nolabel", f"cc-{job_id}-0-8"]
+    )
+    left = sorted(backend.workers)
+    assert left == sorted([live, "cc-jold-0-1", "cc-jfeed-0-1", f"cc-{job_id}-0-9"])
     backend.release.set()
     run_until_done(engine)
     assert housekeeping.reap(engine) == []
@@ -401,7 +414,7 @@ def test_reaper_deletes_workers_of_no_live_attempt(tmp_path: Path) -> None:
 class NoProjectYet(FakeBackend):
     """An LXD backend on a host before configure-host: its project does not exist."""
 
-    def reap_extras(self, live_jobs: set[str]) -> list[str]:
+    def reap_extras(self, live_jobs: set[str], known_jobs: set[str]) -> list[str]:
         raise RuntimeError("Project not found")
 
 
@@ -413,8 +426,11 @@ def test_a_backend_that_cannot_be_reaped_does_not_stop_the_others(tmp_path: Path
     run_until_done(engine)
     from container_compute.backends import WorkerInfo
 
-    nova.workers["cc-jdeadbeef-0-1"] = WorkerInfo("cc-jdeadbeef-0-1", "jdeadbeef", 0, 1, True)
-    lxd.workers["cc-jfeedbeef-0-1"] = WorkerInfo("cc-jfeedbeef-0-1", "jfeedbeef", 0, 1, True)
+    mine = engine.owner
+    nova.workers["cc-jdeadbeef-0-1"] = WorkerInfo(
+        "cc-jdeadbeef-0-1", "jdeadbeef", 0, 1, True, mine
+    )
+    lxd.workers["cc-jfeedbeef-0-1"] = WorkerInfo("cc-jfeedbeef-0-1", "jfeedbeef", 0, 1, True, mine)
 
     deleted = housekeeping.reap(engine)
 
@@ -497,3 +513,28 @@ def test_ten_thousand_tasks_submit_and_status_timing(tmp_path: Path) -> None:
     assert sum(status["counts"].values()) == 10_000
     assert len(status["failures"]) == job_status_module.MAX_FAILURES_LISTED
     assert status["failures-not-listed"] == status["counts"]["failed"] - 20
+
+
+def test_results_that_cannot_be_installed_are_recorded_at_once_and_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(tmp_path, FakeBackend())
+    job_id = launch(engine, tasks=2)
+    real_install = results.install_task_dir
+    full: list[Path] = []
+
+    def install(temp: Path, final: Path) -> None:
+        if not full:
+            full.append(final)
+            raise OSError(28, "No space left on device")
+        real_install(temp, final)
+
+    monkeypatch.setattr(results, "install_task_dir", install)
+    run_until_done(engine)
+
+    assert engine.ledger.job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    lost = [a for a in engine.ledger.attempts(job_id) if a.state != "succeeded"]
+    assert len(lost) == 1 and "could not be kept on the host" in lost[0].outcome["detail"]  # type: ignore[index]
+    task = engine.ledger.task(job_id, lost[0].index)
+    assert task is not None and (task.attempts, task.charged) == (2, 0)
+    assert not list((tmp_path / "results" / job_id).glob(".tmp-*"))

@@ -20,6 +20,8 @@ FOUNDATION = {
     "rootfs",
     "lxdclient",
     "identity",
+    "owner",
+    "privatefiles",
 }
 ALLOWED = {
     "host": {"host"},

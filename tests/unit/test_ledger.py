@@ -4,6 +4,7 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,36 @@ def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
         )
         raise RuntimeError("boom")
     assert ledger.count_rows() == {"jobs": 0, "tasks": 0, "attempts": 0}
+
+
+class CommitFailsOnce:
+    """A connection whose next COMMIT fails, as one does on a full disk."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.failed = False
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_a_failed_commit_leaves_the_connection_usable_and_nothing_written(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path)
+    ledger._db = CommitFailsOnce(ledger._db)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        record(ledger, 2)
+
+    assert ledger.count_rows() == {"jobs": 0, "tasks": 0, "attempts": 0}
+    job_id = record(ledger, 2)  # the next transaction works
+    assert ledger.job(job_id) is not None
 
 
 def test_attempt_lifecycle_is_exactly_once(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ class SpareBackend(FakeBackend):
             raise LaunchError(self.prepare_error)
         time.sleep(0.005)
         with self.lock:
-            worker = WorkerInfo(spec.worker_name, spec.job_id, None, None, True)
+            worker = WorkerInfo(spec.worker_name, spec.job_id, None, None, True, self.owner)
             self.workers[spec.worker_name] = worker
             self.prepared.add(spec.worker_name)
             self._count()
@@ -194,3 +194,44 @@ def test_the_reaper_leaves_spares_alone_and_deletes_those_no_engine_keeps(tmp_pa
     assert backend.prepared <= set(backend.workers)
     backend.release.set()
     run_until_done(engine)
+
+
+class MakesASpareWhileListed(SpareBackend):
+    """A spare maker registers and creates a spare while the reaper lists the workers."""
+
+    def __init__(self) -> None:
+        super().__init__(plan=lambda spec: Plan(hang=True))
+        self.engine: object = None
+        self.job_id = ""
+
+    def list_workers(self) -> list[WorkerInfo]:
+        listed = super().list_workers()
+        name = f"cc-{self.job_id}-snew1"
+        spares = self.engine.keeper.spares  # type: ignore[attr-defined]
+        with spares._lock:
+            spares._making.setdefault(self.job_id, set()).add(name)
+        self.workers[name] = WorkerInfo(name, self.job_id, None, None, True, self.owner)
+        return [*listed, self.workers[name]]
+
+
+def test_a_spare_made_while_the_reaper_lists_is_kept(tmp_path: Path) -> None:
+    backend = MakesASpareWhileListed()
+    engine = make_engine(tmp_path, backend, spare_workers=False)
+    job = engine.submit(LaunchJobParams(command="x", tasks=1))
+    backend.engine, backend.job_id = engine, job.id
+
+    assert housekeeping.reap(engine) == []
+    assert f"cc-{job.id}-snew1" in backend.workers
+
+
+def test_a_spare_given_back_after_its_job_ended_is_deleted(tmp_path: Path) -> None:
+    backend = SpareBackend()
+    engine = make_engine(tmp_path, backend)
+    job = engine.submit(LaunchJobParams(command="x", tasks=1))
+    spare = f"cc-{job.id}-sgone1"
+    backend.workers[spare] = WorkerInfo(spare, job.id, None, None, True, backend.owner)
+    engine.keeper.spares.close(job.id)
+
+    engine.keeper.unplace(job, spare)
+
+    assert spare in backend.deleted and spare not in engine.keeper.idle()

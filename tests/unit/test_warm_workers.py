@@ -229,4 +229,4 @@ def test_idle_workers_of_a_job_cancelled_meanwhile_are_deleted(tmp_path: Path) -
     engine.step()
 
     assert engine.wait_deletions(10)
-    assert backend.deleted == [idle] and engine.idle_workers() == set()
+    assert backend.deleted == [idle] and engine.keeper.idle() == set()

@@ -22,7 +22,9 @@ from ..jobs.params import (
     WaitJobParams,
 )
 from ..jobs.runner import open_engine
+from ..jobs.scheduler import EngineLock
 from ..jobs.status import job_status
+from ..owner import check_owner, owner_id
 from . import job_actions
 from .images import BuildWorkerImageParams, build_worker_image
 from .job_actions import Progress, find_job
@@ -94,10 +96,37 @@ def run_action(
         ledger.close()
 
 
-def reap(config: HostConfig, state_dir: Path) -> list[str]:
-    """Delete workers that belong to no running attempt of a live job; return their names."""
-    engine = open_engine(config, state_dir)
+def reap(config: HostConfig, state_dir: Path, owner: str = "") -> list[str]:
+    """Delete this state dir's workers that nothing holds; return their names.
+
+    Nothing is done while another engine (the agent, a ``--wait`` client) holds the state
+    dir: it reaps its own, and only it knows the workers it is about to use. ``owner``: the
+    owner id of a state dir gone for good (or ``unowned``): delete every worker and template
+    it left, whatever this state dir holds.
+
+    Raises:
+        ActionError: for an owner that is not an owner id, or is this state dir's own.
+    """
+    if owner:
+        try:
+            check_owner(owner)
+        except ValueError as err:
+            raise ActionError(str(err)) from err
+        if owner == owner_id(state_dir):
+            raise ActionError(f"owner: {owner} is this state dir's own: reap without --owner")
+        engine = open_engine(config, state_dir)
+        try:
+            return housekeeping.reap_owner(engine, owner)
+        finally:
+            engine.ledger.close()
+    lock = EngineLock(state_dir)
+    if not lock.acquire():
+        return []
     try:
-        return housekeeping.reap(engine)
+        engine = open_engine(config, state_dir)
+        try:
+            return housekeeping.reap(engine)
+        finally:
+            engine.ledger.close()
     finally:
-        engine.ledger.close()
+        lock.release()

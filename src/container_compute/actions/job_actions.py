@@ -177,7 +177,7 @@ def gather_results(ledger: Ledger, params: GatherResultsParams, state_dir: Path)
     indexes = None
     if params.indexes:
         try:
-            indexes = parse_ranges(params.indexes, limit=job.task_count)
+            indexes = parse_ranges(params.indexes, task_count=job.task_count)
         except ValueError as err:
             raise ActionError(f"indexes: {err}") from err
     joblog = results.write_joblog(state_dir, ledger, job.id)

@@ -8,11 +8,15 @@ the results into ``task_dir`` and returns the outcome; ``delete`` removes the wo
 works on a worker started by an earlier process too: that is how a restarted agent resumes.
 """
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from ..constants import STATE_DIR, STATE_DIR_ENV
+from ..owner import owner_id
 
 if TYPE_CHECKING:
     from ..config import HostConfig
@@ -106,6 +110,7 @@ class WorkerInfo:
     task_index: int | None
     attempt: int | None
     running: bool
+    owner: str = ""  # the owner id of the state dir that made it ("": made before owners)
 
 
 class WorkerUnreachableError(RuntimeError):
@@ -162,23 +167,21 @@ class Backend(Protocol):
 def open_backend(name: str, config: "HostConfig", state_dir: Path | None = None) -> Backend:
     """Return the backend called ``name`` for this host's config (imported on first use).
 
-    ``state_dir`` holds the Nova backend's credentials (``clouds.yaml``); default: the
-    ``CONTAINER_COMPUTE_STATE_DIR`` environment variable, else the package's state dir.
+    ``state_dir`` holds the Nova backend's credentials (``clouds.yaml``) and the LXD
+    backend's PEM files; default: the ``CONTAINER_COMPUTE_STATE_DIR`` environment variable,
+    else the package's state dir.
 
     Raises:
         ValueError: for a backend this version cannot run.
         identity.IdentityError: nova without keystone credentials.
     """
+    directory = state_dir or Path(os.environ.get(STATE_DIR_ENV) or STATE_DIR)
     if name == "lxd":
         from .lxd import LXDBackend
 
-        return LXDBackend(config)
+        return LXDBackend(config, owner=owner_id(directory), state_dir=directory)
     if name == "nova":
-        import os
-
-        from ..constants import STATE_DIR, STATE_DIR_ENV
         from .nova import open_nova_backend
 
-        directory = state_dir or Path(os.environ.get(STATE_DIR_ENV) or STATE_DIR)
         return open_nova_backend(config, directory)
     raise ValueError(f"backend: {name} is not available; use backend=lxd or backend=nova")

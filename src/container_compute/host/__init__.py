@@ -25,6 +25,7 @@ import pylxd.exceptions
 from .. import constants
 from ..config import HostConfig, config_options, option_name
 from ..lxdclient import LXDUnavailableError, connect
+from ..privatefiles import update_private
 from . import cluster
 from .cluster import ClusterState
 from .daemon import ensure_daemon, ensure_https, restart_daemon
@@ -276,18 +277,7 @@ def save_config(config: HostConfig, state_dir: Path) -> bool:
     """Write ``config`` to state_dir/host-config.json; return whether the file changed."""
     values = {name: getattr(config, name.replace("-", "_")) for name, *_ in config_options()}
     text = json.dumps(values, indent=2, sort_keys=True) + "\n"
-    path = state_dir / SAVED_CONFIG_FILE
-    try:
-        if path.read_text() == text:
-            return False
-    except FileNotFoundError:
-        pass
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: see jobs/private.py
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.chmod(0o600)
-    temporary.replace(path)
-    return True
+    return update_private(state_dir / SAVED_CONFIG_FILE, text)
 
 
 def load_saved_config(state_dir: Path) -> HostConfig:
@@ -407,16 +397,5 @@ CLIENT_KEY_FILE = "lxd-client.key"
 def store_client_key(state_dir: Path, pem: str) -> Path:
     """Keep the lxd-endpoint client key (from a Juju secret) in a 0600 file; return its path."""
     path = state_dir / CLIENT_KEY_FILE
-    text = pem.strip() + "\n"
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        if path.read_text() == text:
-            return path
-    except FileNotFoundError:
-        pass
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    temporary.replace(path)
+    update_private(path, pem.strip() + "\n")
     return path

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ..backends import Backend, FailureReason, TaskOutcome, WorkerSpec
+from ..backends import Backend, FailureReason, TaskOutcome, WorkerInfo, WorkerSpec
 from ..config import HostConfig
+from ..owner import UNOWNED
 from . import results
 from .ledger import ATTEMPT_RUNNING, JobRecord, Ledger
 from .outcomes import VANISHED, failed
@@ -24,6 +25,7 @@ class Engine(Protocol):
     state_dir: Path
     config: HostConfig
     ledger: Ledger
+    owner: str
     clock: Callable[[], float]
 
     def backend(self, name: str) -> Backend:
@@ -34,8 +36,8 @@ class Engine(Protocol):
         """Tell whether the engine follows an attempt of this task."""
         ...
 
-    def idle_workers(self) -> set[str]:
-        """The workers the engine keeps for its jobs' next tasks (warm or spare)."""
+    def held_workers(self) -> set[str]:
+        """Every worker the engine holds now: its attempts', idle warm ones, spares."""
         ...
 
     def inflight_count(self, job_id: str | None = None) -> int:
@@ -120,17 +122,16 @@ def cancel_stale(engine: Engine, job_id: str) -> list[str]:
 
 
 def reap(engine: Engine) -> list[str]:
-    """Delete labelled workers that belong to no running attempt; return their names.
+    """Delete this state dir's workers that nothing holds; return their names.
 
+    Only workers of this owner are looked at (``owner.py``); of those, a worker is kept
+    while a running attempt names it or the engine holds it (a spare, an idle warm worker).
     A backend that cannot be reaped now (no credentials, no LXD project yet, its service
     away) is logged and skipped: it never keeps the others from being reaped.
     """
-    attempts = engine.ledger.attempts(state=ATTEMPT_RUNNING)
-    running = {(a.job, a.index): a.attempt for a in attempts}
-    # Warm workers run task after task: theirs is the worker a running attempt names, and
-    # the engine keeps some idle between two tasks.
-    busy = {a.worker for a in attempts} | engine.idle_workers()
-    live = {job.id for job in engine.ledger.jobs() if not job.state.finished}
+    jobs = engine.ledger.jobs()
+    known = {job.id for job in jobs}
+    live = {job.id for job in jobs if not job.state.finished}
     deleted: list[str] = []
     for name in reap_backends(engine):
         try:
@@ -139,22 +140,29 @@ def reap(engine: Engine) -> list[str]:
             logger.info("not reaping backend %s: %s", name, err)
             continue
         try:
-            deleted += _reap_backend(engine, backend, busy, running, live)
+            deleted += _reap_backend(engine, backend, live, known)
         except Exception as err:  # one backend that cannot be reaped must not stop the others
             logger.warning("could not reap backend %s: %s", name, err)
     return deleted
 
 
-def _reap_backend(
-    engine: Engine,
-    backend: Backend,
-    busy: set[str],
-    running: dict[tuple[str, int], int],
-    live: set[str],
-) -> list[str]:
+def is_ours(worker: WorkerInfo, owner: str, known_jobs: set[str]) -> bool:
+    """Whether a listed worker is this owner's (one made before owners: its job is ours)."""
+    if worker.owner:
+        return worker.owner == owner
+    return worker.job_id is not None and worker.job_id in known_jobs
+
+
+def _reap_backend(engine: Engine, backend: Backend, live: set[str], known: set[str]) -> list[str]:
     """Reap one backend's workers (and what it keeps per job); return what was deleted."""
+    listed = [w for w in backend.list_workers() if is_ours(w, engine.owner, known)]
+    # What the engine holds is read after the listing: a worker made meanwhile (a spare, a
+    # new attempt's) was held before it was created, so it is seen here and kept.
+    attempts = engine.ledger.attempts(state=ATTEMPT_RUNNING)
+    running = {(a.job, a.index): a.attempt for a in attempts}
+    busy = {a.worker for a in attempts} | engine.held_workers()
     deleted: list[str] = []
-    for worker in backend.list_workers():
+    for worker in listed:
         if worker.name in busy:
             continue
         job = engine.ledger.job(worker.job_id) if worker.job_id else None
@@ -166,12 +174,38 @@ def _reap_backend(
                 deleted.append(worker.name)
         except Exception as err:  # one worker that resists must not stop the others
             logger.warning("could not reap worker %s: %s", worker.name, err)
-    extras: Callable[[set[str]], list[str]] | None = getattr(backend, "reap_extras", None)
+    extras: Callable[[set[str], set[str]], list[str]] | None = getattr(
+        backend, "reap_extras", None
+    )
     if extras is not None:
         try:
-            deleted += extras(live)
+            deleted += extras(live, known)
         except Exception as err:  # the workers reaped above still count
             logger.warning("could not reap what a backend keeps per job: %s", err)
+    return deleted
+
+
+def reap_owner(engine: Engine, owner: str) -> list[str]:
+    """Delete every worker and template another owner left (a state dir gone for good).
+
+    ``owner``: its owner id, or ``unowned`` for those made before owners were labelled.
+    """
+    deleted: list[str] = []
+    for name in reap_backends(engine):
+        try:
+            backend = engine.backend(name)
+            for worker in backend.list_workers():
+                if worker.owner == ("" if owner == UNOWNED else owner):
+                    try:
+                        if backend.delete(worker.name):
+                            deleted.append(worker.name)
+                    except Exception as err:  # one worker that resists must not stop the others
+                        logger.warning("could not reap worker %s: %s", worker.name, err)
+            leftovers: Callable[[str], list[str]] | None = getattr(backend, "reap_owner", None)
+            if leftovers is not None:
+                deleted += leftovers("" if owner == UNOWNED else owner)
+        except Exception as err:  # one backend that cannot be reaped must not stop the others
+            logger.warning("could not reap backend %s: %s", name, err)
     return deleted
 
 

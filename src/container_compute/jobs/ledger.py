@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..constants import LEDGER_FILE
+from ..constants import LEDGER_FILE, REDACTED
 from .model import JobState, TaskState
 from .private import private_dir, private_file, tighten_file
 
@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS agent (
 """
 
 SCHEMA_VERSION = 1  # 1: env values of finished jobs are redacted
-ENV_REDACTED = "<redacted>"
+ENV_REDACTED = REDACTED
 _ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 _FINISHED = tuple(state.value for state in JobState if state.finished)
 
@@ -211,7 +211,12 @@ class _Store:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:  # e.g. disk full: the connection must not stay in it
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             if self._scrub_pending:
                 self._scrub()
 

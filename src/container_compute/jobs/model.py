@@ -34,7 +34,10 @@ class TaskState(str, Enum):
 
 JOB_STATES = tuple(s.value for s in JobState)
 
-_RANGES_RE = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
+MAX_TASKS = 100_000  # the most tasks a job can have
+MAX_RANGE_ITEMS = 1000  # comma-separated indexes and ranges in one list
+MAX_RANGES_CHARS = 16 * 1024
+_RANGE_RE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
 
 
 def format_ranges(indexes: Iterable[int]) -> str:
@@ -53,26 +56,51 @@ def format_ranges(indexes: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def parse_ranges(text: str, limit: int | None = None) -> list[int]:
-    """Return the sorted indexes in ``text`` such as ``0-3,7``.
+def check_ranges(text: str, task_count: int | None = None) -> list[tuple[int, int]]:
+    """Return the ``(first, last)`` pairs of ``text`` such as ``0-3,7``, without expanding them.
+
+    Every index must be below ``task_count``, or below ``MAX_TASKS`` when the job is not known.
 
     Raises:
-        ValueError: when ``text`` is not ranges, a range runs backwards, or an index is not
-            below ``limit``.
+        ValueError: when ``text`` is too long or not ranges, a range runs backwards, or an
+            index is out of range.
     """
-    if not _RANGES_RE.match(text):
-        raise ValueError(f"{text!r} is not a list of indexes and ranges such as 0-3,7")
-    indexes: set[int] = set()
+    limit = MAX_TASKS if task_count is None else task_count
+    if len(text) > MAX_RANGES_CHARS:
+        raise ValueError(f"is over {MAX_RANGES_CHARS} characters")
+    if text.count(",") >= MAX_RANGE_ITEMS:
+        raise ValueError(f"has more than {MAX_RANGE_ITEMS} comma-separated indexes and ranges")
+    pairs: list[tuple[int, int]] = []
     for part in text.split(","):
-        first, _, last = (p.strip() for p in part.partition("-"))
-        low, high = int(first), int(last or first)
-        if high < low:
+        match = _RANGE_RE.fullmatch(part)
+        if match is None:
+            shown = text if len(text) <= 64 else text[:61] + "..."
+            raise ValueError(f"{shown!r} is not a list of indexes and ranges such as 0-3,7")
+        first, last = match.group(1), match.group(2) or match.group(1)
+        for digits in (first, last):
+            # The length first: a number of thousands of digits is never converted.
+            if len(digits.lstrip("0")) > len(str(limit)) or int(digits) >= limit:
+                raise ValueError(_out_of_range(digits, task_count))
+        if int(last) < int(first):
             raise ValueError(f"range {part.strip()!r} runs backwards")
-        if limit is not None and high >= limit:
-            raise ValueError(
-                f"index {high} is out of range (the job has {limit} tasks: 0-{limit - 1})"
-            )
-        if high - low > 1_000_000:
-            raise ValueError(f"range {part.strip()!r} is too long")
-        indexes.update(range(low, high + 1))
+        pairs.append((int(first), int(last)))
+    return pairs
+
+
+def _out_of_range(digits: str, task_count: int | None) -> str:
+    shown = digits if len(digits) <= 20 else digits[:17] + "..."
+    if task_count is None:
+        return f"index {shown} is out of range (a job has at most {MAX_TASKS} tasks)"
+    return f"index {shown} is out of range (the job has {task_count} tasks: 0-{task_count - 1})"
+
+
+def parse_ranges(text: str, task_count: int) -> list[int]:
+    """Return the sorted indexes in ``text`` such as ``0-3,7``, each below ``task_count``.
+
+    Raises:
+        ValueError: as ``check_ranges``, before anything is expanded.
+    """
+    indexes: set[int] = set()
+    for first, last in check_ranges(text, task_count):
+        indexes.update(range(first, last + 1))
     return sorted(indexes)

@@ -15,30 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import BACKENDS, check_limits
+from ..constants import ENV_NAME_RE, RESERVED_ENV
 from ..units import parse_duration
-from .model import JOB_STATES, parse_ranges
+from .model import JOB_STATES, MAX_TASKS, check_ranges
 
-MAX_TASKS = 100_000
 MAX_PARALLELISM = 1024
 MAX_RETRIES = 20
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_INPUT_BYTES = 64 * 1024
 MAX_WAIT_SECONDS = 24 * 3600
-RESERVED_ENV = (
-    "TASK_INDEX",
-    "TASK_COUNT",
-    "JOB_ID",
-    "RESULTS_DIR",
-    "TASK_INPUT",
-    "TASK_ATTEMPT",
-    "CC_COMMAND",
-    "CC_WRAPPER",
-)
 
 ROUND_ROBIN = "round-robin"
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 _NOVA_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
 
@@ -105,6 +94,22 @@ def _check_placement(placement: str) -> None:
             "placement",
             f"{placement!r} is not 'round-robin' or a comma-separated list of cluster members",
         )
+
+
+def check_env_entry(entry: str) -> None:
+    """Check one ``KEY=VALUE`` entry of a job's environment (the message never shows a value).
+
+    Raises:
+        ValueError: the entry is not KEY=VALUE, KEY is reserved, or VALUE holds a NUL byte.
+    """
+    key, sep, value = entry.partition("=")
+    if not sep or not ENV_NAME_RE.match(key):
+        # Only the part before '=' is shown: a value may be a secret.
+        raise ValueError(f"{key[:64]!r} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _")
+    if key in RESERVED_ENV:
+        raise ValueError(f"{key} is set by container-compute for every task")
+    if "\x00" in value:
+        raise ValueError(f"the value of {key} contains a NUL byte")
 
 
 @dataclass(frozen=True)
@@ -241,12 +246,10 @@ class LaunchJobParams(ActionParams):
 
     def _check_env(self) -> None:
         for entry in self.env:
-            key, sep, _value = entry.partition("=")
-            if not sep or not _ENV_KEY_RE.match(key):
-                # Only the part before '=' is shown: a value may be a secret.
-                fail("env", f"{key[:64]!r} is not KEY=VALUE with KEY made of A-Z a-z 0-9 _")
-            if key in RESERVED_ENV:
-                fail("env", f"{key} is set by container-compute for every task")
+            try:
+                check_env_entry(entry)
+            except ValueError as err:
+                fail("env", str(err))
 
     @property
     def backend_options(self) -> dict[str, str]:
@@ -337,7 +340,7 @@ class GatherResultsParams(ActionParams):
         _check_job_id(self.job)
         if self.indexes:
             try:
-                parse_ranges(self.indexes)
+                check_ranges(self.indexes)
             except ValueError as err:
                 fail("indexes", str(err))
 

@@ -3,16 +3,19 @@
 The ledger holds job definitions (commands, environment values until the job ends), the
 results tree holds what tasks wrote, and credentials live next to them; none of it is for
 other local users. Everything the jobs code creates under the state directory goes through
-these helpers, and a directory or file left looser by an older version is tightened when it
-is opened. Only what the current user owns is ever changed.
+these helpers (whole files through ``privatefiles.write_private``), and a directory or file
+left looser by an older version is tightened when it is opened. Only what the current user
+owns is ever changed.
 """
 
 import os
 import stat
 from pathlib import Path
 
-DIR_MODE = 0o700
-FILE_MODE = 0o600
+from ..constants import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
+
+DIR_MODE = PRIVATE_DIR_MODE
+FILE_MODE = PRIVATE_FILE_MODE
 
 
 def _tighten(path: Path, *, follow: bool = True) -> None:

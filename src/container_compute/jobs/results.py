@@ -16,11 +16,11 @@ The tree is private to its owner: directories 0700, files 0600 (``private``).
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..constants import RESULTS_SUBDIR
+from ..privatefiles import write_private
 from .ledger import Ledger
 from .private import private_dir, tighten_tree
 
@@ -91,10 +91,7 @@ def install_task_dir(temp_dir: Path, final_dir: Path) -> None:
 
 def write_outcome(directory: Path, outcome: dict[str, Any]) -> None:
     """Write a task's outcome summary (``outcome.json``) into its results directory."""
-    text = json.dumps(outcome, indent=1, sort_keys=True) + "\n"
-    fd = os.open(directory / OUTCOME_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as stream:
-        stream.write(text)
+    write_private(directory / OUTCOME_NAME, json.dumps(outcome, indent=1, sort_keys=True) + "\n")
 
 
 def remove_temp_dirs(state_dir: Path) -> None:
@@ -164,15 +161,7 @@ def write_joblog(state_dir: Path, ledger: Ledger, job_id: str) -> Path:
     path = joblog_path(state_dir, job_id)
     private_dir(results_root(state_dir))
     private_dir(path.parent)
-    text = render_joblog(ledger, job_id)
-    fd, temp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{JOBLOG_NAME}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:  # mkstemp: mode 0600
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_private(path, render_joblog(ledger, job_id))
     return path
 
 

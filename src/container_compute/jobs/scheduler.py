@@ -25,6 +25,7 @@ exit (which releases the lock) and the next engine adopts what is still running.
 import fcntl
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ from ..backends import (
 )
 from ..config import HostConfig
 from ..lxdclient import endpoint_of
+from ..owner import owner_id
 from ..units import parse_duration
 from . import housekeeping, results
 from .ledger import JobRecord, Ledger
@@ -170,6 +172,36 @@ def follow_attempt(
     return outcome, temp, lost
 
 
+NO_ROOM = "the attempt's results could not be kept on the host"
+
+
+def commit_or_record_lost(
+    commit: Callable[..., bool],
+    job: JobRecord,
+    spec: WorkerSpec,
+    followed: tuple[TaskOutcome, Path | None, bool],
+) -> None:
+    """Commit an attempt; one whose results cannot be installed is recorded at once.
+
+    A full disk or an I/O error while its results are installed is the host's fault, not
+    the task's: the attempt is recorded as lost to the host, with nothing kept, and its task
+    runs again (bounded, not charged). Only when even that fails (the ledger cannot be
+    written) is it left running for the next engine to resume.
+    """
+    try:
+        commit(job, spec, *followed)
+        return
+    except Exception as err:
+        logger.exception("could not record attempt %s", spec.worker_name)
+        why = f"{NO_ROOM}: {type(err).__name__}: {err}"
+    if followed[1] is not None:
+        shutil.rmtree(followed[1], ignore_errors=True)
+    try:
+        commit(job, spec, failed(FailureReason.LAUNCH_ERROR, why), None, True)
+    except Exception:
+        logger.exception("could not record attempt %s at all: resumed later", spec.worker_name)
+
+
 class EngineLock:
     """An exclusive lock on a state directory: at most one engine runs jobs there."""
 
@@ -242,6 +274,11 @@ class AttemptThreads:
         with self._changed:
             self._deleting.pop(worker if key is None else (worker, key), None)
             self._changed.notify_all()
+
+    def workers(self) -> set[str]:
+        """Every worker an attempt holds (until deleted or kept warm), or being made/deleted."""
+        with self._lock:
+            return {str(key[0] if isinstance(key, tuple) else key) for key in self._deleting}
 
     def job_ids(self) -> set[str]:
         """Return the jobs whose attempts are followed."""
@@ -364,6 +401,7 @@ class Engine:
         self.state_dir = state_dir
         self.config = config
         self.ledger = ledger or Ledger(state_dir)
+        self.owner = owner_id(state_dir)
         self.clock = clock
         self._factory = backend_factory or default_backend_factory(config, state_dir)
         self._backends: dict[str, Backend] = {}
@@ -395,9 +433,9 @@ class Engine:
         """Tell whether this engine follows an attempt of task ``index`` of the job."""
         return self.threads.is_inflight((job_id, index))
 
-    def idle_workers(self) -> set[str]:
-        """The workers this engine keeps for its jobs' next tasks (warm or spare)."""
-        return self.keeper.idle()
+    def held_workers(self) -> set[str]:
+        """Every worker this engine holds now: its attempts', idle warm ones, spares."""
+        return self.threads.workers() | self.keeper.idle()
 
     def inflight_count(self, job_id: str | None = None) -> int:
         """Return how many attempts this engine is running (of one job, or in all)."""
@@ -494,19 +532,20 @@ class Engine:
         key = (job.id, spec.task_index)
         try:
             backend = self.backend(job.backend)
-            temp = results.temp_task_dir(self.state_dir, job.id, spec.task_index, spec.attempt)
-            followed = follow_attempt(
-                backend, spec, temp, adopt, self.threads, lambda: self.should_stop(job.id)
-            )
+            try:
+                temp = results.temp_task_dir(self.state_dir, job.id, spec.task_index, spec.attempt)
+            except OSError as err:  # e.g. the state dir's disk is full: nothing is started
+                followed = (failed(FailureReason.LAUNCH_ERROR, f"{NO_ROOM}: {err}"), None, True)
+            else:
+                followed = follow_attempt(
+                    backend, spec, temp, adopt, self.threads, lambda: self.should_stop(job.id)
+                )
             if followed is None:
                 return
             with self.threads.acting() as allowed:
                 if not allowed:  # parked: the attempt is left running, to be adopted
                     return
-                try:
-                    self.commit(job, spec, *followed)
-                except Exception:
-                    logger.exception("could not record attempt %s", spec.worker_name)
+                commit_or_record_lost(self.commit, job, spec, followed)
                 kept = spec.reuse and not adopt and self.keeper.keep_warm(job, spec, followed[0])
                 self.threads.done(key)
                 if not kept:

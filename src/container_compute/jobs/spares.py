@@ -94,10 +94,13 @@ class SpareWorkers:
             ready = self._ready.get(job_id)
             return ready.pop(0) if ready else None
 
-    def give_back(self, job_id: str, name: str) -> None:
-        """An attempt that did not start returns its spare."""
+    def give_back(self, job_id: str, name: str) -> bool:
+        """An attempt that did not start returns its spare; False: the job is over (delete it)."""
         with self._lock:
+            if job_id in self._closed:
+                return False
             self._ready.setdefault(job_id, []).insert(0, name)
+            return True
 
     def count(self, job_id: str | None = None) -> int:
         """How many spares there are, being made or ready (of one job, or in all)."""

@@ -110,11 +110,13 @@ class WorkerKeeper:
         return (spare, started) if spare else None
 
     def unplace(self, job: JobRecord, worker: str) -> None:
-        """Take back the worker ``place`` gave an attempt that did not start."""
-        if job.params.get("reuse_workers"):
-            self.pool.give_back(job.id, worker)
-        else:
-            self.spares.give_back(job.id, worker)
+        """Take back the worker ``place`` gave an attempt that did not start.
+
+        A job that ended meanwhile keeps nothing: the worker is deleted (it may not exist).
+        """
+        keeper = self.pool if job.params.get("reuse_workers") else self.spares
+        if not keeper.give_back(job.id, worker):
+            self.delete_worker(job.backend, worker)
 
     def prepare_ahead(
         self, job: JobRecord, wanted: int, room: int, spec_of: Callable[[str], WorkerSpec]

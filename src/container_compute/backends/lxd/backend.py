@@ -22,11 +22,14 @@ import pylxd
 
 from ...config import HostConfig, check_cpu_limit, check_disk_limit, check_memory_limit
 from ...constants import (
+    ENV_NAME_RE,
     INPUT_DIR_IN_WORKER,
     LABEL_ATTEMPT,
     LABEL_JOB,
+    LABEL_OWNER,
     LABEL_TASK,
     RESULTS_DIR_IN_WORKER,
+    SCRIPT_ENV,
     WORKER_PROFILE,
 )
 from ...lxdclient import LXDUnavailableError, endpoint_of
@@ -42,7 +45,7 @@ from .. import (
 from ..gather import safe_name
 from .api import LXDApi, OperationFailedError, is_transient, remove_log_dir
 from .disk import explain_disk_full
-from .launch import LAUNCHER, RESERVED_ENV, WARM_LAUNCHER, WRAPPER, run_launcher
+from .launch import LAUNCHER, WARM_LAUNCHER, WRAPPER, run_launcher
 from .members import (
     LostMemberGuard,
     MemberBook,
@@ -56,7 +59,6 @@ from .warm import PreparedWorkers, WarmWorkers
 from .watch import LABEL_STARTED, AttemptWatcher
 
 logger = logging.getLogger(__name__)
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MEMBER_LOST_WAIT_SECONDS = 60.0  # for LXD to count an unreachable member offline
 BUSY_WAIT_SECONDS = 60.0  # LXD refuses to delete an instance while another operation runs on it
 DELETE_TIMEOUT_SECONDS = 60.0
@@ -72,17 +74,24 @@ class LXDBackend:
         retry_seconds: float = 120.0,
         poll_seconds: float = 0.5,
         host_access: bool = True,
+        owner: str = "",
+        state_dir: Path | None = None,
     ) -> None:
-        """Set up the backend; ``host_access=False`` (or lxd-endpoint) reads through the API."""
+        """Set up the backend; ``host_access=False`` (or lxd-endpoint) reads through the API.
+
+        ``owner``: the owner id its workers and templates are labelled with (see owner.py).
+        ``state_dir``: where PEM text of the lxd-* options is kept (``lxdclient.pem_file``).
+        """
         self.config = config
-        endpoint = endpoint_of(config)
+        self.owner = owner
+        endpoint = endpoint_of(config, state_dir)
         self.api = LXDApi(config.lxd_project, client, retry_seconds, poll_seconds, endpoint)
         self.host_access = host_access and endpoint is None
         self.local = endpoint is None  # the daemon of this host (its log directories)
         self.watcher = AttemptWatcher(self.api, self.host_access)
         self.remote_watcher = RemoteAttemptWatcher(self.api)
         self.members = MemberBook(self.api)
-        self.templates = TemplateBook(self.api, config)
+        self.templates = TemplateBook(self.api, config, owner)
         self.warm = WarmWorkers(self.api)
         self.prepared = PreparedWorkers()
         self._launched: set[str] = set()  # workers whose launcher this backend ran
@@ -98,7 +107,7 @@ class LXDBackend:
         return self.api.poll_seconds
 
     def _create(self, spec: WorkerSpec, source: dict[str, Any]) -> None:
-        body = create_body(spec, source, self.config.storage_pool)
+        body = create_body(spec, source, self.config.storage_pool, self.owner)
         target = self.members.target(spec.placement, spec.task_index, spec.worker_name)
         where = {"params": {"target": target}} if target else {}
 
@@ -156,7 +165,7 @@ class LXDBackend:
         self._create(spec, self.templates.worker_source(spec.image, spec.job_id, copy))
         with self._deleted_on_failure(spec.worker_name):
             self.members.look_up(spec.worker_name)
-            self._boot(spec.worker_name)
+            boot_worker(self.api, spec.worker_name)
             if spec.reuse:
                 self.warm.learn(spec.worker_name)
 
@@ -216,24 +225,11 @@ class LXDBackend:
         try:
             record = self.api.instance(name)
             if record is not None and record.get("status") != "Running":
-                self._boot(name)
+                boot_worker(self.api, name)
             self._exec_launcher(name, spec, env)
         except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
             raise LaunchError(f"restarting the command in worker {name} failed: {err}") from err
         self._launched.add(name)
-
-    def _boot(self, name: str) -> None:
-        def start() -> None:
-            try:
-                self.api.wait_operation(
-                    self.client.api.instances[name].state.put(json={"action": "start"})
-                )
-            except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
-                record = None if is_transient(err) else self.api.instance(name)
-                if record is None or record.get("status") != "Running":
-                    raise  # start() called twice or retried over a restart finds it running
-
-        self.api.retry(f"starting worker {name}", start)
 
     def _exec_launcher(
         self, name: str, spec: WorkerSpec, env: dict[str, str], warm: dict[str, str] | None = None
@@ -303,9 +299,13 @@ class LXDBackend:
         if self.local:
             self.templates.prune_job(job_id)
 
-    def reap_extras(self, live_jobs: set[str]) -> list[str]:
-        """Delete templates of finished jobs, of images no alias names, or of another id mode."""
+    def reap_extras(self, live_jobs: set[str], known_jobs: set[str]) -> list[str]:
+        """Delete own templates of jobs not live, of images no alias names, of another mode."""
         return self.templates.prune_unused(live_jobs) if self.local else []
+
+    def reap_owner(self, owner: str) -> list[str]:
+        """Delete the templates another owner left (a state dir gone for good)."""
+        return TemplateBook(self.api, self.config, owner).prune_all() if self.local else []
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker of this backend's project that carries container-compute labels."""
@@ -323,13 +323,17 @@ class LXDBackend:
         return sorted(workers, key=lambda w: w.name)
 
 
-def create_body(spec: WorkerSpec, source: dict[str, Any], pool: str) -> dict[str, Any]:
+def create_body(
+    spec: WorkerSpec, source: dict[str, Any], pool: str, owner: str = ""
+) -> dict[str, Any]:
     """The body of the instance create of a worker: labels, the job's limits and disks.
 
     Raises:
         LaunchError: when the job's disk size is not one.
     """
     config = {LABEL_JOB: spec.job_id, LABEL_STARTED: f"{time.time():.3f}"}
+    if owner:
+        config[LABEL_OWNER] = owner
     if spec.task_index != SPARE_TASK:  # a worker made ahead has no task yet
         config |= {LABEL_TASK: str(spec.task_index), LABEL_ATTEMPT: str(spec.attempt)}
     if spec.cpu:
@@ -387,7 +391,7 @@ def check_spec(spec: WorkerSpec) -> dict[str, str]:
         "RESULTS_DIR": RESULTS_DIR_IN_WORKER,
     }
     for key, value in spec.env.items():
-        if not _ENV_NAME_RE.match(key) or key in RESERVED_ENV:
+        if not ENV_NAME_RE.match(key) or key in SCRIPT_ENV:
             raise LaunchError(f"environment variable name {key!r} is not allowed")
         if "\0" in value:
             raise LaunchError(f"environment variable {key} contains a NUL byte")
@@ -431,6 +435,20 @@ def _remove_worker(api: LXDApi, name: str) -> bool:
             time.sleep(api.poll_seconds)  # a stop still running, or started again: again
 
 
+def boot_worker(api: LXDApi, name: str) -> None:
+    """Start a worker (one found running already, by a retry or a second call, is fine)."""
+
+    def start() -> None:
+        try:
+            api.wait_operation(api.client.api.instances[name].state.put(json={"action": "start"}))
+        except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+            record = None if is_transient(err) else api.instance(name)
+            if record is None or record.get("status") != "Running":
+                raise  # start() called twice or retried over a restart finds it running
+
+    api.retry(f"starting worker {name}", start)
+
+
 def _worker_info(record: dict[str, Any]) -> WorkerInfo | None:
     """The worker an instance record describes; None when it carries no labels."""
     config = record.get("config", {})
@@ -442,6 +460,7 @@ def _worker_info(record: dict[str, Any]) -> WorkerInfo | None:
         task_index=_int_or_none(config.get(LABEL_TASK)),
         attempt=_int_or_none(config.get(LABEL_ATTEMPT)),
         running=record.get("status") == "Running",
+        owner=config.get(LABEL_OWNER, ""),
     )
 
 

@@ -9,8 +9,7 @@ from typing import Any
 from ...constants import RESULTS_DIR_IN_WORKER
 from .api import LXDApi
 
-# The launcher and the wrapper set these; a job cannot.
-RESERVED_ENV = ("CC_COMMAND", "CC_WRAPPER", "CC_KEEP", "CC_MIN_FREE")
+# The names these scripts set are constants.SCRIPT_ENV; a job cannot set them.
 
 # Runs in the worker through exec; returns as soon as the wrapper is in the background.
 LAUNCHER = (
@@ -35,37 +34,38 @@ WRAPPER = (
 # The checks and wipe of a warm worker before its next task (``warm``). Exit codes: 3 a
 # process left behind, 4 a directory that cannot be wiped, 5 not empty after, 6 no room left
 # on /; else it goes on. Nothing but ``sleep`` forks before the process check is passed (a
-# subshell would count itself).
+# subshell would count itself). Its variables are cc_* (reserved): a job's env keeps its own.
 RECYCLE = (
     "cd / || exit 4\n"
     "cc_left() {\n"
-    "  for p in /proc/[0-9]*; do\n"
-    '    n=${p#/proc/}; [ "$n" = "$$" ] && continue\n'
-    '    case " $CC_KEEP " in *" $n "*) continue ;; esac\n'
+    "  for cc_p in /proc/[0-9]*; do\n"
+    '    cc_n=${cc_p#/proc/}; [ "$cc_n" = "$$" ] && continue\n'
+    '    case " $CC_KEEP " in *" $cc_n "*) continue ;; esac\n'
     # A zombie (Z) has ended already; init reaps it in its own time (busybox: within 1 s).
-    '    read -r stat < "$p/stat" 2>/dev/null || continue\n'
-    '    state=${stat##*) }; case "${state%% *}" in Z|X) ;; *) return 0 ;; esac\n'
+    '    read -r cc_stat < "$cc_p/stat" 2>/dev/null || continue\n'
+    '    cc_state=${cc_stat##*) }; case "${cc_state%% *}" in Z|X) ;; *) return 0 ;; esac\n'
     "  done\n"
     "  return 1\n"
     "}\n"
     # The task's wrapper may still be exiting: its processes get a moment (2 s) to go.
-    "i=0\n"
+    "cc_i=0\n"
     "while cc_left; do\n"
-    "  i=$((i + 1)); [ $i -gt 40 ] && exit 3\n"
+    "  cc_i=$((cc_i + 1)); [ $cc_i -gt 40 ] && exit 3\n"
     "  sleep 0.05 2>/dev/null || sleep 1\n"
     "done\n"
-    f"R={RESULTS_DIR_IN_WORKER}\n"
-    '[ -L "$R" ] || [ -L /tmp ] || [ -L /run ] || [ -L /run/cc ] && exit 4\n'
-    'rm -rf /run/cc "$R" || exit 4\n'
-    'mkdir -m 0755 "$R" || exit 4\n'
+    f"cc_r={RESULTS_DIR_IN_WORKER}\n"
+    '[ -L "$cc_r" ] || [ -L /tmp ] || [ -L /run ] || [ -L /run/cc ] && exit 4\n'
+    'rm -rf /run/cc "$cc_r" || exit 4\n'
+    'mkdir -m 0755 "$cc_r" || exit 4\n'
     "if [ -d /tmp ]; then (cd /tmp && rm -rf -- * .[!.]* ..?*) || exit 4;"
     " else mkdir -m 1777 /tmp || exit 4; fi\n"
-    'for f in /tmp/* /tmp/.[!.]* /tmp/..?* "$R"/* "$R"/.[!.]* "$R"/..?*; do\n'
-    '  [ -e "$f" ] || [ -L "$f" ] && exit 5\n'
+    'for cc_f in /tmp/* /tmp/.[!.]* /tmp/..?* "$cc_r"/* "$cc_r"/.[!.]* "$cc_r"/..?*; do\n'
+    '  [ -e "$cc_f" ] || [ -L "$cc_f" ] && exit 5\n'
     "done\n"
     "if command -v df >/dev/null 2>&1; then\n"
     "  df -kP / 2>/dev/null |\n"
-    '    { read -r _; read -r _ _ _ free _; [ "${free:-0}" -ge "$CC_MIN_FREE" ]; } || exit 6\n'
+    "    { read -r _; read -r _ _ _ cc_free _;"
+    ' [ "${cc_free:-0}" -ge "$CC_MIN_FREE" ]; } || exit 6\n'
     "fi\n"
 )
 # A warm worker's next task: the checks and the wipe, then the launcher.

@@ -34,6 +34,7 @@ from ...config import HostConfig
 from ...constants import (
     IDMAP_SIZE,
     LABEL_JOB,
+    LABEL_OWNER,
     LABEL_TEMPLATE,
     LABEL_TEMPLATE_JOB,
     LABEL_TEMPLATE_READY,
@@ -118,10 +119,14 @@ def free_block(
 class TemplateBook:
     """The templates of one project on the local daemon: found, made, and pruned."""
 
-    def __init__(self, api: LXDApi, config: HostConfig) -> None:
-        """Keep templates of ``api``'s project for workers of ``config``'s profile."""
+    def __init__(self, api: LXDApi, config: HostConfig, owner: str = "") -> None:
+        """Keep ``owner``'s templates of ``api``'s project for workers of ``config``'s profile.
+
+        Other owners' templates (another state dir on the same project) are never touched.
+        """
         self.api = api
         self.config = config
+        self.owner = owner
         self._lock = threading.Lock()
         self._making: dict[str, threading.Lock] = {}
         self._fingerprints: dict[str, tuple[float, str]] = {}
@@ -177,8 +182,10 @@ class TemplateBook:
 
     def name_for(self, fingerprint: str, job_id: str) -> str:
         """The template's name for this image (and job, when ids are isolated per job)."""
-        owner = job_id if self.isolated else self.mode()
-        return f"{TEMPLATE_NAME_PREFIX}{fingerprint[:12]}-{owner}"
+        if self.isolated:  # the job's id is unique to its owner already
+            return f"{TEMPLATE_NAME_PREFIX}{fingerprint[:12]}-{job_id}"
+        mine = f"-{self.owner}" if self.owner else ""
+        return f"{TEMPLATE_NAME_PREFIX}{fingerprint[:12]}-{self.mode()}{mine}"
 
     def source_for(self, image_source: dict[str, str], job_id: str) -> dict[str, Any]:
         """Return the ``source`` of a worker's create: a copy of its (ready) template.
@@ -209,6 +216,8 @@ class TemplateBook:
         if exists:
             self.delete(name)
         config = {LABEL_TEMPLATE: f"{self.mode()}:{fingerprint}"}
+        if self.owner:
+            config[LABEL_OWNER] = self.owner
         if self.isolated:
             config[LABEL_TEMPLATE_JOB] = job_id
             config["security.idmap.isolated"] = "true"
@@ -293,9 +302,22 @@ class TemplateBook:
         for record in records:
             config = record.get("config") or {}
             is_template = LABEL_TEMPLATE in config and LABEL_JOB not in config  # not a copy
-            if is_template and record["name"].startswith(TEMPLATE_NAME_PREFIX) and wanted(config):
+            mine = config.get(LABEL_OWNER, "") == self.owner
+            if (
+                is_template
+                and mine
+                and record["name"].startswith(TEMPLATE_NAME_PREFIX)
+                and wanted(config)
+            ):
                 names.append(record["name"])
         return names
+
+    def prune_all(self) -> list[str]:
+        """Delete every template of this book's owner; return their names."""
+        deleted = self._listed(lambda _config: True)
+        for name in deleted:
+            self.delete(name)
+        return deleted
 
     def prune_unused(self, live_jobs: set[str]) -> list[str]:
         """Delete templates of finished jobs, of another id mode, or of images no alias names.

@@ -10,6 +10,7 @@ Everything read from the worker is the task's to forge: whatever it holds become
 with a reason that says what was found (``parsing``), never an exception.
 """
 
+import errno
 import os
 import shutil
 import tempfile
@@ -279,7 +280,9 @@ class AttemptWatcher:
                 break
             try:
                 return gather_task(root, task_dir, cap_bytes, exit_code)
-            except OSError:
+            except OSError as err:
+                if host_side(err, task_dir):
+                    raise  # the host's disk, not the worker: an error for the engine to record
                 # The worker stopped meanwhile (its /proc/<pid>/root is gone): start again
                 # from the storage pool's rootfs, or through the files API.
                 _empty(task_dir)
@@ -292,6 +295,26 @@ class AttemptWatcher:
             report = gather_task(root, task_dir, cap_bytes, exit_code)
             report.skipped.extend(skipped)
             return report
+
+
+# What only writing on the host's side can fail with: gathering reads the worker.
+_HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def host_side(err: OSError, task_dir: Path) -> bool:
+    """Tell whether a gathering error came from the host (writing ``task_dir``), not the worker.
+
+    Only the worker's side going away (it stopped, its root is gone) means "read it another
+    way"; a full or failing disk on the host is an error of its own.
+    """
+    if err.errno in _HOST_ERRNOS:
+        return True
+    for name in (err.filename, err.filename2):
+        if isinstance(name, (str, bytes, os.PathLike)):
+            path = Path(os.fsdecode(name))
+            if path == task_dir or task_dir in path.parents:
+                return True
+    return False
 
 
 class AttemptJudge:

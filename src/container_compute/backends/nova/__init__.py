@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ...config import HostConfig
 from ...identity import CLOUDS_FILE_NAME, session_from_clouds_yaml
+from ...owner import owner_id
 from .backend import NovaBackend
 
 __all__ = ["NovaBackend", "open_nova_backend"]
@@ -23,4 +24,4 @@ def open_nova_backend(config: HostConfig, state_dir: Path) -> NovaBackend:
         identity.IdentityError: no credentials there (the message says how to get them).
     """
     session, region = session_from_clouds_yaml(state_dir / CLOUDS_FILE_NAME)
-    return NovaBackend(config, session, region)
+    return NovaBackend(config, session, region, owner=owner_id(state_dir))

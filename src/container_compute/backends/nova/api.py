@@ -6,6 +6,7 @@ network or zone is unknown, that a quota is exhausted, a server's fault.
 """
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,9 +16,11 @@ from keystoneauth1 import session as ks_session
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exceptions
 
+from ...constants import REDACTED
 from .. import LaunchError
 
 logger = logging.getLogger(__name__)
+_USER_DATA_RE = re.compile(r'(user_data"\s*:\s*")[^"]*')
 
 MICROVERSION = "2.87"
 CONNECT_RETRIES = 3  # soft-anti-affinity groups (2.64 form), nics='none' (2.37)
@@ -43,6 +46,21 @@ def describe_error(err: Exception) -> str:
     if isinstance(err, ks_exceptions.Unauthorized):
         return "keystone refused the saved credentials (see the unit's status)"
     return f"{type(err).__name__}: {err}"
+
+
+class _UserDataFilter(logging.Filter):
+    """Blank the user-data (it holds the job's environment) in the HTTP debug log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "user_data" in message:
+            record.msg, record.args = _USER_DATA_RE.sub(rf"\1{REDACTED}", message), ()
+        return True
+
+
+# keystoneauth logs each request and response body here at DEBUG (novaclient's ``logger``).
+http_logger = logging.getLogger(__name__ + ".http")
+http_logger.addFilter(_UserDataFilter())
 
 
 class NovaApi:
@@ -75,6 +93,7 @@ class NovaApi:
                 timeout=60,
                 # A pooled connection the API server closed meanwhile (keep-alive) resets.
                 connect_retries=CONNECT_RETRIES,
+                logger=http_logger,
             )
             self._local.client = client
         return client

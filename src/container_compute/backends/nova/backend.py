@@ -29,6 +29,7 @@ from .payload import ConsolePayload, PayloadState
 from .servers import (
     META_ATTEMPT,
     META_JOB,
+    META_OWNER,
     META_STARTED,
     META_TASK,
     ServerBoard,
@@ -58,9 +59,14 @@ class NovaBackend:
         session: Any,
         region: str = "",
         poll_seconds: float = 1.0,
+        owner: str = "",
     ) -> None:
-        """Use a keystoneauth1 session (see ``identity.session_from_clouds_yaml``)."""
+        """Use a keystoneauth1 session (see ``identity.session_from_clouds_yaml``).
+
+        ``owner``: the owner id its servers are labelled with (see owner.py).
+        """
         self.config = config
+        self.owner = owner
         self.api = NovaApi(session, region)
         self.board = ServerBoard(self.api, poll_seconds)
         self.poll_seconds = poll_seconds
@@ -117,7 +123,8 @@ class NovaBackend:
 
         Raises:
             LaunchError: an unknown flavor, image or network, user-data over Nova's limit, a
-                quota exceeded or any refusal of Nova (its message kept).
+                quota exceeded or any refusal of Nova (its message kept, with the values of
+                the job's environment redacted: Nova may echo the user-data).
         """
         name = spec.worker_name
         if self.board.by_name(name, force=True):
@@ -142,21 +149,28 @@ class NovaBackend:
             META_TASK: str(spec.task_index),
             META_ATTEMPT: str(spec.attempt),
             META_STARTED: f"{time.time():.3f}",
+            **({META_OWNER: self.owner} if self.owner else {}),
         }
         zone = options.get("availability_zone") or self.config.nova_availability_zone or None
-        self.api.call(
-            f"creating server {name}",
-            lambda: self.api.client.servers.create(
-                name,
-                image_id,
-                flavor,
-                meta=metadata,
-                userdata=text,
-                nics=nics,
-                availability_zone=zone,
-                scheduler_hints=hints,
-            ),
-        )
+        try:
+            self.api.call(
+                f"creating server {name}",
+                lambda: self.api.client.servers.create(
+                    name,
+                    image_id,
+                    flavor,
+                    meta=metadata,
+                    userdata=text,
+                    nics=nics,
+                    availability_zone=zone,
+                    scheduler_hints=hints,
+                ),
+            )
+        except LaunchError as err:  # no cause kept: Nova's answer may echo the user-data
+            raise LaunchError(payload.redact(str(err), spec, text)) from None
+        except Exception as err:
+            detail = f"creating server {name}: {type(err).__name__}: {err}"
+            raise LaunchError(payload.redact(detail, spec, text)) from None
         return name
 
     def _group(self, job_id: str) -> str:
@@ -198,6 +212,7 @@ class NovaBackend:
         outcome.started_at = started_at
         if follower.payload is not None and follower.payload.state == PayloadState.COMPLETE:
             self._gather(spec, follower.payload, task_dir, outcome)
+        outcome.detail = payload.redact(outcome.detail, spec)  # a fault or the console's end
         outcome.finished_at = time.time()
         return outcome
 
@@ -247,21 +262,25 @@ class NovaBackend:
                 task_index=_int_or_none(view.metadata.get(META_TASK)),
                 attempt=_int_or_none(view.metadata.get(META_ATTEMPT)),
                 running=view.status in ("ACTIVE", "BUILD"),
+                owner=view.metadata.get(META_OWNER, ""),
             )
             for view in self.board.refresh(force=True).values()
             if view.labelled
         ]
         return sorted(workers, key=lambda w: w.name)
 
-    def reap_extras(self, live_jobs: set[str]) -> list[str]:
-        """Delete the server groups of jobs that are not live; return their names."""
+    def reap_extras(self, live_jobs: set[str], known_jobs: set[str]) -> list[str]:
+        """Delete the server groups of known jobs that are not live; return their names.
+
+        A group of a job this state dir does not know is another owner's: left alone.
+        """
         deleted = []
         groups = self.api.call(
             "listing server groups", lambda: self.api.client.server_groups.list()
         )
         for group in groups:
             job = group.name[3:] if group.name.startswith("cc-") else None
-            if job is None or job in live_jobs:
+            if job is None or job in live_jobs or job not in known_jobs:
                 continue
             try:
                 self.api.client.server_groups.delete(group.id)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ...constants import RESULTS_DIR_IN_WORKER
+from ...constants import ENV_NAME_RE, REDACTED, RESULTS_DIR_IN_WORKER, SCRIPT_ENV, TASK_ENV
 from ...rendering import render
 from .. import WorkerSpec
 from ..gather import split_relative
@@ -33,7 +33,6 @@ from ..gather import split_relative
 TEMPLATE = "nova-task.sh.j2"
 LINGER_SECONDS = 1800
 NOVA_USER_DATA_LIMIT = 65535  # bytes of base64, Nova's limit
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESULT_RE = re.compile(
     r"^exit=(?P<exit>-?\d{1,20}) size=(?P<size>\d{1,20}) sha256=(?P<sha>[0-9a-f]{64}) "
     r"truncated=(?P<truncated>[01]) full=(?P<full>\d{1,20})$"
@@ -41,6 +40,9 @@ _RESULT_RE = re.compile(
 _BASE64_LINE_RE = re.compile(r"^[A-Za-z0-9+/=]*$")
 _OUTER_MEMBERS = ("stdout", "stderr", "exit_code", "results.tar")
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+REDACTED_USER_DATA = "<user-data>"
+_MIN_REDACTED_CHARS = 4  # a shorter value would blank out ordinary numbers and words
+_BASE64_RUN_RE = re.compile(r"[A-Za-z0-9+/]{16,}=*")
 
 
 class PayloadState(str, Enum):
@@ -78,7 +80,7 @@ def user_data(spec: WorkerSpec, cap_bytes: int, linger_seconds: int = LINGER_SEC
     """
     env = {"RESULTS_DIR": RESULTS_DIR_IN_WORKER, **spec.env}
     for key, value in env.items():
-        if not _ENV_NAME_RE.match(key):
+        if not ENV_NAME_RE.match(key) or key in SCRIPT_ENV:
             raise ValueError(f"environment variable name {key!r} is not allowed")
         if "\0" in value:
             raise ValueError(f"environment variable {key} contains a NUL byte")
@@ -92,6 +94,27 @@ def user_data(spec: WorkerSpec, cap_bytes: int, linger_seconds: int = LINGER_SEC
         cap=int(cap_bytes),
         linger=int(linger_seconds),
     )
+
+
+def redact(text: str, spec: WorkerSpec, script: str = "") -> str:
+    """Return ``text`` with the values of the job's environment replaced by ``<redacted>``.
+
+    For messages that may echo what Nova was sent: the task script ``script`` (user-data)
+    and any stretch of its base64 (how the request carries it) become ``<user-data>``; each
+    value, bare or shell-quoted, becomes ``<redacted>``. Names stay; so do the engine's own
+    variables (TASK_INDEX...) and values under 4 characters.
+    """
+    if script:
+        encoded = base64.b64encode(script.encode()).decode()
+        text = text.replace(script, REDACTED_USER_DATA)
+        text = _BASE64_RUN_RE.sub(
+            lambda run: REDACTED_USER_DATA if run.group() in encoded else run.group(), text
+        )
+    values = [v for k, v in spec.env.items() if k not in TASK_ENV]
+    forms = {f for v in values if len(v) >= _MIN_REDACTED_CHARS for f in (shlex.quote(v), v)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, REDACTED)
+    return text
 
 
 def user_data_size(text: str) -> int:

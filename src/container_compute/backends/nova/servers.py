@@ -22,6 +22,7 @@ META_JOB = "container-compute.job"
 META_TASK = "container-compute.task"
 META_ATTEMPT = "container-compute.attempt"
 META_STARTED = "container-compute.started"
+META_OWNER = "container-compute.owner"  # the state dir that made it (owner.py)
 DELETE_WAIT_SECONDS = 120.0
 DELETE_REQUESTS = 4  # a delete Nova failed (the server went to ERROR) is asked again
 
