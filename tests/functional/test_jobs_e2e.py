@@ -25,6 +25,7 @@ from container_compute.config import HostConfig
 from container_compute.jobs import results
 from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import GatherResultsParams, JobParams, LaunchJobParams
+from container_compute.owner import owner_id
 
 from ..unit.test_cli import INVALID, INVALID_ON_THIS_HOST
 from .conftest import lxd_daemon_down, lxd_daemon_process, no_workers_left, worker_names
@@ -247,7 +248,7 @@ def test_cancel_stops_and_deletes_workers(
 def test_reaper_deletes_workers_of_unknown_jobs(
     configured_host: HostConfig, state_dir: Path
 ) -> None:
-    backend = LXDBackend(configured_host)
+    backend = LXDBackend(configured_host, owner=owner_id(state_dir))  # a crashed engine's
     spec = WorkerSpec(
         job_id="jdeadbeef", task_index=0, attempt=1, image="busybox", command="sleep 300", env={}
     )
