@@ -414,8 +414,17 @@ def test_reaper_deletes_workers_of_no_live_attempt(tmp_path: Path) -> None:
 class NoProjectYet(FakeBackend):
     """An LXD backend on a host before configure-host: its project does not exist."""
 
+    reaped_extras = False
+
+    def job_finished(self, job_id: str) -> None:
+        pass
+
     def reap_extras(self, live_jobs: set[str], known_jobs: set[str]) -> list[str]:
+        self.reaped_extras = True
         raise RuntimeError("Project not found")
+
+    def reap_owner(self, owner: str) -> list[str]:
+        return []
 
 
 def test_a_backend_that_cannot_be_reaped_does_not_stop_the_others(tmp_path: Path) -> None:
@@ -435,6 +444,7 @@ def test_a_backend_that_cannot_be_reaped_does_not_stop_the_others(tmp_path: Path
     deleted = housekeeping.reap(engine)
 
     assert sorted(deleted) == ["cc-jdeadbeef-0-1", "cc-jfeedbeef-0-1"]
+    assert lxd.reaped_extras  # and that failure was met
     assert not nova.workers and not lxd.workers
     assert engine.ledger.job(job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
 

@@ -5,12 +5,13 @@ The same on the real LXD daemon: tests/functional/test_owners.py.
 
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from container_compute import actions, agent
-from container_compute.backends import WorkerInfo
+from container_compute.backends import SPARE_TASK, WorkerInfo, WorkerSpec
 from container_compute.constants import OWNER_FILE
 from container_compute.errors import ActionError
 from container_compute.jobs import housekeeping, runner
@@ -144,3 +145,52 @@ def test_the_reap_command_says_when_the_agent_holds_the_state_dir(
     assert "cc-jb-0-1" in capsys.readouterr().out and not backend.workers
     assert cli.main(["reap", "--state-dir", str(tmp_path), "--owner", "bad"]) == 1
     assert "owner: 'bad' is not an owner id" in capsys.readouterr().err
+
+
+def test_a_waiting_client_reaps_what_its_state_dir_left_before_it_lets_go(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    left = WorkerInfo("cc-jgone-s1", "jgone", None, None, True, backend.owner)  # e.g. a spare
+    backend.workers[left.name] = left
+    params = LaunchJobParams(command="true", tasks=2, wait=True)
+
+    result = actions.run_action("launch-job", params, make_config(), tmp_path)
+
+    assert result["state"] == "succeeded"
+    assert left.name in backend.deleted and not backend.workers
+
+
+def test_the_registry_follows_a_worker_from_hand_to_hand() -> None:
+    from container_compute.jobs.registry import Role, WorkerRegistry
+
+    registry = WorkerRegistry()
+    registry.hold("w1", "j1", Role.SPARE)
+    registry.hold_unless_held("w1", "j1", Role.DELETING)  # counted while made: still a spare
+    assert registry.role("w1") == Role.SPARE
+    registry.release("w1", Role.DELETING)
+    assert registry.role("w1") == Role.SPARE
+    registry.release("w1", Role.SPARE)
+    registry.hold("w1", "j1", Role.ATTEMPT)  # taken by an attempt
+    registry.hold("w1", "j1", Role.WARM)  # kept warm after it
+    registry.release("w1", Role.ATTEMPT)  # the attempt's thread ends: the pool holds it
+    assert registry.names(job_id="j1") == {"w1"} and registry.names(Role.ATTEMPT) == set()
+    registry.release("w1", Role.WARM)
+    assert registry.names() == set()
+
+
+def test_an_engine_holds_its_spares_ready_and_being_made(tmp_path: Path) -> None:
+    from .test_spare_workers import SpareBackend
+
+    backend = SpareBackend()
+    engine = make_engine(tmp_path, backend, max_parallel_workers=8)
+    engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2))
+    engine.keeper.spares.top_up(engine.ledger.jobs()[0], lambda n: _spare_spec(engine, n), 2)
+    end = time.monotonic() + 5
+    while len(backend.prepared) < 2 and time.monotonic() < end:
+        time.sleep(0.01)
+    assert backend.prepared and backend.prepared <= engine.held_workers()
+
+
+def _spare_spec(engine: Engine, name: str) -> "WorkerSpec":
+    job = engine.ledger.jobs()[0]
+    return engine.spec(job, SPARE_TASK, None, 0, (name, 0.0))

@@ -20,6 +20,7 @@ from container_compute.backends import (
 from container_compute.jobs import housekeeping
 from container_compute.jobs.model import JobState
 from container_compute.jobs.params import LaunchJobParams
+from container_compute.jobs.registry import Role
 
 from .fake_backend import FakeBackend, Plan, make_engine, run_until_done
 
@@ -207,9 +208,7 @@ class MakesASpareWhileListed(SpareBackend):
     def list_workers(self) -> list[WorkerInfo]:
         listed = super().list_workers()
         name = f"cc-{self.job_id}-snew1"
-        spares = self.engine.keeper.spares  # type: ignore[attr-defined]
-        with spares._lock:
-            spares._making.setdefault(self.job_id, set()).add(name)
+        self.engine.registry.hold(name, self.job_id, Role.SPARE)  # type: ignore[attr-defined]
         self.workers[name] = WorkerInfo(name, self.job_id, None, None, True, self.owner)
         return [*listed, self.workers[name]]
 

@@ -154,16 +154,30 @@ def hand_over(engine: Engine, lock: EngineLock) -> None:
         # Attempts that ended (a slot frees before its worker is deleted) may still be
         # deleting their workers: the process must not exit under them.
         engine.wait_deletions(timeout=HAND_OVER_DELETIONS_SECONDS)
+        reap_before_release(engine)
         lock.release()
         return
     atexit.register(engine.park)
 
     def release_after_drain() -> None:
         engine.drain(timeout=float(24 * 3600))
+        reap_before_release(engine)
         lock.release()
         atexit.unregister(engine.park)
 
     threading.Thread(target=release_after_drain, daemon=True, name="hand-over").start()
+
+
+def reap_before_release(engine: Engine) -> None:
+    """Delete what this state dir left (a spare made as its job ended) while the lock is held.
+
+    Whichever client ran a job, its workers go with it: no agent may be there to reap later.
+    """
+    try:
+        for name in housekeeping.reap(engine):
+            logger.info("reaped worker %s", name)
+    except Exception:  # the next engine's reaper tries again
+        logger.exception("could not reap before handing over")
 
 
 def gather_results(ledger: Ledger, params: GatherResultsParams, state_dir: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..constants import STATE_DIR, STATE_DIR_ENV
 from ..owner import owner_id
@@ -159,9 +159,43 @@ class Backend(Protocol):
         """Every worker of this backend that carries container-compute labels."""
         ...
 
-    # Optional (looked up with getattr): ``prepare(spec)`` makes a worker ahead of its task
-    # (task index SPARE_TASK); ``recycle(spec)``, ``job_finished(job_id)`` and
-    # ``reap_extras(live_jobs)`` serve warm workers and what a backend keeps per job.
+
+# What a backend may do besides (the engine asks ``isinstance(backend, ...)``).
+
+
+@runtime_checkable
+class MakesWorkersAhead(Protocol):
+    """Makes a worker before its task (spare workers, ``jobs/spares.py``)."""
+
+    def prepare(self, spec: WorkerSpec) -> None:
+        """Create and start the worker of ``spec`` (task index SPARE_TASK), no command yet."""
+        ...
+
+
+@runtime_checkable
+class ReusesWorkers(Protocol):
+    """Runs a job's tasks one after another in its warm workers (``jobs/warm.py``)."""
+
+    def recycle(self, spec: WorkerSpec) -> str:
+        """Whether the worker may take the job's next task: "" when it may, else why not."""
+        ...
+
+
+@runtime_checkable
+class KeepsPerJob(Protocol):
+    """Keeps things per job besides workers (LXD templates, Nova server groups)."""
+
+    def job_finished(self, job_id: str) -> None:
+        """Drop what was kept for a job that is over."""
+        ...
+
+    def reap_extras(self, live_jobs: set[str], known_jobs: set[str]) -> list[str]:
+        """Delete this owner's kept things of jobs not live; return their names."""
+        ...
+
+    def reap_owner(self, owner: str) -> list[str]:
+        """Delete what another owner (a state dir gone for good) kept; return their names."""
+        ...
 
 
 def open_backend(name: str, config: "HostConfig", state_dir: Path | None = None) -> Backend:

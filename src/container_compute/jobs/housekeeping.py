@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ..backends import Backend, FailureReason, TaskOutcome, WorkerInfo, WorkerSpec
+from ..backends import Backend, FailureReason, KeepsPerJob, TaskOutcome, WorkerInfo, WorkerSpec
 from ..config import HostConfig
 from ..owner import UNOWNED
 from . import results
@@ -174,12 +174,9 @@ def _reap_backend(engine: Engine, backend: Backend, live: set[str], known: set[s
                 deleted.append(worker.name)
         except Exception as err:  # one worker that resists must not stop the others
             logger.warning("could not reap worker %s: %s", worker.name, err)
-    extras: Callable[[set[str], set[str]], list[str]] | None = getattr(
-        backend, "reap_extras", None
-    )
-    if extras is not None:
+    if isinstance(backend, KeepsPerJob):
         try:
-            deleted += extras(live, known)
+            deleted += backend.reap_extras(live, known)
         except Exception as err:  # the workers reaped above still count
             logger.warning("could not reap what a backend keeps per job: %s", err)
     return deleted
@@ -201,9 +198,8 @@ def reap_owner(engine: Engine, owner: str) -> list[str]:
                             deleted.append(worker.name)
                     except Exception as err:  # one worker that resists must not stop the others
                         logger.warning("could not reap worker %s: %s", worker.name, err)
-            leftovers: Callable[[str], list[str]] | None = getattr(backend, "reap_owner", None)
-            if leftovers is not None:
-                deleted += leftovers("" if owner == UNOWNED else owner)
+            if isinstance(backend, KeepsPerJob):
+                deleted += backend.reap_owner("" if owner == UNOWNED else owner)
         except Exception as err:  # one backend that cannot be reaped must not stop the others
             logger.warning("could not reap backend %s: %s", name, err)
     return deleted

@@ -59,6 +59,7 @@ from .outcomes import (
 )
 from .params import LaunchJobParams
 from .private import FILE_MODE, private_dir, tighten_file
+from .registry import Role, WorkerRegistry
 from .submission import ImageCheck, JobSubmitter
 from .warm import WorkerKeeper
 
@@ -242,8 +243,9 @@ class AttemptThreads:
     running) to the next engine.
     """
 
-    def __init__(self) -> None:
-        """Track no thread yet."""
+    def __init__(self, registry: WorkerRegistry | None = None) -> None:
+        """Track no thread yet; the workers of attempts are recorded as held in ``registry``."""
+        self.registry = registry or WorkerRegistry()
         self._lock = threading.RLock()
         self._inflight: dict[tuple[str, int], threading.Thread] = {}
         self._deleting: dict[object, str] = {}  # (worker, attempt key) or worker -> job id
@@ -257,6 +259,7 @@ class AttemptThreads:
         with self._lock:
             self._inflight[key] = thread
             self._deleting[(worker, key)] = key[0]
+        self.registry.hold(worker, key[0], Role.ATTEMPT)
 
     def done(self, key: tuple[str, int]) -> None:
         """Record that the attempt of ``key`` is no longer followed (a slot is free)."""
@@ -268,17 +271,14 @@ class AttemptThreads:
         """Record that ``worker`` (no attempt's) is being deleted: wait_deletions waits."""
         with self._lock:
             self._deleting[worker] = job_id
+        self.registry.hold_unless_held(worker, job_id, Role.DELETING)  # e.g. a spare being made
 
     def deleted(self, worker: str, key: tuple[str, int] | None = None) -> None:
         """Record that ``worker`` (of the attempt of ``key``) is deleted, kept or reaped later."""
         with self._changed:
             self._deleting.pop(worker if key is None else (worker, key), None)
             self._changed.notify_all()
-
-    def workers(self) -> set[str]:
-        """Every worker an attempt holds (until deleted or kept warm), or being made/deleted."""
-        with self._lock:
-            return {str(key[0] if isinstance(key, tuple) else key) for key in self._deleting}
+        self.registry.release(worker, Role.DELETING if key is None else Role.ATTEMPT)
 
     def job_ids(self) -> set[str]:
         """Return the jobs whose attempts are followed."""
@@ -395,8 +395,7 @@ class Engine:
     ) -> None:
         """Set up an engine; nothing runs until ``step`` or ``run``.
 
-        ``image_exists(backend, image)`` defaults to the backend's ``image_exists`` method,
-        else to ``backends.lxd.image_exists``.
+        ``image_exists(backend, image)``: default, the backend's (else LXD's) image check.
         """
         self.state_dir = state_dir
         self.config = config
@@ -409,8 +408,9 @@ class Engine:
             state_dir, self.ledger, clock, backoff_base, backoff_cap
         )
         self._submitter = JobSubmitter(config, self.ledger, self.backend, image_exists)
-        self.threads = AttemptThreads()
-        self.keeper = WorkerKeeper(self.ledger, self.backend, self.threads)
+        self.registry = WorkerRegistry()  # every worker this engine holds (registry.py)
+        self.threads = AttemptThreads(self.registry)
+        self.keeper = WorkerKeeper(self.ledger, self.backend, self.threads, self.registry)
         self._lock = threading.RLock()
         self.stops = StopReasons(clock)
         self._resumed = False
@@ -435,7 +435,7 @@ class Engine:
 
     def held_workers(self) -> set[str]:
         """Every worker this engine holds now: its attempts', idle warm ones, spares."""
-        return self.threads.workers() | self.keeper.idle()
+        return self.registry.names()
 
     def inflight_count(self, job_id: str | None = None) -> int:
         """Return how many attempts this engine is running (of one job, or in all)."""

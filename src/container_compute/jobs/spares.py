@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ..backends import Backend, WorkerSpec
+from ..backends import Backend, MakesWorkersAhead, WorkerSpec
 from .ledger import JobRecord
+from .registry import Role, WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class SpareWorkers:
         backend_of: Callable[[str], Backend],
         deletions: Deletions,
         delete: Delete,
+        registry: WorkerRegistry | None = None,
         makers: int = MAKERS,
     ) -> None:
         """Make spares through the backends ``backend_of`` returns, delete them with ``delete``.
@@ -65,6 +67,7 @@ class SpareWorkers:
         self.backend_of = backend_of
         self.deletions = deletions
         self.delete = delete
+        self.registry = registry or WorkerRegistry()  # a spare is held from before it is made
         self._lock = threading.Lock()
         self._ready: dict[str, list[str]] = {}  # job -> spares ready, oldest first
         self._making: dict[str, set[str]] = {}  # job -> spares being made
@@ -83,16 +86,19 @@ class SpareWorkers:
         if job.params.get("placement"):
             return None  # a task's member depends on its index (round-robin, a member list)
         try:
-            prepare: Prepare | None = getattr(self.backend_of(job.backend), "prepare", None)
+            backend = self.backend_of(job.backend)
         except Exception:  # the backend cannot be opened: the attempts will say why
             return None
-        return prepare
+        return backend.prepare if isinstance(backend, MakesWorkersAhead) else None
 
     def take(self, job_id: str) -> str | None:
         """A ready spare of the job for an attempt (the oldest), or None."""
         with self._lock:
             ready = self._ready.get(job_id)
-            return ready.pop(0) if ready else None
+            spare = ready.pop(0) if ready else None
+        if spare is not None:
+            self.registry.release(spare, Role.SPARE)  # its attempt holds it from now on
+        return spare
 
     def give_back(self, job_id: str, name: str) -> bool:
         """An attempt that did not start returns its spare; False: the job is over (delete it)."""
@@ -100,6 +106,7 @@ class SpareWorkers:
             if job_id in self._closed:
                 return False
             self._ready.setdefault(job_id, []).insert(0, name)
+            self.registry.hold(name, job_id, Role.SPARE)
             return True
 
     def count(self, job_id: str | None = None) -> int:
@@ -155,6 +162,7 @@ class SpareWorkers:
                     self._todo[job.id] -= 1
                     name = f"cc-{job.id}-s{self._tag}{next(self._numbers)}"
                     self._making.setdefault(job.id, set()).add(name)
+                    self.registry.hold(name, job.id, Role.SPARE)
                 self.deletions.deleting(name, job.id)
                 self._make(job, prepare, spec_of(name))
         finally:
@@ -181,6 +189,8 @@ class SpareWorkers:
                 self._paused[job_id] = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
             elif not closed:
                 self._ready.setdefault(job_id, []).append(name)
+            if not made or closed:
+                self.registry.release(name, Role.SPARE)
         if made and closed:  # its job ended meanwhile
             self.delete(job.backend, name)
         self.deletions.deleted(name)
@@ -194,4 +204,7 @@ class SpareWorkers:
             self._closed.add(job_id)
             self._paused.pop(job_id, None)
             self._todo.pop(job_id, None)
-            return self._ready.pop(job_id, [])
+            ready = self._ready.pop(job_id, [])
+        for name in ready:
+            self.registry.release(name, Role.SPARE)
+        return ready

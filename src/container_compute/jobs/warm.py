@@ -18,9 +18,18 @@ import secrets
 import threading
 from collections.abc import Callable
 
-from ..backends import Backend, FailureReason, TaskOutcome, WorkerSpec, WorkerUnreachableError
+from ..backends import (
+    Backend,
+    FailureReason,
+    KeepsPerJob,
+    ReusesWorkers,
+    TaskOutcome,
+    WorkerSpec,
+    WorkerUnreachableError,
+)
 from .ledger import JobRecord, Ledger
 from .model import TaskState
+from .registry import Role, WorkerRegistry
 from .spares import Deletions, SpareWorkers
 
 logger = logging.getLogger(__name__)
@@ -43,8 +52,9 @@ REPLACED_AFTER = frozenset(
 class WarmPool:
     """Idle warm workers by job, and the names of new ones."""
 
-    def __init__(self) -> None:
-        """No job yet."""
+    def __init__(self, registry: WorkerRegistry | None = None) -> None:
+        """No job yet; idle workers are recorded as held in ``registry``."""
+        self.registry = registry or WorkerRegistry()
         self._lock = threading.Lock()
         self._idle: dict[str, list[str]] = {}
         self._closed: set[str] = set()
@@ -56,7 +66,9 @@ class WarmPool:
         with self._lock:
             idle = self._idle.get(job_id)
             if idle:
-                return idle.pop()
+                worker = idle.pop()
+                self.registry.release(worker, Role.WARM)  # its attempt holds it from now on
+                return worker
             return f"cc-{job_id}-w{self._tag}{next(self._numbers)}"
 
     def give_back(self, job_id: str, worker: str) -> bool:
@@ -65,13 +77,17 @@ class WarmPool:
             if job_id in self._closed:
                 return False
             self._idle.setdefault(job_id, []).append(worker)
+            self.registry.hold(worker, job_id, Role.WARM)
             return True
 
     def close(self, job_id: str) -> list[str]:
         """The job is over: return its idle workers (to delete); nothing is given back after."""
         with self._lock:
             self._closed.add(job_id)
-            return self._idle.pop(job_id, [])
+            idle = self._idle.pop(job_id, [])
+        for worker in idle:
+            self.registry.release(worker, Role.WARM)
+        return idle
 
     def jobs(self) -> list[str]:
         """The jobs that have idle workers."""
@@ -88,14 +104,19 @@ class WorkerKeeper:
     """Deletes the workers of ended attempts, or keeps them warm; releases finished jobs."""
 
     def __init__(
-        self, ledger: Ledger, backend_of: Callable[[str], Backend], deletions: Deletions
+        self,
+        ledger: Ledger,
+        backend_of: Callable[[str], Backend],
+        deletions: Deletions,
+        registry: WorkerRegistry | None = None,
     ) -> None:
-        """Work with the engine's ledger, backends and deletion count."""
+        """Work with the engine's ledger, backends, deletion count and worker registry."""
         self.ledger = ledger
         self.backend_of = backend_of
         self.deletions = deletions
-        self.pool = WarmPool()
-        self.spares = SpareWorkers(backend_of, deletions, self.delete_worker)
+        self.registry = registry or WorkerRegistry()
+        self.pool = WarmPool(self.registry)
+        self.spares = SpareWorkers(backend_of, deletions, self.delete_worker, self.registry)
         self._lock = threading.Lock()
         self._released: set[str] = set()
 
@@ -139,10 +160,9 @@ class WorkerKeeper:
             return False  # stopped, timed out, cancelled, out of memory, disk or processes
         if not self.ledger.task_counts(job.id)[TaskState.PENDING.value]:
             return False  # nothing left for it to run
-        recycle: Callable[[WorkerSpec], str] | None = getattr(
-            self.backend_of(job.backend), "recycle", None
-        )
-        why = recycle(spec) if recycle is not None else "the backend cannot reuse workers"
+        backend = self.backend_of(job.backend)
+        reuses = isinstance(backend, ReusesWorkers)
+        why = backend.recycle(spec) if reuses else "the backend cannot reuse workers"
         if why:
             logger.info("replacing warm worker %s: %s", spec.worker_name, why)
             return False
@@ -184,14 +204,12 @@ class WorkerKeeper:
                 return
             self._released.add(job.id)
         idle = self.pool.close(job.id) + self.spares.close(job.id)
-        job_finished: Callable[[str], None] | None = getattr(
-            self.backend_of(job.backend), "job_finished", None
-        )
+        backend = self.backend_of(job.backend)
 
         def finished() -> None:
-            if job_finished is not None:
+            if isinstance(backend, KeepsPerJob):
                 try:
-                    job_finished(job.id)
+                    backend.job_finished(job.id)
                 except Exception:  # the reaper removes it later
                     logger.exception("could not release what job %s kept", job.id)
 

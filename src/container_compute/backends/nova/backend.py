@@ -269,6 +269,13 @@ class NovaBackend:
         ]
         return sorted(workers, key=lambda w: w.name)
 
+    def job_finished(self, job_id: str) -> None:
+        """Nothing to drop at once: a finished job's server group goes at the next reap."""
+
+    def reap_owner(self, owner: str) -> list[str]:
+        """Nothing: server groups are named by job, reaped with the jobs the ledger knows."""
+        return []
+
     def reap_extras(self, live_jobs: set[str], known_jobs: set[str]) -> list[str]:
         """Delete the server groups of known jobs that are not live; return their names.
 
