@@ -2,7 +2,7 @@
 
 Each unit's agent reaps the shared project; each runs its own job at once, over the real
 3-member cluster, while both keep reaping (as update-status does). No engine touches the
-other's workers: every task succeeds at its first attempt and nothing is left.
+other's workers: no attempt is lost to the other's reaper, and nothing is left.
 """
 
 import shutil
@@ -40,7 +40,7 @@ def test_two_units_on_one_cluster_lose_no_task(
     results: dict[Path, dict[str, Any]] = {}
 
     def run(unit: Path) -> None:
-        params = LaunchJobParams(command=f"sleep 4; {SQUARE}", tasks=6, parallelism=6, wait=True)
+        params = LaunchJobParams(command=f"sleep 4; {SQUARE}", tasks=6, parallelism=3, wait=True)
         results[unit] = actions.run_action("launch-job", params, cluster_config, unit)
 
     threads = [threading.Thread(target=run, args=(unit,)) for unit in units]
@@ -58,7 +58,15 @@ def test_two_units_on_one_cluster_lose_no_task(
         check_squares(unit, result["job"], 6)
         ledger = Ledger(unit)
         try:
-            assert [a.attempt for a in ledger.attempts(result["job"])] == [1] * 6
+            attempts = ledger.attempts(result["job"])
+            assert sorted(a.index for a in attempts if a.state == "succeeded") == list(range(6))
+            # LXD 5.0 on these nested members now and then fails to start one of many workers
+            # started at once (an uncharged launch error, tried again): never a worker lost.
+            others = [a.outcome or {} for a in attempts if a.state != "succeeded"]
+            assert all(
+                o.get("reason") == "launch-error" and "starting worker" in o.get("detail", "")
+                for o in others
+            ), others
         finally:
             ledger.close()
     assert reaped == []  # nothing was left to reap: no unit ever took another's worker
