@@ -43,6 +43,7 @@ def backend(configured_host: HostConfig) -> Iterator[LXDBackend]:
     yield backend
     for worker in backend.list_workers():
         backend.delete(worker.name)
+    backend.reap_extras(live_jobs=set(), known_jobs=set())  # their templates
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,7 @@ def api_backend(configured_host: HostConfig) -> Iterator[LXDBackend]:
     yield backend
     for worker in backend.list_workers():
         backend.delete(worker.name)
+    backend.reap_extras(live_jobs=set(), known_jobs=set())  # their templates
 
 
 @pytest.fixture(params=["host", "api"])

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from container_compute.backends import FailureReason, WorkerSpec
 from container_compute.backends.lxd import LXDBackend
 from container_compute.config import HostConfig
-from container_compute.constants import IDMAP_SIZE, LABEL_TEMPLATE, TEMPLATE_NAME_PREFIX
+from container_compute.constants import IDMAP_SIZE, LABEL_OWNER, LABEL_TEMPLATE
 from container_compute.host import images
 from container_compute.lxdclient import connect
 from container_compute.rootfs import busybox_rootfs
@@ -20,7 +21,8 @@ from container_compute.rootfs import busybox_rootfs
 @pytest.fixture(scope="module")
 def backend(configured_host: HostConfig) -> Iterator[LXDBackend]:
     """A backend on the configured test project; its workers and templates go at the end."""
-    backend = LXDBackend(configured_host)
+    # An owner of its own: what other tests (other owners) left in the project is not seen.
+    backend = LXDBackend(configured_host, owner=f"o{secrets.token_hex(6)}")
     yield backend
     for worker in backend.list_workers():
         backend.delete(worker.name)
@@ -39,6 +41,16 @@ def _names(client: pylxd.Client) -> set[str]:
     """The instances of the client's project (pylxd's ``instances.all()`` garbles names)."""
     listing = client.api.instances.get(params={"recursion": "1"}).json()["metadata"]
     return {record["name"] for record in listing}
+
+
+def _templates_of(client: pylxd.Client, owner: str) -> set[str]:
+    """The templates ``owner`` made in the client's project."""
+    listing = client.api.instances.get(params={"recursion": "1"}).json()["metadata"]
+    return {
+        record["name"]
+        for record in listing
+        if LABEL_TEMPLATE in record["config"] and record["config"].get(LABEL_OWNER) == owner
+    }
 
 
 def _config(client: pylxd.Client, name: str) -> dict[str, str]:
@@ -73,13 +85,13 @@ def test_a_jobs_workers_share_its_id_range_and_jobs_differ(
         assert backend.delete(spec.worker_name) is True
     assert abs(int(bases[0]) - int(bases[2])) >= IDMAP_SIZE
 
-    templates = _names(client)
+    templates = _templates_of(client, backend.owner)
     assert templates == {
         backend.templates.name_for(backend.templates.fingerprint({"alias": "busybox"}), job)
         for job in ("tpla", "tplb")
     }
     backend.job_finished("tpla")  # its range is free again
-    left = _names(client)
+    left = _templates_of(client, backend.owner)
     assert left == templates - {n for n in templates if n.endswith("-tpla")}
 
 
@@ -109,7 +121,7 @@ def test_an_image_alias_moved_gets_a_new_template(
     outcome = backend.wait(_spec("tplc", 1, "tplimg"), tmp_path / "c1", _never)
     assert outcome.succeeded, outcome
     assert backend.delete("cc-tplc-1-1") is True
-    names = {name for name in _names(client) if name.startswith(TEMPLATE_NAME_PREFIX)}
+    names = _templates_of(client, backend.owner)
     assert backend.templates.name_for(second, "tplc") in names
 
     client.images.get(first).delete(wait=True)  # the old image is gone: its template goes
