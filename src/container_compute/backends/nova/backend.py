@@ -9,6 +9,7 @@ output (``gather.gather_task``: same tree, caps and path safety). A restarted ag
 servers again by their labels.
 """
 
+import contextlib
 import logging
 import tempfile
 import threading
@@ -270,7 +271,15 @@ class NovaBackend:
         return sorted(workers, key=lambda w: w.name)
 
     def job_finished(self, job_id: str) -> None:
-        """Nothing to drop at once: a finished job's server group goes at the next reap."""
+        """Delete the job's server group (``spread``) if this backend made or found one.
+
+        One it did not (another process ran the job) goes at the next reap.
+        """
+        with self._lock:
+            group_id = self._groups.pop(f"cc-{job_id}", None)
+        if group_id is not None:
+            with contextlib.suppress(nova_exceptions.NotFound):  # gone already
+                self.api.client.server_groups.delete(group_id)
 
     def reap_owner(self, owner: str) -> list[str]:
         """Nothing: server groups are named by job, reaped with the jobs the ledger knows."""
