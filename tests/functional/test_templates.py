@@ -133,7 +133,10 @@ def test_without_isolation_workers_share_one_template_and_map(
     configured_host: HostConfig, tmp_path: Path
 ) -> None:
     """Even while the profile still says isolated (configure-host not run again)."""
-    shared = LXDBackend(dataclasses.replace(configured_host, worker_idmap_isolated=False))
+    shared = LXDBackend(
+        dataclasses.replace(configured_host, worker_idmap_isolated=False),
+        owner=f"o{secrets.token_hex(6)}",
+    )
     client = connect(project=configured_host.lxd_project)
     specs = [_spec("tpld", 0), _spec("tple", 0)]
     try:
@@ -148,9 +151,9 @@ def test_without_isolation_workers_share_one_template_and_map(
         template = shared.templates.name_for(
             shared.templates.fingerprint({"alias": "busybox"}), ""
         )
-        assert template.endswith("-shared") and template in _names(client)
+        assert template.endswith(f"-shared-{shared.owner}") and template in _names(client)
     finally:
         for spec in specs:
             shared.delete(spec.worker_name)
-        # Another id mode than the project's: pruned.
-        shared.reap_extras(live_jobs=set(), known_jobs=set())
+        # Its mode is its owner's own: no reap of another owner prunes it, it goes here.
+        shared.templates.prune_all()
