@@ -378,3 +378,17 @@ def test_juju_results_are_printed_as_juju_does() -> None:
         "  b",
         'tasks: "4"',
     ]
+
+
+def test_the_test_script_refuses_an_unknown_environment_before_installing_anything() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        ["/bin/bash", str(REPO / "scripts" / "test"), "unit", "bogus"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "unknown test environment 'bogus'" in done.stderr
