@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from .config import HostConfig
-from .constants import AGENT_UNIT_NAME, AGENT_UNIT_PATH, STATE_DIR, STATE_DIR_ENV, SYSTEMCTL
+from .constants import AGENT_UNIT_NAME, AGENT_UNIT_PATH, STATE_DIR_ENV, SYSTEMCTL
 from .host import load_saved_config
 from .jobs import housekeeping
 from .jobs.runner import AGENT_ROLE, agent_alive, open_engine
 from .jobs.scheduler import Engine, EngineLock
+from .privatefiles import default_state_dir
 from .rendering import render
 
 __all__ = ["agent_alive", "install_service", "main", "remove_service", "run_agent"]
@@ -33,11 +34,6 @@ REAP_INTERVAL_SECONDS = 60.0
 DELETIONS_ON_STOP_SECONDS = 20.0
 PARK_SECONDS = 30.0
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
-
-
-def default_state_dir() -> Path:
-    """Return the state directory: $CONTAINER_COMPUTE_STATE_DIR or the package default."""
-    return Path(os.environ.get(STATE_DIR_ENV) or STATE_DIR)
 
 
 def load_config(state_dir: Path) -> HostConfig:

@@ -321,20 +321,14 @@ def _progress_printer(stream: TextIO) -> Callable[[str], None] | None:
 
 def _reap(args: argparse.Namespace, state_dir: Path) -> int:
     """``reap``: this state dir's leftovers, or (``--owner``) a state dir's gone for good."""
-    from .jobs.scheduler import EngineLock
     from .owner import owner_id
 
     config = agent.load_config(state_dir)
     result: dict[str, Any] = {"owner": args.owner or owner_id(state_dir)}
-    if not args.owner:
-        lock = EngineLock(state_dir)
-        if not lock.acquire():
-            result["reaped"] = []
-            result["note"] = "another engine (the agent) runs this state dir: it reaps its own"
-            _emit(result, args.format, sys.stdout)
-            return EXIT_OK
-        lock.release()
-    result["reaped"] = actions.reap(config, state_dir, owner=args.owner)
+    reaped = actions.try_reap(config, state_dir, owner=args.owner)
+    result["reaped"] = reaped or []
+    if reaped is None:
+        result["note"] = "another engine (the agent) runs this state dir: it reaps its own"
     _emit(result, args.format, sys.stdout)
     return EXIT_OK
 

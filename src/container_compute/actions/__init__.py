@@ -29,7 +29,7 @@ from . import job_actions
 from .images import BuildWorkerImageParams, build_worker_image
 from .job_actions import Progress, find_job
 
-__all__ = ["ACTION_PARAMS", "ActionError", "reap", "run_action"]
+__all__ = ["ACTION_PARAMS", "ActionError", "reap", "run_action", "try_reap"]
 
 ACTION_PARAMS: dict[str, tuple[type[ActionParams], str]] = {
     "launch-job": (
@@ -99,13 +99,20 @@ def run_action(
 def reap(config: HostConfig, state_dir: Path, owner: str = "") -> list[str]:
     """Delete this state dir's workers that nothing holds; return their names.
 
-    Nothing is done while another engine (the agent, a ``--wait`` client) holds the state
-    dir: it reaps its own, and only it knows the workers it is about to use. ``owner``: the
-    owner id of a state dir gone for good (or ``unowned``): delete every worker and template
-    it left, whatever this state dir holds.
+    ``owner``: the owner id of a state dir gone for good (or ``unowned``): delete every
+    worker and template it left, whatever this state dir holds. See ``try_reap``.
 
     Raises:
         ActionError: for an owner that is not an owner id, or is this state dir's own.
+    """
+    return try_reap(config, state_dir, owner) or []
+
+
+def try_reap(config: HostConfig, state_dir: Path, owner: str = "") -> list[str] | None:
+    """As ``reap``; None when another engine holds the state dir, and nothing was done.
+
+    That engine (the agent, a ``--wait`` client) reaps its own: only it knows the workers
+    it is about to use. A reap of another owner's leftovers needs no lock.
     """
     if owner:
         try:
@@ -114,19 +121,12 @@ def reap(config: HostConfig, state_dir: Path, owner: str = "") -> list[str]:
             raise ActionError(str(err)) from err
         if owner == owner_id(state_dir):
             raise ActionError(f"owner: {owner} is this state dir's own: reap without --owner")
-        engine = open_engine(config, state_dir)
-        try:
-            return housekeeping.reap_owner(engine, owner)
-        finally:
-            engine.ledger.close()
     lock = EngineLock(state_dir)
-    if not lock.acquire():
-        return []
+    if not owner and not lock.acquire():
+        return None
+    engine = open_engine(config, state_dir)
     try:
-        engine = open_engine(config, state_dir)
-        try:
-            return housekeeping.reap(engine)
-        finally:
-            engine.ledger.close()
+        return housekeeping.reap_owner(engine, owner) if owner else housekeeping.reap(engine)
     finally:
+        engine.ledger.close()
         lock.release()

@@ -8,15 +8,14 @@ the results into ``task_dir`` and returns the outcome; ``delete`` removes the wo
 works on a worker started by an earlier process too: that is how a restarted agent resumes.
 """
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ..constants import STATE_DIR, STATE_DIR_ENV
 from ..owner import owner_id
+from ..privatefiles import default_state_dir
 
 if TYPE_CHECKING:
     from ..config import HostConfig
@@ -209,7 +208,7 @@ def open_backend(name: str, config: "HostConfig", state_dir: Path | None = None)
         ValueError: for a backend this version cannot run.
         identity.IdentityError: nova without keystone credentials.
     """
-    directory = state_dir or Path(os.environ.get(STATE_DIR_ENV) or STATE_DIR)
+    directory = state_dir or default_state_dir()
     if name == "lxd":
         from .lxd import LXDBackend
 

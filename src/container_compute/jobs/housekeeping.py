@@ -161,19 +161,17 @@ def _reap_backend(engine: Engine, backend: Backend, live: set[str], known: set[s
     attempts = engine.ledger.attempts(state=ATTEMPT_RUNNING)
     running = {(a.job, a.index): a.attempt for a in attempts}
     busy = {a.worker for a in attempts} | engine.held_workers()
-    deleted: list[str] = []
-    for worker in listed:
-        if worker.name in busy:
-            continue
-        job = engine.ledger.job(worker.job_id) if worker.job_id else None
-        if job is not None and not job.state.finished and worker.task_index is not None:
-            if running.get((job.id, worker.task_index)) == worker.attempt:
-                continue
-        try:
-            if backend.delete(worker.name):
-                deleted.append(worker.name)
-        except Exception as err:  # one worker that resists must not stop the others
-            logger.warning("could not reap worker %s: %s", worker.name, err)
+    unused = [
+        worker.name
+        for worker in listed
+        if worker.name not in busy
+        and not (
+            worker.job_id in live
+            and worker.task_index is not None
+            and running.get((worker.job_id, worker.task_index)) == worker.attempt
+        )
+    ]
+    deleted = _delete_each(backend, unused)
     if isinstance(backend, KeepsPerJob):
         try:
             deleted += backend.reap_extras(live, known)
@@ -191,17 +189,26 @@ def reap_owner(engine: Engine, owner: str) -> list[str]:
     for name in reap_backends(engine):
         try:
             backend = engine.backend(name)
-            for worker in backend.list_workers():
-                if worker.owner == ("" if owner == UNOWNED else owner):
-                    try:
-                        if backend.delete(worker.name):
-                            deleted.append(worker.name)
-                    except Exception as err:  # one worker that resists must not stop the others
-                        logger.warning("could not reap worker %s: %s", worker.name, err)
+            label = "" if owner == UNOWNED else owner
+            deleted += _delete_each(
+                backend, [w.name for w in backend.list_workers() if w.owner == label]
+            )
             if isinstance(backend, KeepsPerJob):
-                deleted += backend.reap_owner("" if owner == UNOWNED else owner)
+                deleted += backend.reap_owner(label)
         except Exception as err:  # one backend that cannot be reaped must not stop the others
             logger.warning("could not reap backend %s: %s", name, err)
+    return deleted
+
+
+def _delete_each(backend: Backend, names: list[str]) -> list[str]:
+    """Delete these workers; return those deleted (one that resists never stops the others)."""
+    deleted = []
+    for name in names:
+        try:
+            if backend.delete(name):
+                deleted.append(name)
+        except Exception as err:
+            logger.warning("could not reap worker %s: %s", name, err)
     return deleted
 
 
