@@ -200,6 +200,11 @@ class ContainerComputeCharm(ops.CharmBase):
         action = event.handle.kind.removesuffix("_action").replace("_", "-")
         params_class, _description = ACTION_PARAMS[action]
         params = event.load_params(params_class, errors="fail")
+        try:
+            actions.check_action_wait(params)
+        except ValueError as err:
+            event.fail(str(err))
+            return
         config, config_error = self._load_config_or_error()
         if config is None:
             event.fail(f"invalid config: {config_error}")
@@ -212,8 +217,9 @@ class ContainerComputeCharm(ops.CharmBase):
         event.set_results(result)
 
     def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
-        """Set the unit's one status, highest priority first."""
-        event.add_status(self._unit_status())
+        """Add every status that holds; ops shows the most severe (blocked before waiting)."""
+        for status in self._unit_statuses():
+            event.add_status(status)
 
     # Helpers.
 
@@ -272,28 +278,35 @@ class ContainerComputeCharm(ops.CharmBase):
                 return user, relation.app.name if relation.app else "the principal"
         return None
 
-    def _unit_status(self) -> ops.StatusBase:
-        """Compute the unit's status: config, host problems, lxd user, job agent, else active."""
+    def _unit_statuses(self) -> list[ops.StatusBase]:
+        """Every status that holds: config, host, keystone, lxd user, clustering, agent, active.
+
+        ops shows the most severe, so a waiting status never hides a dead agent.
+        """
         config, config_error = self._load_config_or_error()
         if config is None:
-            return ops.BlockedStatus(f"invalid config: {config_error}")
+            return [ops.BlockedStatus(f"invalid config: {config_error}")]
+        statuses: list[ops.StatusBase] = []
         report = host.configure_host(config, dry_run=True)
         if report.problems:
-            return ops.BlockedStatus(_join_problems(report.problems))
+            statuses.append(ops.BlockedStatus(_join_problems(report.problems)))
         keystone = self._identity_status()
         if keystone is not None:
-            return keystone
+            statuses.append(keystone)
         missing = self._lxd_user_missing()
         if missing is not None:
             user, application = missing
-            return ops.WaitingStatus(f"waiting for user {user} to exist (from {application})")
+            statuses.append(
+                ops.WaitingStatus(f"waiting for user {user} to exist (from {application})")
+            )
         clustering = self._formation.view(config)
         if clustering.status is not None:
-            return clustering.status
+            statuses.append(clustering.status)
         if not agent.agent_alive(STATE_DIR):
-            return ops.BlockedStatus(AGENT_DOWN_MESSAGE)
+            statuses.append(ops.BlockedStatus(AGENT_DOWN_MESSAGE))
         summary = "; ".join(filter(None, (clustering.summary, report.summary)))
-        return ops.ActiveStatus(summary[:MAX_STATUS_LENGTH])
+        statuses.append(ops.ActiveStatus(summary[:MAX_STATUS_LENGTH]))
+        return statuses
 
 
 def _host_config(model: ops.Model) -> HostConfig:

@@ -17,6 +17,7 @@ from ops import testing
 import charm
 from container_compute.host import ClusterState, HostReport, TeardownReport
 from container_compute.host.cluster import ClusterMember
+from container_compute.jobs.params import check_action_wait
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB{}\n-----END CERTIFICATE-----\n"
 
@@ -140,6 +141,8 @@ class FakeActions:
     """actions: run_action returns ``result`` or raises ``error``; reap returns ``reaped``."""
 
     ActionError = FakeActionError
+    # Pure parameter logic: the real one.
+    check_action_wait = staticmethod(check_action_wait)
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []

@@ -428,7 +428,7 @@ def test_keystone_malformed_value_is_refused_naming_the_key(key: str, value: str
 VALID_PARAMS = {
     "launch-job": {"command": "echo $TASK_INDEX", "tasks": 4, "env": ["A=1"]},
     "job-status": {"job": "j-1"},
-    "wait-job": {"job": "j-1", "wait-timeout": "2h"},
+    "wait-job": {"job": "j-1", "wait-timeout": "10m"},
     "gather-results": {"job": "j-1", "indexes": "0-3,7"},
     "cancel-job": {"job": "j-1"},
     "list-jobs": {"limit": 5},
@@ -465,6 +465,45 @@ def test_action_success_passes_params_and_results_through(
     assert isinstance(config, HostConfig)
     assert ctx.action_results == library.actions.result
     assert ctx.action_logs == [f"running {action}"]
+
+
+@pytest.mark.parametrize(
+    ("action", "params"),
+    [
+        ("wait-job", {"job": "j-1"}),
+        ("wait-job", {"job": "j-1", "wait-timeout": "600s"}),
+        ("launch-job", {"command": "true", "wait": True}),
+        ("launch-job", {"command": "true", "wait-timeout": "2h"}),
+    ],
+)
+def test_action_waits_within_the_bound_run(
+    ctx: testing.Context, library: Library, action: str, params: dict[str, object]
+) -> None:
+    ctx.run(ctx.on.action(action, params=params), testing.State())
+
+    assert [name for name, _args in library.actions.calls] == ["run_action"]
+
+
+@pytest.mark.parametrize(
+    ("action", "params"),
+    [
+        ("wait-job", {"job": "j-1", "wait-timeout": "30m"}),
+        ("wait-job", {"job": "j-1", "wait-timeout": "601s"}),
+        ("launch-job", {"command": "true", "wait": True, "wait-timeout": "2h"}),
+    ],
+)
+def test_action_longer_wait_is_refused_naming_the_bound(
+    ctx: testing.Context, library: Library, action: str, params: dict[str, object]
+) -> None:
+    """A waiting action holds Juju's machine lock: never more than 10 minutes."""
+    with pytest.raises(testing.ActionFailed) as failure:
+        ctx.run(ctx.on.action(action, params=params), testing.State())
+
+    message = failure.value.message
+    assert message.startswith("wait-timeout: ")
+    assert "over the 10m a Juju action may wait" in message
+    assert "container-compute wait-job" in message
+    assert library.actions.calls == []
 
 
 @pytest.mark.parametrize("action", sorted(ACTION_PARAMS))
@@ -526,13 +565,15 @@ def test_action_with_invalid_config_fails_and_runs_nothing(
             {},
             [],
             set(),
-            False,
+            True,
             testing.WaitingStatus("waiting for user nova to exist (from nova-compute)"),
         ),
+        # A waiting status never hides a dead agent: ops shows the most severe status.
+        ({}, [], set(), False, testing.BlockedStatus(charm.AGENT_DOWN_MESSAGE)),
         ({}, [], {"nova"}, False, testing.BlockedStatus(charm.AGENT_DOWN_MESSAGE)),
         ({}, [], {"nova"}, True, testing.ActiveStatus("btrfs pool x; workers unprivileged")),
     ],
-    ids=["config", "host-problems", "lxd-user", "agent", "active"],
+    ids=["config", "host-problems", "lxd-user", "lxd-user-and-agent", "agent", "active"],
 )
 def test_status_priorities(
     ctx: testing.Context,

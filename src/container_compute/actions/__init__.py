@@ -20,6 +20,7 @@ from ..jobs.params import (
     LaunchJobParams,
     ListJobsParams,
     WaitJobParams,
+    check_action_wait,
 )
 from ..jobs.runner import open_engine
 from ..jobs.scheduler import EngineLock
@@ -29,7 +30,14 @@ from . import job_actions
 from .images import BuildWorkerImageParams, build_worker_image
 from .job_actions import Progress, find_job
 
-__all__ = ["ACTION_PARAMS", "ActionError", "reap", "run_action", "try_reap"]
+__all__ = [
+    "ACTION_PARAMS",
+    "ActionError",
+    "check_action_wait",
+    "reap",
+    "run_action",
+    "try_reap",
+]
 
 ACTION_PARAMS: dict[str, tuple[type[ActionParams], str]] = {
     "launch-job": (

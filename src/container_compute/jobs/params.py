@@ -24,6 +24,10 @@ MAX_RETRIES = 20
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_INPUT_BYTES = 64 * 1024
 MAX_WAIT_SECONDS = 24 * 3600
+# A Juju action that waits holds the machine lock (the principal's hooks wait for it): at most
+# this long. The CLI, which holds no lock, may wait up to MAX_WAIT_SECONDS.
+ACTION_MAX_WAIT_SECONDS = 600
+DEFAULT_WAIT = "10m"
 
 ROUND_ROBIN = "round-robin"
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -189,7 +193,9 @@ class LaunchJobParams(ActionParams):
     )
     wait: bool = param(False, "Return only when the job has finished, or wait-timeout has passed.")
     wait_timeout: str = param(
-        "30m", "Longest wait with wait=true (e.g. 30m, at most 24h); the job goes on after it."
+        DEFAULT_WAIT,
+        "Longest wait with wait=true (e.g. 5m; at most 10m in a Juju action, 24h with the "
+        "CLI); the job goes on after it, and the result says its state then.",
     )
     flavor: str = param(
         "", "backend=nova: Nova flavor (name or id). Empty: the nova-flavor option."
@@ -311,7 +317,9 @@ class WaitJobParams(ActionParams):
 
     job: str = param(description="Job id, as launch-job returned it.")
     wait_timeout: str = param(
-        "30m", "Longest wait (e.g. 30m, at most 24h); the job goes on after it."
+        DEFAULT_WAIT,
+        "Longest wait (e.g. 5m; at most 10m in a Juju action, 24h with the CLI); the job goes "
+        "on after it, and the result says its state then.",
     )
 
     def __post_init__(self) -> None:
@@ -324,6 +332,26 @@ class WaitJobParams(ActionParams):
     def wait_timeout_seconds(self) -> int:
         """Longest wait in seconds."""
         return parse_duration(self.wait_timeout)
+
+
+def check_action_wait(params: Any) -> None:
+    """Refuse a Juju action's wait over ACTION_MAX_WAIT_SECONDS (it holds the machine lock).
+
+    Raises:
+        ValueError: naming wait-timeout, the bound, and how to follow a longer job.
+    """
+    if isinstance(params, LaunchJobParams) and not params.wait:
+        return
+    if not isinstance(params, (LaunchJobParams, WaitJobParams)):
+        return
+    if params.wait_timeout_seconds > ACTION_MAX_WAIT_SECONDS:
+        fail(
+            "wait-timeout",
+            f"{params.wait_timeout!r} is over the {ACTION_MAX_WAIT_SECONDS // 60}m a Juju action "
+            "may wait (a waiting action holds the machine lock, so the principal's hooks wait "
+            "too); run wait-job again, or on the machine: container-compute wait-job --job ID "
+            "--wait-timeout 24h",
+        )
 
 
 @dataclass(frozen=True)
