@@ -96,9 +96,12 @@ class ContainerComputeCharm(ops.CharmBase):
             logger.error("host problem: %s", problem)
         if report.lxd_version:
             self.unit.set_workload_version(report.lxd_version)
-        host.save_config(config, STATE_DIR)
+        if host.save_config(config, STATE_DIR):
+            logger.info("saved the new config for the job agent")
         if agent.install_service(STATE_DIR):
             logger.info("job agent service installed or updated")
+        # New config or code (juju config, juju refresh) reaches the running agent in this hook.
+        logger.info("job agent: %s", agent.await_current(STATE_DIR, restart=True))
         for relation in self._lxd.relations:
             self._serve_lxd_relation(relation, config, host_changed=report.changed)
         address = self._formation.publish_identity(config)
@@ -266,18 +269,6 @@ class ContainerComputeCharm(ops.CharmBase):
 
         self._jobs.serve(run, actions.ActionError)
 
-    def _identity_status(self) -> ops.StatusBase | None:
-        """The identity-credentials relation's part of the status (None: nothing to say)."""
-        return identity_status(bool(self.model.relations[IDENTITY_ENDPOINT]))
-
-    def _lxd_user_missing(self) -> tuple[str, str] | None:
-        """Return (user, remote application) of an lxd relation whose user is not on the host."""
-        for relation in self._lxd.relations:
-            user = self._lxd.requested_user(relation)
-            if user is not None and not host.user_exists(user):
-                return user, relation.app.name if relation.app else "the principal"
-        return None
-
     def _unit_statuses(self) -> list[ops.StatusBase]:
         """Every status that holds: config, host, keystone, lxd user, clustering, agent, active.
 
@@ -290,10 +281,10 @@ class ContainerComputeCharm(ops.CharmBase):
         report = host.configure_host(config, dry_run=True)
         if report.problems:
             statuses.append(ops.BlockedStatus(_join_problems(report.problems)))
-        keystone = self._identity_status()
+        keystone = identity_status(bool(self.model.relations[IDENTITY_ENDPOINT]))
         if keystone is not None:
             statuses.append(keystone)
-        missing = self._lxd_user_missing()
+        missing = self._lxd.missing_user(host.user_exists)
         if missing is not None:
             user, application = missing
             statuses.append(

@@ -63,6 +63,14 @@ class LxdProvider:
             logger.error("%s sent an invalid user name %r on %s", unit.name, user, LXD_ENDPOINT)
         return None
 
+    def missing_user(self, exists: Callable[[str], bool]) -> tuple[str, str] | None:
+        """Return (user, remote application) of a relation whose user ``exists`` denies."""
+        for relation in self.relations:
+            user = self.requested_user(relation)
+            if user is not None and not exists(user):
+                return user, relation.app.name if relation.app else "the principal"
+        return None
+
     def publish_pool(self, relation: ops.Relation, pool: str) -> None:
         """Publish the storage pool nova-compute renders as ``[lxd] pool``."""
         relation.data[self._charm.unit][self.POOL] = pool

@@ -5,9 +5,18 @@ workers that belong to no live attempt, delete jobs past their retention. SIGTER
 launching and exits as soon as no thread is starting, committing or deleting a worker,
 leaving running workers to be adopted by the next engine (the next start, or a waiting
 ``launch-job --wait``).
+
+The agent runs one version: the saved host config and the library's code, each as a digest in
+``agent-version.json``. When either changes on disk (``juju config``, ``juju refresh``,
+``container-compute configure-host``, a new wheel), the agent stops the same way and executes
+itself again, so the new config and code apply to the jobs already running, which the new
+process adopts. A saved config that does not load is refused (logged) and the agent goes on.
 """
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -19,14 +28,22 @@ from pathlib import Path
 
 from .config import HostConfig
 from .constants import AGENT_UNIT_NAME, AGENT_UNIT_PATH, STATE_DIR_ENV, SYSTEMCTL
-from .host import load_saved_config
+from .host import SAVED_CONFIG_FILE, HostError, load_saved_config
 from .jobs import housekeeping
 from .jobs.runner import AGENT_ROLE, agent_alive, open_engine
 from .jobs.scheduler import Engine, EngineLock
-from .privatefiles import default_state_dir
+from .privatefiles import default_state_dir, write_private
 from .rendering import render
 
-__all__ = ["agent_alive", "install_service", "main", "remove_service", "run_agent"]
+__all__ = [
+    "AgentVersion",
+    "agent_alive",
+    "await_current",
+    "install_service",
+    "main",
+    "remove_service",
+    "run_agent",
+]
 
 logger = logging.getLogger("container_compute.agent")
 
@@ -34,6 +51,144 @@ REAP_INTERVAL_SECONDS = 60.0
 DELETIONS_ON_STOP_SECONDS = 20.0
 PARK_SECONDS = 30.0
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
+VERSION_FILE = "agent-version.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+CODE_SUFFIXES = (".py", ".j2")
+# How long a hook or configure-host waits for a running agent to take a new version: parking
+# its threads takes up to PARK_SECONDS, then the new process starts and beats.
+AWAIT_CURRENT_SECONDS = PARK_SECONDS + 45.0
+# How long a running agent has to take a new version by itself before systemd restarts it.
+SELF_RELOAD_SECONDS = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentVersion:
+    """What an agent runs: digests of the saved host config and of the library's code."""
+
+    config: str
+    code: str
+
+    @classmethod
+    def on_disk(cls, state_dir: Path) -> "AgentVersion":
+        """The version a new agent of ``state_dir`` would run now."""
+        return cls(config=_config_digest(state_dir), code=_code_digest())
+
+
+def _config_digest(state_dir: Path) -> str:
+    try:
+        text = (state_dir / SAVED_CONFIG_FILE).read_bytes()
+    except FileNotFoundError:
+        return "none"
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def _code_files() -> list[Path]:
+    return sorted(p for p in PACKAGE_DIR.rglob("*") if p.suffix in CODE_SUFFIXES)
+
+
+def _code_digest() -> str:
+    digest = hashlib.sha256()
+    for path in _code_files():
+        digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _disk_signature(state_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap to compute every pass: names, sizes and mtimes of the config and code files."""
+    paths = [state_dir / SAVED_CONFIG_FILE, *_code_files()]
+    found = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        found.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
+
+
+def running_version(state_dir: Path) -> AgentVersion | None:
+    """The version the agent of ``state_dir`` said it runs, or None (none said, or unreadable)."""
+    try:
+        data = json.loads((state_dir / VERSION_FILE).read_text())
+        return AgentVersion(config=str(data["config"]), code=str(data["code"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class VersionWatch:
+    """Tell the agent when the config or code on disk is no longer what it runs."""
+
+    def __init__(self, state_dir: Path) -> None:
+        """Note the version on disk as this process loads its config (before the lock)."""
+        self.state_dir = state_dir
+        self._signature = _disk_signature(state_dir)
+        self.running = AgentVersion.on_disk(state_dir)
+        self.new_version: AgentVersion | None = None
+        self._refused: AgentVersion | None = None
+
+    def start(self) -> None:
+        """Say in ``agent-version.json`` what this agent runs (it holds the engine lock now)."""
+        write_private(
+            self.state_dir / VERSION_FILE,
+            json.dumps({"pid": os.getpid(), **dataclasses.asdict(self.running)}) + "\n",
+        )
+
+    def check(self) -> bool:
+        """True (``new_version`` set) when config or code changed and the new config loads."""
+        signature = _disk_signature(self.state_dir)
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        found = AgentVersion.on_disk(self.state_dir)
+        if found in (self.running, self._refused):
+            return False
+        try:
+            load_saved_config(self.state_dir)
+        except HostError as err:
+            logger.error("the saved config changed but does not load; running on: %s", err)
+            self._refused = found
+            return False
+        self.new_version = found
+        return True
+
+
+def await_current(
+    state_dir: Path, timeout: float = AWAIT_CURRENT_SECONDS, *, restart: bool = False
+) -> str:
+    """Wait (bounded) until a running agent of ``state_dir`` runs the saved config on disk.
+
+    The agent takes a new version by itself within a pass or two. With ``restart`` (the charm:
+    its agent runs this very code, as the unit file it rendered says) the agent must run this
+    code too, and one that does not take the new version by itself (an agent older than this)
+    is restarted by systemd. Returns what happened, for the log: "no agent runs", "current",
+    "reloaded" or "stale".
+    """
+    if not agent_alive(state_dir):
+        return "no agent runs"
+    wanted = AgentVersion.on_disk(state_dir)
+
+    def current() -> bool:
+        running = running_version(state_dir)
+        return running is not None and (
+            running == wanted if restart else running.config == wanted.config
+        )
+
+    if current():
+        return "current"
+    end = time.monotonic() + timeout
+    deadline_alone = time.monotonic() + SELF_RELOAD_SECONDS
+    restarted = not (restart and SYSTEMD_RUN_DIR.is_dir())
+    while time.monotonic() < end:
+        if current() and agent_alive(state_dir):
+            return "reloaded"
+        if not restarted and time.monotonic() >= deadline_alone:
+            subprocess.run(
+                [SYSTEMCTL, "restart", AGENT_UNIT_NAME], check=True, capture_output=True
+            )
+            restarted = True
+        time.sleep(0.5)
+    return "stale"
 
 
 def load_config(state_dir: Path) -> HostConfig:
@@ -99,8 +254,12 @@ def run_agent(
     poll: float = 2.0,
     stop: threading.Event | None = None,
     reap_interval: float = REAP_INTERVAL_SECONDS,
+    watch: VersionWatch | None = None,
 ) -> Engine:
     """Run the agent loop until ``stop`` is set (or, with ``once``, no job is active).
+
+    With a ``watch``, the loop also ends when the saved config or the code changed on disk
+    (``watch.new_version`` says to what): the caller executes the agent again.
 
     A pass that fails (the ledger's disk full, a backend error the engine did not expect)
     is logged and tried again at the next pass: it never ends the agent.
@@ -112,9 +271,14 @@ def run_agent(
         if stop.wait(1.0):
             return open_engine(config, state_dir)
     engine = open_engine(config, state_dir)
+    if watch is not None:
+        watch.start()
     last_reap = 0.0
     try:
         while not stop.is_set():
+            if watch is not None and watch.check():
+                logger.info("config or code changed: handing running jobs to a new agent")
+                break
             try:
                 engine.ledger.heartbeat(os.getpid(), AGENT_ROLE)
                 active = engine.step()
@@ -189,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    watch = None if args.once else VersionWatch(args.state_dir)
     config = load_config(args.state_dir)
     stop = threading.Event()
 
@@ -205,7 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         poll=args.poll,
         stop=stop,
         reap_interval=args.reap_interval,
+        watch=watch,
     )
+    if watch is not None and watch.new_version is not None and not stop.is_set():
+        again = [sys.executable, "-m", "container_compute.agent"]
+        again += sys.argv[1:] if argv is None else argv
+        logger.info("executing the agent again: %s", " ".join(again))
+        logging.shutdown()
+        os.execv(sys.executable, again)  # noqa: S606 (this interpreter, an argument list)
     return 0
 
 

@@ -372,8 +372,13 @@ def _configure_host(args: argparse.Namespace, state_dir: Path) -> int:
         for problem in report.problems:
             sys.stderr.write(f"problem: {problem}\n")
         return EXIT_ACTION_FAILED
-    if not args.dry_run:
-        host.save_config(config, state_dir)
+    if not args.dry_run and host.save_config(config, state_dir):
+        # An agent running on this state dir takes the new config before we return.
+        outcome = agent.await_current(state_dir)
+        if outcome == "reloaded":
+            sys.stderr.write("job agent: now runs with the new config\n")
+        elif outcome == "stale":
+            sys.stderr.write("job agent: still runs with the previous config; see its log\n")
     return 0
 
 

@@ -183,6 +183,12 @@ class FakeAgent:
         self.calls.append(("install_service", state_dir))
         return True
 
+    def await_current(
+        self, state_dir: Path, timeout: float = 75.0, *, restart: bool = False
+    ) -> str:
+        self.calls.append(("await_current", (state_dir, restart)))
+        return "current"
+
     def agent_alive(self, state_dir: Path) -> bool:
         return self.alive
 

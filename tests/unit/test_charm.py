@@ -72,7 +72,7 @@ def our_data(state: testing.State, relation: testing.RelationBase) -> dict[str, 
             ],
         ),
         ("actions", FakeActions, ["run_action", "reap"]),
-        ("agent", FakeAgent, ["install_service", "agent_alive"]),
+        ("agent", FakeAgent, ["install_service", "await_current", "agent_alive"]),
     ],
 )
 def test_fakes_have_the_real_library_signatures(module: str, fake: type, names: list[str]) -> None:
@@ -110,7 +110,11 @@ def test_host_event_configures_host_saves_config_and_installs_agent(
     assert len(applied) == 1
     assert applied[0][0].storage_driver == "dir"
     assert library.host.named("save_config") == [(applied[0][0], library.state_dir)]
-    assert library.agent.calls == [("install_service", library.state_dir)]
+    # The running agent takes the new config and code within the hook (restarted if needed).
+    assert library.agent.calls == [
+        ("install_service", library.state_dir),
+        ("await_current", (library.state_dir, True)),
+    ]
     assert out.unit_status == testing.ActiveStatus(library.host.summary)
 
 
