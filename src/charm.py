@@ -78,6 +78,8 @@ class ContainerComputeCharm(ops.CharmBase):
         framework.observe(keystone.relation_changed, self._on_identity_relation)
         framework.observe(keystone.relation_broken, self._on_identity_relation_broken)
         framework.observe(self._jobs.provides.on.jobs_requested, self._on_jobs_requested)
+        framework.observe(cluster.relation_departed, self._on_jobs_requested)
+        framework.observe(self.on.leader_elected, self._on_jobs_requested)
         for action in ACTION_PARAMS:
             framework.observe(self.on[action].action, self._on_action)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
@@ -109,7 +111,7 @@ class ContainerComputeCharm(ops.CharmBase):
         self._request_identity(config)
 
     def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
-        """Delete workers that belong to no live job."""
+        """Delete workers that belong to no live job; keep clustering and compute-jobs current."""
         config = self._load_config()
         if config is None:
             return
@@ -117,13 +119,12 @@ class ContainerComputeCharm(ops.CharmBase):
             reaped = actions.reap(config, STATE_DIR)
         except actions.ActionError as err:
             logger.warning("reaper could not run: %s", err)
-            return
+            reaped = []
         if reaped:
             logger.info("reaped %d orphaned workers: %s", len(reaped), ", ".join(reaped))
         if config.lxd_cluster or self.unit.is_leader():
             self._formation.reconcile(config, self._formation.publish_identity(config))
-        if self.unit.is_leader():
-            self._serve_compute_jobs(config)
+        self._serve_compute_jobs(config)
 
     def _on_stop(self, _: ops.StopEvent) -> None:
         """Stop and remove the job agent: nothing launches once the unit is going away."""
@@ -192,11 +193,12 @@ class ContainerComputeCharm(ops.CharmBase):
         if removed:
             logger.info("keystone credentials removed (%s)", ", ".join(removed))
 
-    def _on_jobs_requested(self, _: ops.RelationEvent) -> None:
-        """A requirer changed its compute-jobs requests: run the new ones, report on all."""
+    def _on_jobs_requested(self, event: ops.EventBase) -> None:
+        """Requests changed, a peer left or leadership moved: serve compute-jobs again."""
+        departing = event.departing_unit if isinstance(event, ops.RelationDepartedEvent) else None
         config = self._load_config()
         if config is not None:
-            self._serve_compute_jobs(config)
+            self._serve_compute_jobs(config, departing)
 
     def _on_action(self, event: ops.ActionEvent) -> None:
         """Every action: typed params and config to the library's run_action, results back."""
@@ -261,13 +263,13 @@ class ContainerComputeCharm(ops.CharmBase):
         """Ask Keystone for the configured service user (and project) on every relation."""
         self._identity.request(config.keystone_username, config.keystone_project)
 
-    def _serve_compute_jobs(self, config: HostConfig) -> None:
-        """Launch compute-jobs requests not yet run; refresh unfinished jobs' reports (leader)."""
+    def _serve_compute_jobs(self, config: HostConfig, departing: ops.Unit | None = None) -> None:
+        """Leader: launch new requests, mark departed units' jobs lost; all: refresh own jobs."""
 
         def run(action: str, params: object) -> dict[str, Any]:
             return actions.run_action(action, params, config, STATE_DIR)
 
-        self._jobs.serve(run, actions.ActionError)
+        self._jobs.serve(run, actions.ActionError, departing)
 
     def _unit_statuses(self) -> list[ops.StatusBase]:
         """Every status that holds: config, host, keystone, lxd user, clustering, agent, active.

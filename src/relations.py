@@ -9,9 +9,12 @@ sent, what we publish. The charm passes that data to the library; nothing here c
 - ``IdentityRequirer`` (``identity-credentials``, interface ``keystone-credentials``): we ask
   for a service user; the keystone leader answers credentials in its unit databag.
 - ``compute-jobs`` is served by the charm library ``charms.container_compute.v0.compute_jobs``
-  (lib/); ``launch_params`` turns a request into the launch-job action's own params class.
+  (lib/) through ``ComputeJobsServer``: the leader launches requests and publishes which unit
+  runs each; every unit reports the jobs it runs. ``launch_params`` turns a request into the
+  launch-job action's own params class.
 """
 
+import dataclasses
 import logging
 import re
 import uuid
@@ -19,7 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 import ops
-from charms.container_compute.v0.compute_jobs import ComputeJobsProvides, JobReport, JobRequest
+from charms.container_compute.v0.compute_jobs import (
+    LOST,
+    ComputeJobsProvides,
+    JobReport,
+    JobRequest,
+)
 
 from container_compute import identity
 from container_compute.constants import (
@@ -31,6 +39,9 @@ from container_compute.constants import (
 from container_compute.jobs.params import JobParams, LaunchJobParams
 
 logger = logging.getLogger(__name__)
+
+# How job-status (the job actions' find_job) says a job is gone from this host's ledger.
+JOB_GONE = "job {job} does not exist"
 
 # A user name another charm may ask us to add to the lxd group (POSIX portable, no leading '-').
 _USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -195,47 +206,115 @@ RunAction = Callable[[str, Any], dict[str, Any]]
 
 
 class ComputeJobsServer:
-    """Our side of ``compute-jobs``: requests launched as jobs, their reports kept current."""
+    """Our side of ``compute-jobs``: the leader launches requests, each unit reports its jobs.
+
+    A job runs on the unit that launched it (the leader of that moment) and that unit keeps its
+    report current in its own unit databag, leader or not. The leader's assignments say which
+    unit runs each request; a unit that left for good leaves its jobs ``lost``.
+    """
 
     def __init__(self, charm: ops.CharmBase) -> None:
         """Serve the charm's compute-jobs relations through the charm library."""
         self._charm = charm
         self.provides = ComputeJobsProvides(charm, COMPUTE_JOBS_ENDPOINT)
 
-    def serve(self, run_action: RunAction, refused: type[Exception]) -> None:
-        """Launch requests not yet run and refresh unfinished jobs, with ``run_action``.
+    def serve(
+        self, run_action: RunAction, refused: type[Exception], departing: ops.Unit | None = None
+    ) -> None:
+        """Leader: launch new requests, mark jobs of departed units lost. Every unit: refresh.
 
-        ``refused`` is the exception ``run_action`` raises when it cannot do something; it
-        becomes the request's error entry, like an invalid request.
+        ``refused`` is the exception ``run_action`` raises when it cannot do something: for a
+        launch it becomes the request's error entry, like an invalid request; for job-status
+        the last report is kept. ``departing`` is a peer leaving now (this unit: launch nothing).
         """
+        unit = self._charm.unit
+        leading = unit.is_leader() and departing != unit
         for relation in self.provides.relations:
-            reports = self.provides.published(relation)
-            for request_id, raw in self.provides.requests(relation).items():
-                known = reports.get(request_id)
-                if known is not None and known.finished:
-                    continue
-                try:
-                    reports[request_id] = self._report(run_action, raw, known)
-                except (ValueError, refused) as err:
-                    reports[request_id] = JobReport(error=str(err))
-            self.provides.publish(relation, reports)
+            mine = self.provides.unit_reports(relation)
+            if leading:
+                self._assign(relation, mine, run_action, refused, departing)
+            self._refresh(mine, run_action, refused)
+            self.provides.report(relation, mine)
 
-    def _report(self, run_action: RunAction, raw: object, known: JobReport | None) -> JobReport:
-        """Launch a new request, or read the state of its job."""
-        if known is None:
-            launched = run_action("launch-job", launch_params(raw))
-            logger.info("compute-jobs: launched job %s", launched["job"])
-            job, results_dir = launched["job"], launched["results-dir"]
-        else:
-            job, results_dir = known.job, known.results_dir
-        status = run_action("job-status", JobParams(job=job))
-        return JobReport(
-            job=job,
-            state=status["state"],
-            tasks=status["tasks"],
-            counts=status["counts"],
-            completed_indexes=status["completed-indexes"],
-            failed_indexes=status["failed-indexes"],
-            results_dir=results_dir,
-            host=self._charm.unit.name,
-        )
+    def _assign(
+        self,
+        relation: ops.Relation,
+        mine: dict[str, JobReport],
+        run_action: RunAction,
+        refused: type[Exception],
+        departing: ops.Unit | None,
+    ) -> None:
+        """Launch each request not yet assigned (here); mark lost the jobs of departed units."""
+        assignments = self.provides.assignments(relation)
+        self._adopt(assignments, mine)
+        problem = self.provides.version_error(relation)
+        if problem is not None:
+            logger.error("compute-jobs: %s: its requests are refused", problem)
+        for request_id, raw in self.provides.requests(relation).items():
+            if problem is not None or request_id in assignments:
+                continue
+            try:
+                launched = run_action("launch-job", launch_params(raw))
+            except (ValueError, refused) as err:
+                assignments[request_id] = JobReport(error=str(err))
+                continue
+            logger.info("compute-jobs: launched job %s for %s", launched["job"], request_id)
+            mine[request_id] = assignments[request_id] = JobReport(
+                job=launched["job"], results_dir=launched["results-dir"], host=self._unit_name
+            )
+        self._mark_lost(assignments, departing)
+        self.provides.publish(relation, assignments)
+
+    def _adopt(self, assignments: dict[str, JobReport], mine: dict[str, JobReport]) -> None:
+        """Take over the reports of our jobs a LIBPATCH 1 leader published as assignments."""
+        for request_id, assigned in assignments.items():
+            legacy = assigned.state not in ("", LOST) and not assigned.error
+            if legacy and assigned.host == self._unit_name:
+                mine.setdefault(request_id, assigned)
+                assignments[request_id] = JobReport(
+                    job=assigned.job, results_dir=assigned.results_dir, host=assigned.host
+                )
+
+    def _mark_lost(self, assignments: dict[str, JobReport], departing: ops.Unit | None) -> None:
+        """Mark lost the jobs whose host is neither this unit nor a peer (peers known)."""
+        peers = self._charm.model.get_relation(CLUSTER_ENDPOINT)
+        if peers is None:
+            return  # no peer relation (yet, or this unit is going): who is alive is unknown
+        alive = {self._unit_name} | {u.name for u in peers.units if u != departing}
+        for request_id, assigned in assignments.items():
+            if assigned.finished or not assigned.host or assigned.host in alive:
+                continue
+            assignments[request_id] = assigned.host_left()
+            logger.warning("compute-jobs: %s: %s", request_id, assignments[request_id].reason)
+
+    def _refresh(
+        self, mine: dict[str, JobReport], run_action: RunAction, refused: type[Exception]
+    ) -> None:
+        """Read the state of every unfinished job this unit runs; keep the last on failure."""
+        for request_id, known in mine.items():
+            if known.finished or not known.job:
+                continue
+            try:
+                status = run_action("job-status", JobParams(job=known.job))
+            except refused as err:
+                if not str(err).startswith(JOB_GONE.format(job=known.job)):
+                    logger.warning("compute-jobs: job %s not refreshed: %s", known.job, err)
+                    continue
+                reason = f"job {known.job} is no longer on {self._unit_name}: {err}"
+                logger.warning("compute-jobs: %s: %s", request_id, reason)
+                mine[request_id] = dataclasses.replace(known, state=LOST, reason=reason)
+                continue
+            mine[request_id] = JobReport(
+                job=known.job,
+                state=status["state"],
+                tasks=status["tasks"],
+                counts=status["counts"],
+                completed_indexes=status["completed-indexes"],
+                failed_indexes=status["failed-indexes"],
+                results_dir=known.results_dir,
+                host=self._unit_name,
+            )
+
+    @property
+    def _unit_name(self) -> str:
+        return self._charm.unit.name

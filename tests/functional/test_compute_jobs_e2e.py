@@ -1,5 +1,9 @@
-"""A compute-jobs request from a requirer charm really runs on LXD, through the charm library."""
+"""A compute-jobs request from a requirer charm really runs on LXD, through the charm library.
 
+The unit that launched it keeps reporting it after leadership moved to another unit.
+"""
+
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -49,28 +53,36 @@ def test_a_requirers_request_runs_on_lxd_and_it_hears_the_end(
     relation = testing.Relation(
         "compute-jobs",
         remote_app_name="portal",
-        remote_app_data={"requests": json.dumps(requests)},
+        remote_app_data={"version": "1", "requests": json.dumps(requests)},
     )
+    peers = testing.PeerRelation("cluster", peers_data={1: {}})
     provider = testing.Context(charm.ContainerComputeCharm)
-    state = testing.State(leader=True, config=config, relations={relation})
+    state = testing.State(leader=True, config=config, relations={relation, peers})
 
     state = provider.run(provider.on.relation_changed(relation), state)
-    launched = json.loads(state.get_relation(relation.id).local_app_data["jobs"])
-    assert launched["broken"] == {"error": "tasks: -2 is not between 0 and 100000"}
-    job_id = launched["squares"]["job"]
-    assert launched["squares"]["state"] in ("queued", "running")
+    assigned = json.loads(state.get_relation(relation.id).local_app_data["jobs"])
+    assert assigned["broken"] == {"error": "tasks: -2 is not between 0 and 100000"}
+    assert assigned["squares"]["host"] == "container-compute/0"
+    job_id = assigned["squares"]["job"]
+    mine = json.loads(state.get_relation(relation.id).local_unit_data["jobs"])
+    assert mine["squares"]["state"] in ("queued", "running")
 
+    # Leadership moves to unit 1 while the job runs here; this unit still reports its job.
+    state = dataclasses.replace(state, leader=False)
     engine = runner.open_engine(configured_host, charm_state_dir)
     assert engine.run(job_id=job_id, poll=0.2, until=None) is True
     engine.ledger.close()
     state = provider.run(provider.on.update_status(), state)
-    published = state.get_relation(relation.id).local_app_data["jobs"]
-    report = json.loads(published)["squares"]
+    provider_relation = state.get_relation(relation.id)
+    report = json.loads(provider_relation.local_unit_data["jobs"])["squares"]
     assert report["state"] == "succeeded" and report["completed-indexes"] == "0-2"
 
     requirer = testing.Context(PortalCharm, meta=REQUIRER_META, actions=REQUIRER_ACTIONS)
     seen = testing.Relation(
-        "compute-jobs", remote_app_name="worker", remote_app_data={"jobs": published}
+        "compute-jobs",
+        remote_app_name="container-compute",
+        remote_app_data=dict(provider_relation.local_app_data),
+        remote_units_data={0: dict(provider_relation.local_unit_data)},
     )
     with requirer(requirer.on.relation_changed(seen), testing.State(relations={seen})) as run:
         run.run()

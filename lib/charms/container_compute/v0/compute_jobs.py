@@ -3,9 +3,10 @@
 A charm that needs computations run (a workflow engine, a science portal, a CI runner) relates
 to container-compute and asks for jobs: N tasks of one command, each in its own worker
 container. container-compute's leader validates each request exactly as its ``launch-job``
-action does, runs it, and publishes the job's state, counts, completed and failed index ranges
-and where the results are; the requirer gets typed events when a job changes and finishes.
-Invalid requests get an error entry naming what was wrong, never silence.
+action does and launches it on its own host; the unit that runs a job reports its state, counts,
+completed and failed index ranges and where the results are, whichever unit leads later. The
+requirer gets typed events when a job changes, finishes, is refused or is lost. Invalid requests
+get an error entry naming what was wrong, never silence.
 
 Usage in a requiring charm (``metadata.yaml``: ``requires: compute-jobs: {interface:
 compute-jobs}``; fetch this library with ``charmcraft fetch-lib
@@ -19,6 +20,7 @@ charms.container_compute.v0.compute_jobs``)::
             self.jobs = ComputeJobsRequires(self, "compute-jobs")
             framework.observe(self.jobs.on.job_changed, self._on_job_changed)
             framework.observe(self.jobs.on.job_finished, self._on_job_finished)
+            framework.observe(self.jobs.on.job_lost, self._on_job_lost)
             framework.observe(self.jobs.on.request_rejected, self._on_rejected)
 
         def _on_submit_action(self, event):
@@ -30,12 +32,30 @@ charms.container_compute.v0.compute_jobs``)::
         def _on_job_finished(self, event):
             report = event.report  # JobReport: state, counts, failed_indexes, results_dir...
 
-Only the requirer's LEADER can submit (application databag). The provider's side
-(``ComputeJobsProvides``) is used by container-compute itself. The library never sets a status.
+        def _on_collect_status(self, event):
+            if self.jobs.version_error:  # the provider speaks another protocol version
+                event.add_status(ops.BlockedStatus(self.jobs.version_error))
 
-Databags: the requirer's application data holds ``requests``, a JSON object of request id ->
-request; the provider's application data holds ``jobs``, a JSON object of request id -> report
-(or ``{"error": ...}``). Secrets never travel here: there is no ``env`` field.
+Only the requirer's LEADER can submit (application databag). ``reports()`` gives every request's
+report at any time. ``job_lost`` means the unit that ran the job left for good (or the job's
+record is gone from it): ``report.reason`` says which; ``lost`` is final, like ``succeeded``.
+The provider's side (``ComputeJobsProvides``) is used by container-compute itself. The library
+never sets a status.
+
+Databags (every value JSON; protocol ``version`` "1", read before anything else, so a peer
+speaking another version is refused by name, never as "unknown field(s)"):
+
+- requirer application: ``version`` (written by the leader on relation-created and on submit),
+  ``requests``: request id -> request.
+- provider application (its leader writes): ``version``, ``jobs``: request id -> assignment,
+  one of ``{"host": unit, "job": id, "results-dir": path}``, ``{"error": why}`` (the request is
+  invalid or could not be launched) or ``{"state": "lost", "host", "job", "reason"}``.
+- provider unit (each unit writes its own): ``version``, ``jobs``: request id -> report
+  (``job``, ``state``, ``tasks``, ``counts``, ``completed-indexes``, ``failed-indexes``,
+  ``results-dir``, ``host``) of the jobs THIS unit runs.
+
+The requirer merges them: an assignment's report comes from its host unit's databag. Request
+ids are per relation. Secrets never travel here: there is no ``env`` field.
 """
 
 import dataclasses
@@ -49,15 +69,35 @@ import ops
 
 LIBID = "01aad22c62b94e5abf79a5ed235d6d29"
 LIBAPI = 0
-LIBPATCH = 1
+LIBPATCH = 2
 PYDEPS: list[str] = []
+
+__all__ = [
+    "ComputeJobsProvides",
+    "ComputeJobsRequires",
+    "InvalidRequestError",
+    "JobChangedEvent",
+    "JobEvent",
+    "JobFinishedEvent",
+    "JobLostEvent",
+    "JobReport",
+    "JobRequest",
+    "JobsRequestedEvent",
+    "RequestRejectedEvent",
+]
 
 logger = logging.getLogger(__name__)
 
+VERSION = "1"
+VERSION_KEY = "version"
 REQUESTS_KEY = "requests"
 JOBS_KEY = "jobs"
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
+LOST = "lost"
+FINISHED_STATES = ("succeeded", "failed", "cancelled", LOST)
 REQUEST_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+FETCH_LIB = "charmcraft fetch-lib charms.container_compute.v0.compute_jobs"
+# Marks an error entry that refuses the requirer's version: undone once its version is known.
+_REFUSED_KEY = "refused-version"
 
 
 class InvalidRequestError(ValueError):
@@ -117,7 +157,10 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class JobReport:
-    """What the provider publishes about one request: its job, or why it was refused."""
+    """One request's job as the provider reports it, or why it was refused or lost.
+
+    Also the shape of the provider's assignments (host, job, results-dir, error or lost).
+    """
 
     job: str = ""
     state: str = ""
@@ -128,11 +171,22 @@ class JobReport:
     results_dir: str = ""
     host: str = ""
     error: str = ""
+    reason: str = ""
 
     @property
     def finished(self) -> bool:
-        """True once the job can change no more (or the request was refused)."""
+        """True once the job can change no more (or the request was refused, or it is lost)."""
         return bool(self.error) or self.state in FINISHED_STATES
+
+    @property
+    def lost(self) -> bool:
+        """True when the unit that ran the job left (or forgot it); ``reason`` says which."""
+        return self.state == LOST and not self.error
+
+    def host_left(self) -> "JobReport":
+        """This job, lost because the unit that ran it left for good."""
+        reason = f"unit {self.host}, which ran job {self.job}, left"
+        return dataclasses.replace(self, state=LOST, reason=reason)
 
     @classmethod
     def from_dict(cls, data: Any) -> "JobReport":
@@ -164,8 +218,18 @@ def _load_object(databag: ops.RelationDataContent, key: str) -> dict[str, Any]:
     return value
 
 
+def _write(databag: ops.RelationDataContent, key: str, value: str) -> None:
+    """Set a databag key, only when its value changes."""
+    if databag.get(key) != value:
+        databag[key] = value
+
+
+def _reports(raw: dict[str, Any]) -> dict[str, JobReport]:
+    return {request_id: JobReport.from_dict(data) for request_id, data in raw.items()}
+
+
 class JobEvent(ops.RelationEvent):
-    """A job of one request changed, finished, or the request was refused."""
+    """A job of one request changed, finished or was lost, or the request was refused."""
 
     def __init__(
         self,
@@ -197,11 +261,15 @@ class JobEvent(ops.RelationEvent):
 
 
 class JobChangedEvent(JobEvent):
-    """The job's state or counts changed."""
+    """The job's state or counts changed (state "" until its host first reports)."""
 
 
 class JobFinishedEvent(JobEvent):
     """The job reached a final state (succeeded, failed, cancelled)."""
+
+
+class JobLostEvent(JobEvent):
+    """The unit that ran the job left for good, or forgot it; ``report.reason`` says why."""
 
 
 class RequestRejectedEvent(JobEvent):
@@ -213,6 +281,7 @@ class ComputeJobsRequiresEvents(ops.ObjectEvents):
 
     job_changed = ops.EventSource(JobChangedEvent)
     job_finished = ops.EventSource(JobFinishedEvent)
+    job_lost = ops.EventSource(JobLostEvent)
     request_rejected = ops.EventSource(RequestRejectedEvent)
 
 
@@ -226,13 +295,31 @@ class ComputeJobsRequires(ops.Object):
         super().__init__(charm, relation_name)
         self._charm = charm
         self._relation_name = relation_name
-        self._stored.set_default(seen="{}")
-        charm.framework.observe(charm.on[relation_name].relation_changed, self._on_changed)
+        self._stored.set_default(seen="{}", departed="[]")
+        events = charm.on[relation_name]
+        charm.framework.observe(events.relation_created, self._on_announce)
+        charm.framework.observe(events.relation_changed, self._on_changed)
+        charm.framework.observe(events.relation_departed, self._on_departed)
+        charm.framework.observe(charm.on.upgrade_charm, self._on_announce)
 
     @property
     def relation(self) -> ops.Relation | None:
         """The compute-jobs relation (one provider)."""
         return self._charm.model.get_relation(self._relation_name)
+
+    @property
+    def version_error(self) -> str | None:
+        """Why the provider's data cannot be read (another protocol version); None if it can."""
+        relation = self.relation
+        if relation is None or relation.app is None:
+            return None
+        version = relation.data[relation.app].get(VERSION_KEY)
+        if not version or version == VERSION:
+            return None
+        return (
+            f"provider speaks compute-jobs version {version}, this library {VERSION}: "
+            f"fetch a newer library ({FETCH_LIB})"
+        )
 
     def submit(self, request_id: str, request: JobRequest) -> None:
         """Ask for a job (leader only). Re-submitting an id replaces a request not yet run.
@@ -246,6 +333,7 @@ class ComputeJobsRequires(ops.Object):
         databag = self._app_databag()
         requests = _load_object(databag, REQUESTS_KEY)
         requests[request_id] = request.to_dict()
+        _write(databag, VERSION_KEY, VERSION)
         databag[REQUESTS_KEY] = json.dumps(requests, sort_keys=True)
 
     def withdraw(self, request_id: str) -> None:
@@ -256,12 +344,11 @@ class ComputeJobsRequires(ops.Object):
             databag[REQUESTS_KEY] = json.dumps(requests, sort_keys=True)
 
     def reports(self) -> dict[str, JobReport]:
-        """Every report the provider published, by request id."""
+        """Every request's report, by request id ({} while ``version_error`` says why)."""
         relation = self.relation
-        if relation is None or relation.app is None:
+        if relation is None or self.version_error is not None:
             return {}
-        published = _load_object(relation.data[relation.app], JOBS_KEY)
-        return {request_id: JobReport.from_dict(data) for request_id, data in published.items()}
+        return self._merged(relation)
 
     def _app_databag(self) -> ops.RelationDataContent:
         relation = self.relation
@@ -271,27 +358,104 @@ class ComputeJobsRequires(ops.Object):
             raise RuntimeError("only the leader can submit compute jobs")
         return relation.data[self._charm.app]
 
-    def _on_changed(self, event: ops.RelationChangedEvent) -> None:
-        if event.app is None:
-            return
-        published = _load_object(event.relation.data[event.app], JOBS_KEY)
+    def _merged(self, relation: ops.Relation) -> dict[str, JobReport]:
+        """The provider's assignments, each with its host unit's report.
+
+        A job heard finished stays finished when its host leaves afterwards (not lost).
+        """
+        if relation.app is None:
+            return {}
+        app_data = relation.data[relation.app]
+        published = _load_object(app_data, JOBS_KEY)
+        if not app_data.get(VERSION_KEY):  # a LIBPATCH 1 provider publishes whole reports
+            return _reports(published)
+        units = {unit.name: unit for unit in relation.units}
+        departed = set(json.loads(str(self._stored.departed)))
         seen = json.loads(str(self._stored.seen))
-        for request_id, data in sorted(published.items()):
+        merged, hosts = {}, {}
+        for request_id, assigned in _reports(published).items():
+            merged[request_id] = assigned
+            if assigned.error:
+                continue
+            if assigned.host in departed and assigned.state != LOST:
+                merged[request_id] = assigned.host_left()
+            elif assigned.host in units and assigned.state != LOST:
+                if assigned.host not in hosts:
+                    hosts[assigned.host] = _unit_reports(relation, units[assigned.host])
+                reported = hosts[assigned.host].get(request_id)
+                if reported is not None and reported.job == assigned.job:
+                    merged[request_id] = reported
+            # else its host has not joined this relation here yet: state ""
+            earlier = JobReport.from_dict(seen.get(request_id, {}))
+            if merged[request_id].lost and earlier.finished and earlier.job == assigned.job:
+                merged[request_id] = earlier
+        return merged
+
+    def _on_announce(self, _: ops.EventBase) -> None:
+        """Tell the provider which protocol version we speak (leader)."""
+        if self._charm.unit.is_leader():
+            for relation in self._charm.model.relations[self._relation_name]:
+                _write(relation.data[self._charm.app], VERSION_KEY, VERSION)
+
+    def _on_changed(self, event: ops.RelationChangedEvent) -> None:
+        self._on_announce(event)
+        self._emit(event.relation)
+
+    def _on_departed(self, event: ops.RelationDepartedEvent) -> None:
+        gone = event.departing_unit
+        if gone is not None and gone.app.name != self._charm.app.name:
+            departed = set(json.loads(str(self._stored.departed))) | {gone.name}
+            self._stored.departed = json.dumps(sorted(departed))
+        self._emit(event.relation)
+
+    def _emit(self, relation: ops.Relation) -> None:
+        """Emit one event per report that changed since last heard."""
+        problem = self.version_error
+        if problem is not None:
+            logger.error("compute-jobs: %s", problem)
+            return
+        reports = self._merged(relation)
+        hosts = {report.host for report in reports.values()}
+        departed = set(json.loads(str(self._stored.departed))) & hosts
+        self._stored.departed = json.dumps(sorted(departed))
+        units = {unit.name: unit for unit in relation.units}
+        seen = json.loads(str(self._stored.seen))
+        current = {request_id: report.to_dict() for request_id, report in reports.items()}
+        for request_id, data in sorted(current.items()):
             if seen.get(request_id) == data:
                 continue
-            report = JobReport.from_dict(data)
-            args = (event.relation, event.app, event.unit, request_id, data)
+            report = reports[request_id]
+            args = (relation, relation.app, units.get(report.host), request_id, data)
             if report.error:
                 self.on.request_rejected.emit(*args)
+            elif report.lost:
+                self.on.job_lost.emit(*args)
             elif report.finished:
                 self.on.job_finished.emit(*args)
             else:
                 self.on.job_changed.emit(*args)
-        self._stored.seen = json.dumps(published, sort_keys=True)
+        self._stored.seen = json.dumps(current, sort_keys=True)
+
+
+def _unit_reports(relation: ops.Relation, unit: ops.Unit) -> dict[str, JobReport]:
+    """The reports a provider unit publishes ({} from a unit speaking another version)."""
+    databag = relation.data[unit]
+    version = databag.get(VERSION_KEY)
+    if version != VERSION:
+        if databag.get(JOBS_KEY):
+            logger.error(
+                "compute-jobs: unit %s speaks version %s, this library %s; its reports are "
+                "ignored",
+                unit.name,
+                version or "(none)",
+                VERSION,
+            )
+        return {}
+    return _reports(_load_object(databag, JOBS_KEY))
 
 
 class JobsRequestedEvent(ops.RelationEvent):
-    """A requirer changed its requests: the provider's leader should look at them."""
+    """A requirer changed its requests: the leader launches new ones, every unit refreshes."""
 
 
 class ComputeJobsProvidesEvents(ops.ObjectEvents):
@@ -301,7 +465,11 @@ class ComputeJobsProvidesEvents(ops.ObjectEvents):
 
 
 class ComputeJobsProvides(ops.Object):
-    """The provider side (container-compute): read requests, publish reports."""
+    """The provider side (container-compute): read requests, publish assignments and reports.
+
+    The leader publishes one assignment per request (``publish``); every unit reports the jobs
+    it runs in its own unit databag (``report``).
+    """
 
     on = ComputeJobsProvidesEvents()  # type: ignore[reportAssignmentType]
 
@@ -309,30 +477,95 @@ class ComputeJobsProvides(ops.Object):
         super().__init__(charm, relation_name)
         self._charm = charm
         self._relation_name = relation_name
-        charm.framework.observe(charm.on[relation_name].relation_changed, self._on_changed)
+        events = charm.on[relation_name]
+        charm.framework.observe(events.relation_created, self._on_created)
+        charm.framework.observe(events.relation_changed, self._on_changed)
 
     @property
     def relations(self) -> list[ops.Relation]:
         """Every compute-jobs relation."""
         return list(self._charm.model.relations[self._relation_name])
 
+    def version_error(self, relation: ops.Relation) -> str | None:
+        """Why the requirer's requests cannot be served (its version); None when they can."""
+        if relation.app is None:
+            return None
+        databag = relation.data[relation.app]
+        version = databag.get(VERSION_KEY)
+        if version == VERSION or (not version and not databag.get(REQUESTS_KEY)):
+            return None
+        if not version:
+            return (
+                f"the requirer's compute-jobs library is too old (LIBPATCH 1, no version); "
+                f"this provider speaks version {VERSION}: fetch the newer library ({FETCH_LIB})"
+            )
+        return f"requirer speaks compute-jobs version {version}, this provider {VERSION}"
+
     def requests(self, relation: ops.Relation) -> dict[str, Any]:
-        """The requirer's requests, raw (validate each with ``JobRequest.from_dict``)."""
+        """The requirer's requests, raw: check ``version_error`` first, validate each one."""
         if relation.app is None:
             return {}
         return _load_object(relation.data[relation.app], REQUESTS_KEY)
 
-    def published(self, relation: ops.Relation) -> dict[str, JobReport]:
-        """What we published, by request id."""
-        raw = _load_object(relation.data[self._charm.app], JOBS_KEY)
-        return {request_id: JobReport.from_dict(data) for request_id, data in raw.items()}
+    def assignments(self, relation: ops.Relation) -> dict[str, JobReport]:
+        """Our assignments (leader only), by request id; version refusals are undone.
 
-    def publish(self, relation: ops.Relation, reports: dict[str, JobReport]) -> None:
-        """Replace our published reports (leader only); requests withdrawn are dropped."""
+        Raises:
+            RuntimeError: when this unit is not the leader.
+        """
+        self._check_leader()
+        assignments = {}
+        for request_id, data in _load_object(relation.data[self._charm.app], JOBS_KEY).items():
+            if isinstance(data, dict) and data.get(_REFUSED_KEY):
+                data = {k: v for k, v in data.items() if k not in ("error", _REFUSED_KEY)}
+                if not data.get("job"):
+                    continue  # never launched: served afresh once the version is known
+            assignments[request_id] = JobReport.from_dict(data)
+        return assignments
+
+    def publish(self, relation: ops.Relation, assignments: dict[str, JobReport]) -> None:
+        """Replace our assignments (leader only); requests withdrawn are dropped.
+
+        While ``version_error`` refuses the requirer, every request gets an error entry
+        naming the versions (an old library reads it as a rejection).
+
+        Raises:
+            RuntimeError: when this unit is not the leader.
+        """
+        self._check_leader()
+        problem = self.version_error(relation)
+        data = {}
+        for request_id in sorted(self.requests(relation)):
+            entry = assignments.get(request_id)
+            if problem is not None:
+                kept = entry.to_dict() if entry is not None else {}
+                data[request_id] = {**kept, "error": problem, _REFUSED_KEY: True}
+            elif entry is not None:
+                data[request_id] = entry.to_dict()
+        databag = relation.data[self._charm.app]
+        _write(databag, VERSION_KEY, VERSION)
+        _write(databag, JOBS_KEY, json.dumps(data, sort_keys=True))
+
+    def unit_reports(self, relation: ops.Relation) -> dict[str, JobReport]:
+        """The reports in our own unit databag: the jobs this unit runs."""
+        return _reports(_load_object(relation.data[self._charm.unit], JOBS_KEY))
+
+    def report(self, relation: ops.Relation, reports: dict[str, JobReport]) -> None:
+        """Replace our unit's reports (any unit); requests withdrawn are dropped."""
         wanted = set(self.requests(relation))
         data = {k: r.to_dict() for k, r in sorted(reports.items()) if k in wanted}
-        relation.data[self._charm.app][JOBS_KEY] = json.dumps(data, sort_keys=True)
+        databag = relation.data[self._charm.unit]
+        _write(databag, VERSION_KEY, VERSION)
+        _write(databag, JOBS_KEY, json.dumps(data, sort_keys=True))
+
+    def _check_leader(self) -> None:
+        if not self._charm.unit.is_leader():
+            raise RuntimeError("only the leader publishes compute-jobs assignments")
+
+    def _on_created(self, event: ops.RelationCreatedEvent) -> None:
+        _write(event.relation.data[self._charm.unit], VERSION_KEY, VERSION)
+        if self._charm.unit.is_leader():
+            _write(event.relation.data[self._charm.app], VERSION_KEY, VERSION)
 
     def _on_changed(self, event: ops.RelationChangedEvent) -> None:
-        if self._charm.unit.is_leader():
-            self.on.jobs_requested.emit(event.relation, event.app, event.unit)
+        self.on.jobs_requested.emit(event.relation, event.app, event.unit)
