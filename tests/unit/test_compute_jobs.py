@@ -330,7 +330,7 @@ def test_follower_hears_requests_but_launches_nothing(
 RUNNING_HERE = {"good": {"host": UNIT0, "job": "j-1", "state": "running", "tasks": 2}}
 
 
-def refresh_running_here() -> tuple[testing.Context, testing.Relation]:
+def refresh_running_here() -> tuple[testing.Context, testing.RelationBase]:
     """update-status on unit 0, which reports job j-1 running; return the context and relation."""
     relation = testing.Relation(
         "compute-jobs",
