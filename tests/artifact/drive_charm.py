@@ -8,9 +8,15 @@ alone: the state dir and the host file paths point into temporary directories. P
 object with what the handlers did.
 """
 
+import dataclasses
 import json
+import shlex
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 
 def main() -> None:
@@ -70,6 +76,7 @@ def main() -> None:
     from container_compute import agent
 
     unit = agent.render_service(Path(state_dir))
+    reload = config_reaches_the_agent(context, state, config, unit, Path(state_dir))
     print(
         json.dumps(
             {
@@ -78,11 +85,61 @@ def main() -> None:
                 "image": image,
                 "job": job,
                 "unit": unit,
+                "reload": reload,
                 "executable": sys.executable,
             },
             default=str,
         )
     )
+
+
+def config_reaches_the_agent(
+    context: Any, state: Any, config: dict[str, Any], unit: str, state_dir: Path
+) -> dict[str, Any]:
+    """Start the agent as its unit file says; change a config option; what the agent runs then.
+
+    juju config runs config-changed; the hook returns once the running agent (the same process,
+    executed again) runs the new config.
+    """
+    from ops import testing
+
+    from container_compute import agent
+
+    lines = unit.splitlines()
+    exec_start = next(line.split("=", 1)[1] for line in lines if line.startswith("ExecStart="))
+    environment = [line.split("=", 1)[1] for line in lines if line.startswith("Environment=")]
+    log = state_dir / "agent-reload.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["/usr/bin/env", "-i", *environment, *shlex.split(exec_start)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not agent.agent_alive(state_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        before = agent.running_version(state_dir)
+        started = time.monotonic()
+        changed = testing.State(
+            config={**config, "max-parallel-workers": 7},
+            relations=state.relations,
+        )
+        context.run(context.on.config_changed(), changed)
+        hook_seconds = time.monotonic() - started
+        after = agent.running_version(state_dir)
+        return {
+            "before": dataclasses.asdict(before) if before else None,
+            "after": dataclasses.asdict(after) if after else None,
+            "on_disk": dataclasses.asdict(agent.AgentVersion.on_disk(state_dir)),
+            "saved_limit": agent.load_config(state_dir).max_parallel_workers,
+            "alive_after": process.poll() is None and agent.agent_alive(state_dir),
+            "hook_seconds": round(hook_seconds, 1),
+        }
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
 DRIVER = Path(__file__).with_name("drive_charm.py")
 TOP_LEVEL = {"dispatch", "manifest.yaml", "metadata.yaml", "config.yaml", "actions.yaml"}
+TOP_LEVEL |= {"LICENSE", "icon.svg"}  # what Charmhub shows with the charm
 ALLOWED_TOP_LEVEL = TOP_LEVEL | {"src", "lib", "venv"}
 RUNTIME_IMPORTS = ("ops", "pylxd", "novaclient", "keystoneauth1", "jinja2", "yaml", "requests")
 
@@ -159,6 +160,15 @@ def test_handlers_run_from_the_unpacked_tree(unpacked: Path, driven: dict) -> No
     for index in (0, 1):
         square = Path(job["results-dir"]) / str(index) / "files" / "square"
         assert square.read_text() == f"{index * index}\n"
+
+
+def test_config_changed_reaches_the_running_agent(driven: dict) -> None:
+    """Juju config: the agent started from the artifact's unit runs the new config after it."""
+    reload = driven["reload"]
+    assert reload["saved_limit"] == 7
+    assert reload["before"] is not None and reload["before"] != reload["on_disk"], reload
+    assert reload["after"] == reload["on_disk"], reload
+    assert reload["alive_after"], reload
 
 
 def test_agent_unit_starts_from_the_artifact(unpacked: Path, driven: dict) -> None:

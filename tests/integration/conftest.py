@@ -3,7 +3,8 @@
 They skip, with the reason, where no ``juju`` binary is on PATH (as on the CI machines here);
 elsewhere ``tox -e integration`` runs them unchanged against the current controller. The charm
 under test is ``CHARM_PATH``, else the newest ``build/*.charm`` (``tox -e pack`` on Ubuntu makes
-a deployable one), else pytest-operator packs the repository.
+a deployable one), else pytest-operator packs the repository. pytest-operator gives each test
+module a model of its own; the tests of a module run in order, each on what the one before left.
 """
 
 import os
@@ -11,8 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pytest_operator.plugin import OpsTest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .helpers import ROOT
+
 NO_JUJU = "no juju binary on PATH: integration tests need a real Juju controller"
 
 
@@ -24,7 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="module")
-async def charm_path(ops_test) -> Path:
+async def charm_path(ops_test: OpsTest) -> Path:
     """The packed container-compute charm."""
     if "CHARM_PATH" in os.environ:
         return Path(os.environ["CHARM_PATH"])

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 import yaml
 
 from container_compute import constants
@@ -52,25 +51,6 @@ def test_every_action_refuses_unknown_params_and_has_a_params_class() -> None:
     for name, spec in actions.items():
         assert spec["additionalProperties"] is False, name
         assert spec["description"], name
-
-
-def test_requirements_txt_equals_the_charms_dependencies() -> None:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
-    requirements = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    charm = pyproject["project"]["dependencies"] + pyproject["dependency-groups"]["charm"]
-
-    assert sorted(requirements) == sorted(charm)
-
-
-def test_uv_lock_pins_every_direct_dependency() -> None:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    lock = tomllib.loads((ROOT / "uv.lock").read_text())
-    locked = {package["name"].lower(): package["version"] for package in lock["package"]}
-    charm = pyproject["project"]["dependencies"] + pyproject["dependency-groups"]["charm"]
-    for requirement in charm:
-        name, version = requirement.split("==")
-        assert locked.get(name.lower().replace("_", "-")) == version, requirement
 
 
 def test_metadata_endpoints_are_as_designed(metadata: dict[str, Any]) -> None:
