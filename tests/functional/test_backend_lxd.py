@@ -196,7 +196,12 @@ def test_oom_is_told_apart_through_the_api(
     configured_host: HostConfig, tmp_path: Path, tag: str, after: str
 ) -> None:
     backend = LXDBackend(configured_host, host_access=False)
-    command = "head -c 200m /dev/zero | tail > /dev/null" + after
+    # One process allocates (tail buffering /dev/zero, which has no newline), made the OOM
+    # killer's first choice: nothing allocates after it is killed, so in "oa1" the task's
+    # shell lives to write 137. (With `head | tail`, head's next pipe write can invoke the
+    # killer again before tail's memory is freed, and it may then take the shell.)
+    command = "echo 1000 > /proc/self/oom_score_adj; exec tail /dev/zero > /dev/null"
+    command = f"sh -c '{command}'" + after
     outcome, _ = _run(backend, _spec(tag, command, memory="32MiB"), tmp_path)
     assert outcome.reason is FailureReason.OOM, outcome
     assert "as LXD's API shows it" in outcome.detail
