@@ -61,6 +61,8 @@ class WorkerSpec:
     # worker (reuse-workers, kept between tasks) or one prepared ahead; "": its own new one.
     worker: str = ""
     reuse: bool = False
+    # A warm worker runs each task in a sandbox of its own (a fresh root; see lxd/launch.py).
+    sandbox: bool = False
     # When the attempt started (the ledger's record); 0: when its worker was created.
     started_at: float = 0.0
 
@@ -85,6 +87,9 @@ class TaskOutcome:
     detail: str = ""
     skipped: list[str] = field(default_factory=list)
     host: str = ""
+    # The task's sandbox ended and its worker is intact: it may take the job's next task,
+    # whatever ended this one (timeout, cancel, OOM or process limit of the task).
+    sandbox_ended: bool = False
 
     def __post_init__(self) -> None:
         """Refuse what is not an exit status (0..255): the attempt failed, the detail says why."""

@@ -181,10 +181,11 @@ class LaunchJobParams(ActionParams):
     reuse_workers: bool = param(
         False,
         "Warm mode for many short tasks (lxd only): keep up to parallelism workers for this "
-        "job and run its tasks one after another in them, each with a fresh /results and "
-        "/tmp (wiped and checked between tasks). A worker a task left processes in, filled "
-        "or broke is replaced, never reused; only tasks of this job share a worker. Changes "
-        "a task makes elsewhere in the worker's filesystem are seen by later tasks.",
+        "job and run its tasks one after another in them, each in a fresh sandbox (its own "
+        "namespaces and a throwaway overlay of the worker's root: nothing a task writes "
+        "outside /results survives it; /tmp is wiped between tasks). A timeout, cancel, OOM "
+        "or process limit ends only the sandbox. Where a worker cannot make sandboxes, each "
+        "task gets a fresh worker. Only tasks of this job share a worker.",
     )
     backend: str = param(
         "",

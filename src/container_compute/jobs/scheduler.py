@@ -133,6 +133,7 @@ def worker_spec(
         options=dict(params.get("backend-options") or {}),
         worker=placed[0] if placed else "",
         reuse=bool(params.get("reuse_workers")),
+        sandbox=bool(params.get("reuse_workers")),
         started_at=placed[1] if placed else 0.0,
     )
 

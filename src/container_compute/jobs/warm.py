@@ -156,8 +156,12 @@ class WorkerKeeper:
 
     def keep_warm(self, job: JobRecord, spec: WorkerSpec, outcome: TaskOutcome) -> bool:
         """Check and wipe a warm worker after its task; True when it waits for the next one."""
-        if outcome.exit_code is None or outcome.reason in REPLACED_AFTER:
+        if not outcome.sandbox_ended and (
+            outcome.exit_code is None or outcome.reason in REPLACED_AFTER
+        ):
             return False  # stopped, timed out, cancelled, out of memory, disk or processes
+        if outcome.reason in (FailureReason.LAUNCH_ERROR, FailureReason.MEMBER_LOST):
+            return False  # the worker itself is in doubt
         if not self.ledger.task_counts(job.id)[TaskState.PENDING.value]:
             return False  # nothing left for it to run
         backend = self.backend_of(job.backend)

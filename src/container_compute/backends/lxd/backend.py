@@ -10,6 +10,7 @@ Following the worker and gathering its results is ``watch``'s job.
 """
 
 import contextlib
+import dataclasses
 import logging
 import re
 import shutil
@@ -45,7 +46,14 @@ from .. import (
 from ..gather import safe_name
 from .api import LXDApi, OperationFailedError, is_transient, remove_log_dir
 from .disk import explain_disk_full
-from .launch import LAUNCHER, WARM_LAUNCHER, WRAPPER, run_launcher
+from .launch import (
+    LAUNCHER,
+    SANDBOX_WRAPPER,
+    WARM_LAUNCHER,
+    WRAPPER,
+    run_launcher,
+    sandbox_environment,
+)
 from .members import (
     LostMemberGuard,
     MemberBook,
@@ -166,7 +174,7 @@ class LXDBackend:
         with self._deleted_on_failure(spec.worker_name):
             self.members.look_up(spec.worker_name)
             boot_worker(self.api, spec.worker_name)
-            if spec.reuse:
+            if spec.reuse and (not spec.sandbox or self.warm.makes_sandboxes(spec.worker_name)):
                 self.warm.learn(spec.worker_name)
 
     @contextlib.contextmanager
@@ -218,7 +226,6 @@ class LXDBackend:
 
         Raises:
             LaunchError: when the worker cannot be started or given its command.
-
         """
         env = check_spec(spec)
         name = spec.worker_name
@@ -240,6 +247,8 @@ class LXDBackend:
             LaunchError: when the launcher itself failed.
         """
         environment = {**env, "CC_COMMAND": spec.command, "CC_WRAPPER": WRAPPER, **(warm or {})}
+        if spec.sandbox and self.warm.knows(name):
+            environment.update(CC_WRAPPER=SANDBOX_WRAPPER, **sandbox_environment(name))
         script = LAUNCHER if warm is None else WARM_LAUNCHER
         code = run_launcher(self.api, name, script, environment)
         if code != 0 and (warm is None or not self.warm.verdict(code)):
@@ -264,6 +273,8 @@ class LXDBackend:
         engine runs it elsewhere).
         """
         name = spec.worker_name
+        if spec.sandbox and not self.warm.knows(name):  # its own worker, no sandbox
+            spec = dataclasses.replace(spec, sandbox=False)
         relaunch = None if name in self._launched else (lambda: self.relaunch(spec))
         try:
             outcome = _follow_on_member(self, spec, task_dir, should_stop, relaunch)

@@ -179,6 +179,10 @@ class WorkerView:
         self.wrapper_pid: int | None = None
         self.refused_forks = 0
         self.oom_killed = 0
+        # Counts before this task (a warm worker's earlier tasks): only later ones are its.
+        self.refused_before = 0
+        self.oom_before = 0
+        self.sandboxed = False
         self.stopped = False  # stopped by the watcher (to read it through the files API)
         self.rootfs: Path | None = None  # the host view of its root in use (None: files API)
 
@@ -200,7 +204,7 @@ class WorkerView:
                     count = event_count((self.memory_cgroup / name).read_text(), key)
                     self.oom_killed = max(self.oom_killed, count)
                     break
-        return self.oom_killed
+        return max(0, self.oom_killed - self.oom_before)
 
     def forks_refused(self) -> int:
         """Forks the worker's pids cgroup refused at its limit (the most seen; 0 if unknown)."""
@@ -210,7 +214,12 @@ class WorkerView:
                     count = event_count((path / "pids.events").read_text(), "max")
                     self.refused_forks = max(self.refused_forks, count)
                     break
-        return self.refused_forks
+        return max(0, self.refused_forks - self.refused_before)
+
+    def start_counting(self) -> None:
+        """Count only the OOM kills and refused forks from now on (a warm worker's task)."""
+        self.oom_before = self.oom_before + self.oom_kills()
+        self.refused_before = self.refused_before + self.forks_refused()
 
     def wrapper_alive(self, wrapper_pid: int) -> bool:
         """Tell whether a process of the worker has ``wrapper_pid`` as its in-worker pid."""

@@ -31,6 +31,92 @@ WRAPPER = (
     "echo $? >/run/cc/exit_code.tmp && mv /run/cc/exit_code.tmp /run/cc/exit_code\n"
 )
 
+# A warm worker runs each task in a sandbox of its own (``SANDBOX_SETUP``): the wrapper puts
+# it in a child cgroup of the worker's own cgroup2 tree (``/run/cc-cgroup/task``: its
+# cpu.stat is kept in /run/cc, cgroup.kill ends the task's whole tree and leaves the worker),
+# then makes it PID 1 of new pid, mount, ipc and uts namespaces. The exit code and output
+# files stay in the worker's /run/cc, out of the task's reach.
+SANDBOX_CGROUP = "/run/cc-cgroup"
+SANDBOX_WRAPPER = (
+    "trap '' HUP\n"
+    "cd /\n"
+    "echo $$ >/run/cc/pid\n"
+    "cc_command=$CC_COMMAND\n"
+    "cc_sandbox=$CC_SANDBOX\n"
+    "unset CC_COMMAND CC_WRAPPER CC_KEEP CC_MIN_FREE CC_SANDBOX\n"
+    f"cc_cg={SANDBOX_CGROUP}\n"
+    "mkdir -p $cc_cg && { [ -f $cc_cg/cgroup.procs ] ||"
+    " mount -t cgroup2 cc-cgroup $cc_cg 2>/dev/null; }\n"
+    "rmdir $cc_cg/task 2>/dev/null\n"
+    "cc_enter=; mkdir $cc_cg/task 2>/dev/null &&"
+    " cc_enter='echo 0 >'$cc_cg'/task/cgroup.procs &&'\n"
+    # The sandbox's own shell (its init) moves itself into the task's cgroup, then the
+    # namespaces; fd 3 says how far the sandbox got ("ready" just before the command).
+    '/bin/sh -c "$cc_enter exec unshare -m -p -f -i -u /bin/sh -c \\"\\$0\\" cc-sandbox'
+    ' \\"\\$1\\"" "$cc_sandbox" "$cc_command"'
+    " </dev/null >/run/cc/stdout 2>/run/cc/stderr 3>/run/cc/sandbox\n"
+    "cc_exit=$?\n"
+    "cat $cc_cg/task/cpu.stat >/run/cc/cpu.stat 2>/dev/null\n"
+    "rmdir $cc_cg/task 2>/dev/null\n"
+    "read -r cc_state </run/cc/sandbox 2>/dev/null\n"
+    '[ "$cc_state" = ready ] || echo "${cc_state:-the sandbox ended before it was made}"'
+    " >/run/cc/sandbox_error\n"
+    "echo $cc_exit >/run/cc/exit_code.tmp && mv /run/cc/exit_code.tmp /run/cc/exit_code\n"
+)
+# Makes the sandbox, as the init of its new namespaces: the worker's root as the read-only
+# lower layer of an overlay whose upper layer is a size-capped tmpfs (every write of the task
+# vanishes with it), /dev, a fresh /proc, /sys, /results, /input and /tmp (on the worker's
+# disk, wiped between tasks) bound in, pivot_root with
+# the old root detached (a chroot could be escaped), its own host name; then the command.
+SANDBOX_SETUP = (
+    'cc_fail() { echo "$1" >&3; exit 1; }\n'
+    "cc_d=/run/cc-sandbox; cc_r=$cc_d/root\n"
+    "mount --make-rprivate / || cc_fail 'mount --make-rprivate / was refused'\n"
+    'mkdir -p $cc_d || cc_fail "mkdir $cc_d failed"\n'
+    "mount -t tmpfs -o size=$CC_SANDBOX_SIZE,mode=0700 cc-sandbox $cc_d ||"
+    " cc_fail 'a tmpfs mount was refused'\n"
+    "mkdir $cc_d/upper $cc_d/work $cc_r || cc_fail 'the sandbox tmpfs is not writable'\n"
+    "mount -t overlay cc-sandbox -o lowerdir=/,upperdir=$cc_d/upper,workdir=$cc_d/work $cc_r"
+    " || cc_fail 'an overlay mount was refused (it needs kernel 5.11 or later in a container)'\n"
+    "mount --rbind /dev $cc_r/dev || cc_fail 'binding /dev was refused'\n"
+    "if [ -d $cc_r/dev/shm ]; then mount -t tmpfs -o size=$CC_SANDBOX_SIZE,nosuid,nodev"
+    " cc-shm $cc_r/dev/shm || cc_fail 'a tmpfs on /dev/shm was refused'; fi\n"
+    "mount -t proc proc $cc_r/proc || cc_fail 'mounting /proc was refused'\n"
+    "if [ -d /sys/class ]; then mount --rbind /sys $cc_r/sys || cc_fail 'binding /sys'; fi\n"
+    f"mount --bind {RESULTS_DIR_IN_WORKER} $cc_r{RESULTS_DIR_IN_WORKER} ||"
+    " cc_fail 'binding /results was refused'\n"
+    "if [ -d /input ]; then mount --rbind /input $cc_r/input || cc_fail 'binding /input'; fi\n"
+    # Scratch space on the worker's disk, emptied and checked before the next task.
+    "if [ -d /tmp ]; then mount --bind /tmp $cc_r/tmp || cc_fail 'binding /tmp'; fi\n"
+    "cd $cc_r && mkdir -p .cc-old && pivot_root . .cc-old || cc_fail 'pivot_root was refused'\n"
+    "umount -l /.cc-old || cc_fail 'the old root could not be detached'\n"
+    "rmdir /.cc-old\n"
+    "hostname \"$CC_HOSTNAME\" || cc_fail 'setting the host name was refused'\n"
+    # The task's processes go before the wrapper when the worker's memory runs out.
+    "echo 500 >/proc/self/oom_score_adj 2>/dev/null\n"
+    "unset CC_SANDBOX_SIZE CC_HOSTNAME\n"
+    "cd / && echo ready >&3 && exec 3>&-\n"
+    'exec /bin/sh -c "$1"\n'
+)
+# Once per new warm worker: can it make a sandbox? (0: yes; else fd 3 says why.)
+SANDBOX_PROBE = (
+    'unshare -m -p -f -i -u /bin/sh -c "$CC_SANDBOX" cc-sandbox true 3>&1 </dev/null 2>/dev/null\n'
+)
+SANDBOX_KILL = f"echo 1 >{SANDBOX_CGROUP}/task/cgroup.kill\n"
+# The size cap of a sandbox's own tmpfs (its writes outside /results and /tmp, and /dev/shm);
+# what it holds counts against the worker's memory.
+SANDBOX_TMPFS_SIZE = "512m"
+
+
+def sandbox_environment(worker: str) -> dict[str, str]:
+    """What the sandbox scripts need besides the command: the setup, its tmpfs cap, a name."""
+    return {
+        "CC_SANDBOX": SANDBOX_SETUP,
+        "CC_SANDBOX_SIZE": SANDBOX_TMPFS_SIZE,
+        "CC_HOSTNAME": worker,
+    }
+
+
 # The checks and wipe of a warm worker before its next task (``warm``). Exit codes: 3 a
 # process left behind, 4 a directory that cannot be wiped, 5 not empty after, 6 no room left
 # on /; else it goes on. Nothing but ``sleep`` forks before the process check is passed (a
@@ -74,20 +160,36 @@ WARM_LAUNCHER = RECYCLE + LAUNCHER
 LAUNCHER_TIMEOUT_SECONDS = 60.0  # the launcher only forks the wrapper and returns
 
 
+def exec_script(
+    api: LXDApi,
+    name: str,
+    script: str,
+    environment: dict[str, str] | None = None,
+    timeout: float = LAUNCHER_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """Run ``script`` with /bin/sh in worker ``name`` through exec (no websocket, no output).
+
+    Returns the finished operation's metadata (``return``: the exit code).
+
+    Raises:
+        OperationFailedError, pylxd.exceptions.LXDAPIException: as LXDApi's calls do.
+    """
+    response = api.client.api.instances[name].exec.post(
+        json={
+            "command": ["/bin/sh", "-c", script],
+            "environment": environment or {},
+            "wait-for-websocket": False,
+            "interactive": False,
+            "record-output": False,
+        }
+    )
+    return api.wait_operation(response, timeout=timeout)
+
+
 def run_launcher(api: LXDApi, name: str, script: str, environment: dict[str, str]) -> int:
     """Run ``script`` in worker ``name`` through exec (no websocket); return its exit code."""
-
-    def execute() -> dict[str, Any]:
-        response = api.client.api.instances[name].exec.post(
-            json={
-                "command": ["/bin/sh", "-c", script],
-                "environment": environment,
-                "wait-for-websocket": False,
-                "interactive": False,
-                "record-output": False,
-            }
-        )
-        return api.wait_operation(response, timeout=LAUNCHER_TIMEOUT_SECONDS)
-
-    result = api.retry(f"starting the command in worker {name}", execute)
+    result = api.retry(
+        f"starting the command in worker {name}",
+        lambda: exec_script(api, name, script, environment),
+    )
     return int(result.get("return", 0))

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from .api import LXDApi
+from .launch import SANDBOX_PROBE, sandbox_environment
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class WarmWorkers:
         """Use ``api``'s project; no worker known yet."""
         self.api = api
         self._baselines: dict[str, str] = {}
+        self.sandbox_refusal = ""  # why the last new worker could not make a sandbox
 
     def learn(self, name: str) -> None:
         """Note the processes a freshly started worker runs by itself (its init's)."""
@@ -75,13 +77,35 @@ class WarmWorkers:
         """Why a warm worker was not clean, from the checks' exit code ("" for another code)."""
         return _VERDICTS.get(code, "")
 
+    def makes_sandboxes(self, name: str) -> bool:
+        """Try a sandbox in a new worker; False (said once, with why) when it cannot.
+
+        Without sandboxes its tasks would see each other's files: such a worker runs one
+        task and goes (a fresh worker per task).
+        """
+        code, said = self._run(name, SANDBOX_PROBE, sandbox_environment(name))
+        why = ""
+        if code != 0 or said.strip() != "ready":
+            why = said.strip().splitlines()[-1] if said.strip() else f"the probe exited {code}"
+        if why and why != self.sandbox_refusal:
+            logger.warning(
+                "sandboxes are refused in worker %s (%s): each task gets a fresh worker", name, why
+            )
+        self.sandbox_refusal = why
+        return not why
+
     def _processes(self, name: str) -> list[str]:
         """The PIDs (in the worker) of the worker's processes, read through exec."""
+        _code, text = self._run(name, _LIST_PROCESSES, {})
+        return [line for line in text.split() if line.isdigit()]
+
+    def _run(self, name: str, script: str, environment: dict[str, str]) -> tuple[int, str]:
+        """Run ``script`` in the worker through exec; its exit code and what it printed."""
         result = self.api.wait_operation(
             self.api.client.api.instances[name].exec.post(
                 json={
-                    "command": ["/bin/sh", "-c", _LIST_PROCESSES],
-                    "environment": {},
+                    "command": ["/bin/sh", "-c", script],
+                    "environment": environment,
                     "wait-for-websocket": False,
                     "interactive": False,
                     "record-output": True,
@@ -90,15 +114,15 @@ class WarmWorkers:
             timeout=LIST_TIMEOUT_SECONDS,
         )
         stdout = _output_path(result)
-        if not stdout:
-            return []
-        text = (
-            self.api.client.api.instances[name]
-            .logs[stdout.rsplit("/", 1)[-1]]
-            .get(is_api=False)
-            .text
-        )
-        return [line for line in text.split() if line.isdigit()]
+        text = ""
+        if stdout:
+            text = (
+                self.api.client.api.instances[name]
+                .logs[stdout.rsplit("/", 1)[-1]]
+                .get(is_api=False)
+                .text
+            )
+        return int(result.get("return", -1)), text
 
 
 def _output_path(result: dict[str, Any]) -> str:

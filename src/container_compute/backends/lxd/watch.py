@@ -35,12 +35,14 @@ from .hostside import (
     read_cc_file,
     usable_root,
 )
+from .launch import SANDBOX_KILL, exec_script
 from .parsing import parse_exit_status, parse_pid
 
 LABEL_STARTED = "user.container-compute.started"
 WRAPPER_START_CHECKS = 15  # liveness checks (2 s apart) without /run/cc/pid: never started
 LIVENESS_SECONDS = 2.0
 CHECK_TIMEOUT_SECONDS = 10.0
+SANDBOX_END_SECONDS = 10.0  # for the wrapper to write the status of a sandbox it saw killed
 SECOND_LOOK_SECONDS = 0.3  # between two looks at a /run/cc seen gone (a replacement?)
 HOST_POLL_CAP_SECONDS = 0.2  # longest pause between two looks at a worker from the host
 SETTLE_SECONDS = 3.0  # how long a worker whose task's shell died may take to stop or reboot
@@ -166,25 +168,39 @@ class AttemptWatcher:
         """Force-stop a watched worker (to read it safely, or to end its attempt)."""
         self.api.force_stop(name)
 
+    def end_sandbox(self, view: WorkerView) -> bool:
+        """End a task's sandbox (its cgroup's whole tree) and leave the worker running.
+
+        True once the wrapper wrote the exit status of the ended sandbox: the worker is
+        intact. False when it could not be ended so (the worker is then stopped).
+        """
+        if self._check_in_worker(view.name, SANDBOX_KILL) != 0:
+            return False
+        end = time.monotonic() + SANDBOX_END_SECONDS
+        while time.monotonic() < end:
+            found = self.read_cc(view, "exit_code", content=view.rootfs is not None)
+            written = found is not None and found.kind == "file"
+            if written and (view.rootfs is None or found.data.strip()):  # API: no content
+                return True
+            time.sleep(0.05)
+        return False
+
     def wrapper_alive_in_worker(self, name: str) -> bool:
         """Ask inside a running worker whether its wrapper lives (for the files API path).
 
         The answer comes from the task's own /bin/sh, so it is only trusted about the task's
         own attempt; anything but a clear "gone" counts as alive.
         """
+        return self._check_in_worker(name, _WRAPPER_CHECK) != 1
+
+    def _check_in_worker(self, name: str, script: str) -> int | None:
+        """Run a short script in a running worker; its exit code (None: no answer)."""
         try:
-            response = self.api.client.api.instances[name].exec.post(
-                json={
-                    "command": ["/bin/sh", "-c", _WRAPPER_CHECK],
-                    "wait-for-websocket": False,
-                    "interactive": False,
-                    "record-output": False,
-                }
-            )
-            result = self.api.wait_operation(response, timeout=CHECK_TIMEOUT_SECONDS)
+            result = exec_script(self.api, name, script, timeout=CHECK_TIMEOUT_SECONDS)
         except (OperationFailedError, pylxd.exceptions.LXDAPIException, *TRANSIENT_ERRORS):
-            return True
-        return result.get("return") != 1
+            return None
+        code = result.get("return")
+        return code if isinstance(code, int) else None
 
     def _never_ran(self, name: str, record: dict[str, Any]) -> bool:
         """Tell whether a stopped worker shows no trace of its launcher (no /run/cc)."""
@@ -222,12 +238,21 @@ class AttemptWatcher:
             relaunch()
             record = self.api.instance(name) or record
         view = self.locate(name, record)
+        if spec.sandbox:
+            view.sandboxed = True
+            view.start_counting()
         deadline = started_at + spec.timeout_seconds if spec.timeout_seconds > 0 else None
         outcome = self._follow(spec, view, deadline, should_stop)
         outcome.started_at = started_at
+        ended = outcome.reason is not None and outcome.exit_code is None
+        if ended and view.sandboxed and not outcome.sandbox_ended:
+            outcome.sandbox_ended = self.end_sandbox(view)
         report = self._gather(view, task_dir, spec.results_cap_bytes, outcome.exit_code)
-        if outcome.reason is not None and outcome.exit_code is None:
+        if ended and outcome.sandbox_ended:
+            outcome.detail += "; its sandbox was ended, the worker goes on"
+        elif ended:
             self.stop(name)
+            outcome.detail += "; worker stopped"
         outcome.finished_at = time.time()
         outcome.stdout_bytes = report.stdout_bytes
         outcome.stderr_bytes = report.stderr_bytes
@@ -260,7 +285,7 @@ class AttemptWatcher:
                 return TaskOutcome(
                     None,
                     FailureReason.TIMEOUT,
-                    detail=f"timed out after {spec.timeout_seconds}s; worker stopped",
+                    detail=f"timed out after {spec.timeout_seconds}s",
                 )
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + LIVENESS_SECONDS
@@ -356,9 +381,31 @@ class AttemptJudge:
             return TaskOutcome(None, FailureReason.EXIT_CODE, detail="the exit code file is empty")
         if code is None:
             return None  # empty: being written
-        if code == 0:
-            refused = view.forks_refused()
-            return TaskOutcome(0, detail=_limit_detail(refused) if refused else "")
+        if view.sandboxed:
+            return self._sandbox_status(view, code)
+        return self._status(view, code)
+
+    def _sandbox_status(self, view: WorkerView, code: int) -> TaskOutcome:
+        """The outcome of a sandboxed task (its worker intact), or why it never ran."""
+        found = self.watcher.read_cc(view, "sandbox_error", content=view.rootfs is not None)
+        if found is not None and found.kind == "file":
+            why = found.data.decode(errors="replace").strip() or "see the task's stderr"
+            return TaskOutcome(
+                None,
+                FailureReason.LAUNCH_ERROR,
+                detail=f"the task's sandbox could not be made in worker {view.name}: {why}",
+            )
+        outcome = self._status(view, code)
+        outcome.sandbox_ended = True
+        return outcome
+
+    def _status(self, view: WorkerView, code: int) -> TaskOutcome:
+        """The outcome of an exit status the wrapper wrote.
+
+        A task that hit its memory or process limit failed, even when its command exited 0.
+        """
+        if code == 0 and not view.oom_kills() and not view.forks_refused():
+            return TaskOutcome(0)
         return self.failed(view, f"the command exited {code}", code)
 
     def failed(self, view: WorkerView, detail: str, code: int | None = None) -> TaskOutcome:

@@ -1,0 +1,150 @@
+"""A fresh sandbox for every task of a warm worker, on the REAL LXD daemon.
+
+Task 0 of each job attacks its worker; task 1 then runs in the same worker and must find
+nothing of it, or the worker must have survived what ended task 0.
+"""
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from container_compute.config import HostConfig
+from container_compute.jobs.ledger import Ledger
+from container_compute.lxdclient import connect
+
+from .conftest import worker_names, workers_of
+from .test_warm_workers import run_job
+
+pytestmark = [pytest.mark.functional, pytest.mark.usefixtures("fast_engine")]
+
+# Task 0 writes everywhere it can, renames the host, leaves a process and reaches for the
+# worker's root through /proc; every task then says what it finds of all that.
+LEAVE = (
+    "for d in /etc /root /usr /var/tmp /tmp /dev/shm /; do"
+    " echo left > $d/cc-left 2>/dev/null; done; "
+    "hostname cc-evil; "
+    "nohup sleep 600 >/dev/null 2>&1 & "
+    "for p in /proc/[0-9]*; do echo left > $p/root/cc-proc-root 2>/dev/null; done; "
+)
+LOOK = (
+    "found=; for f in /etc/cc-left /root/cc-left /usr/cc-left /var/tmp/cc-left /tmp/cc-left"
+    ' /dev/shm/cc-left /cc-left /cc-proc-root; do [ -e $f ] && found="$found $f"; done; '
+    "pgrep -f 'sleep 600' >/dev/null 2>&1 && found=\"$found process\"; "
+    "ps 2>/dev/null | grep -v grep | grep -q 'sleep 600' && found=\"$found process\"; "
+    '[ "$(hostname)" = cc-evil ] && found="$found hostname"; '
+    'echo "found:${found:- nothing}"; '
+)
+
+
+class Incarnations:
+    """Every worker seen while a job runs, as (name, created_at).
+
+    A warm worker replaced under the same name shows twice.
+    """
+
+    def __init__(self, config: HostConfig) -> None:
+        self.seen: set[tuple[str, str]] = set()
+        self._client = connect(project=config.lxd_project)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for record in self._client.api.instances.get(params={"recursion": 1}).json()[
+                "metadata"
+            ]:
+                self.seen.add((record["name"], record["created_at"]))
+
+    def of(self, workers: list[str]) -> set[tuple[str, str]]:
+        """Stop watching; the incarnations seen of these workers."""
+        self._stop.set()
+        self._thread.join(10)
+        return {seen for seen in self.seen if seen[0] in workers}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def incarnations(configured_host: HostConfig) -> Iterator[Incarnations]:
+    watch = Incarnations(configured_host)
+    yield watch
+    watch.stop()
+
+
+def stdout_of(state_dir: Path, job: str, index: int) -> str:
+    return (state_dir / "results" / job / str(index) / "stdout").read_text()
+
+
+def outcomes(state_dir: Path, job: str) -> list[dict[str, Any]]:
+    """Every attempt's recorded outcome, by task then attempt."""
+    ledger = Ledger(state_dir)
+    try:
+        return [record.outcome or {} for record in ledger.attempts(job)]
+    finally:
+        ledger.close()
+
+
+def test_the_next_task_in_the_same_worker_finds_nothing_of_the_last(
+    configured_host: HostConfig, state_dir: Path, incarnations: Incarnations
+) -> None:
+    command = LOOK + f'if [ "$TASK_INDEX" = 0 ]; then {LEAVE}fi; sleep 0.5; echo done'
+    report = run_job(configured_host, state_dir, command, tasks=3, parallelism=1)
+
+    assert report["counts"]["succeeded"] == 3, report
+    workers = workers_of(state_dir, report["job"])
+    assert len(set(workers)) == 1
+    assert len(incarnations.of(workers)) == 1  # one worker, never replaced, ran all three
+    for index in range(3):
+        assert stdout_of(state_dir, report["job"], index) == "found: nothing\ndone\n"
+    assert worker_names(configured_host) == []
+
+
+@pytest.mark.parametrize(
+    ("first", "reason", "limits"),
+    [
+        pytest.param("sleep 60", "timeout", {"timeout": "3s"}, id="timeout"),
+        pytest.param(
+            "f(){ f|f& }; f; sleep 2; exit 0", "process-limit", {"timeout": "60s"}, id="fork-bomb"
+        ),
+        pytest.param(
+            "echo 1000 > /proc/self/oom_score_adj; exec tail /dev/zero > /dev/null",
+            "oom",
+            {"memory": "64MiB"},
+            id="oom",
+        ),
+    ],
+)
+def test_what_ends_a_task_ends_only_its_sandbox(
+    configured_host: HostConfig,
+    state_dir: Path,
+    incarnations: Incarnations,
+    first: str,
+    reason: str,
+    limits: dict[str, str],
+) -> None:
+    """Task 0 times out, fork-bombs (exiting 0) or runs out of memory; task 1 still runs there."""
+    command = f"if [ \"$TASK_INDEX\" = 0 ]; then sh -c '{first}'; fi; sleep 0.5; echo ok"
+    report = run_job(
+        configured_host,
+        state_dir,
+        command,
+        tasks=2,
+        parallelism=1,
+        **limits,
+    )
+
+    first_outcome, second_outcome = outcomes(state_dir, report["job"])
+    assert first_outcome.get("reason") == reason, first_outcome
+    if reason == "timeout":
+        assert first_outcome["detail"].endswith("its sandbox was ended, the worker goes on")
+    assert report["counts"]["failed"] == 1 and report["counts"]["succeeded"] == 1, report
+    assert stdout_of(state_dir, report["job"], 1) == "ok\n", second_outcome
+    workers = workers_of(state_dir, report["job"])
+    assert len(incarnations.of(workers)) == 1  # the worker survived task 0: never replaced
+    assert worker_names(configured_host) == []
