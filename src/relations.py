@@ -199,6 +199,7 @@ def launch_params(raw: object) -> LaunchJobParams:
         deadline=request.deadline,
         retries=request.retries,
         name=request.name,
+        **({"isolation": request.isolation} if request.isolation else {}),
     )
 
 

@@ -124,3 +124,8 @@ SCRIPT_ENV = (
 )
 # A job cannot set these.
 RESERVED_ENV = TASK_ENV + SCRIPT_ENV
+
+# How a job that asked for sandboxes says it got a fresh worker per task instead, and why
+# (job-status's isolation-note; recorded in the job's params under ISOLATION_NOTE).
+SANDBOX_REFUSED = "sandboxes are refused in this worker"
+ISOLATION_NOTE = "isolation_note"

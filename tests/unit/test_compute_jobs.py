@@ -18,6 +18,7 @@ from charms.container_compute.v0.compute_jobs import (
 from ops import testing
 
 import charm
+import relations
 
 from .conftest import FakeActionError, Library
 
@@ -379,3 +380,18 @@ def test_a_withdrawn_request_leaves_both_databags(
     )
     served = out.get_relation(relation.id)
     assert jobs_of(served.local_app_data) == {} == jobs_of(served.local_unit_data)
+
+
+@pytest.mark.parametrize(
+    ("isolation", "expected"),
+    [("", "sandbox"), ("sandbox", "sandbox"), ("container", "container")],
+)
+def test_a_request_picks_its_isolation(isolation: str, expected: str) -> None:
+    request = {"command": "true", **({"isolation": isolation} if isolation else {})}
+
+    assert relations.launch_params(request).isolation == expected
+
+
+def test_a_request_with_an_unknown_isolation_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"^isolation: "):
+        relations.launch_params({"command": "true", "isolation": "vm"})

@@ -144,7 +144,9 @@ def test_a_waiting_client_runs_the_jobs_once_it_gets_the_lock(
 def test_a_parked_engine_leaves_its_attempts_to_the_next_one(tmp_path: Path) -> None:
     backend = FakeBackend(lambda spec: Plan(hang=True, stdout=f"{spec.task_index}\n"))
     first = make_engine(tmp_path, backend)
-    job_id = first.submit(LaunchJobParams(command="true", tasks=3, parallelism=2)).id
+    job_id = first.submit(
+        LaunchJobParams(command="true", tasks=3, parallelism=2, isolation="container")
+    ).id
     first.step()
     wait_until(lambda: len(backend.waited) == 2, 10)
     assert first.park(timeout=5)

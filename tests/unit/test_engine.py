@@ -27,7 +27,8 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def launch(engine: Engine, **params: object) -> str:
-    values: dict[str, object] = {"command": "echo $TASK_INDEX"}
+    """Submit a job; a fresh worker per task unless asked (the engine's own mechanics)."""
+    values: dict[str, object] = {"command": "echo $TASK_INDEX", "isolation": "container"}
     values.update(params)
     return engine.submit(LaunchJobParams(**values)).id  # type: ignore[arg-type]
 

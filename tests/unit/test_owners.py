@@ -183,7 +183,7 @@ def test_an_engine_holds_its_spares_ready_and_being_made(tmp_path: Path) -> None
 
     backend = SpareBackend()
     engine = make_engine(tmp_path, backend, max_parallel_workers=8)
-    engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2))
+    engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2, isolation="container"))
     engine.keeper.spares.top_up(engine.ledger.jobs()[0], lambda n: _spare_spec(engine, n), 2)
     end = time.monotonic() + 5
     while len(backend.prepared) < 2 and time.monotonic() < end:

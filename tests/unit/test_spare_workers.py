@@ -91,7 +91,9 @@ def slow(spec: WorkerSpec) -> Plan:
 def test_attempts_run_in_spares_and_never_beyond_parallelism(tmp_path: Path) -> None:
     backend = SpareBackend(plan=slow)
     engine = make_engine(tmp_path, backend, max_parallel_workers=8)
-    job = engine.submit(LaunchJobParams(command="x", tasks=24, parallelism=2))
+    job = engine.submit(
+        LaunchJobParams(command="x", tasks=24, parallelism=2, isolation="container")
+    )
 
     run_until_done(engine)
     engine.wait_deletions(timeout=5)
@@ -108,13 +110,15 @@ def test_attempts_run_in_spares_and_never_beyond_parallelism(tmp_path: Path) -> 
 def test_no_spares_when_off_or_the_job_reuses_workers_or_places_tasks(tmp_path: Path) -> None:
     backend = SpareBackend(plan=slow)
     engine = make_engine(tmp_path / "off", backend, spare_workers=False)
-    engine.submit(LaunchJobParams(command="x", tasks=8, parallelism=2))
+    engine.submit(LaunchJobParams(command="x", tasks=8, parallelism=2, isolation="container"))
     run_until_done(engine)
 
     placed = SpareBackend(plan=slow)
     placed_engine = make_engine(tmp_path / "placed", placed)
     placed_engine.submit(
-        LaunchJobParams(command="x", tasks=8, parallelism=2, placement="round-robin")
+        LaunchJobParams(
+            command="x", tasks=8, parallelism=2, placement="round-robin", isolation="container"
+        )
     )
     run_until_done(placed_engine)
 
@@ -131,7 +135,7 @@ def test_no_spares_when_off_or_the_job_reuses_workers_or_places_tasks(tmp_path: 
 def test_spares_stay_within_max_parallel_workers(tmp_path: Path) -> None:
     backend = SpareBackend(plan=slow)
     engine = make_engine(tmp_path, backend, max_parallel_workers=3)
-    engine.submit(LaunchJobParams(command="x", tasks=12, parallelism=3))
+    engine.submit(LaunchJobParams(command="x", tasks=12, parallelism=3, isolation="container"))
 
     run_until_done(engine)
 
@@ -154,8 +158,9 @@ def test_spares_go_with_a_cancelled_job_and_when_the_engine_stops_launching(
 ) -> None:
     backend = SpareBackend(plan=lambda spec: Plan(hang=True))
     engine = make_engine(tmp_path, backend, max_parallel_workers=8)
-    cancelled = engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2))
-    other = engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2))
+    cold = {"isolation": "container"}
+    cancelled = engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2, **cold))
+    other = engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2, **cold))
     end = time.time() + 5
     while len(backend.prepared) < 4 and time.time() < end:
         engine.step()
@@ -216,7 +221,7 @@ class MakesASpareWhileListed(SpareBackend):
 def test_a_spare_made_while_the_reaper_lists_is_kept(tmp_path: Path) -> None:
     backend = MakesASpareWhileListed()
     engine = make_engine(tmp_path, backend, spare_workers=False)
-    job = engine.submit(LaunchJobParams(command="x", tasks=1))
+    job = engine.submit(LaunchJobParams(command="x", tasks=1, isolation="container"))
     backend.engine, backend.job_id = engine, job.id
 
     assert housekeeping.reap(engine) == []
@@ -226,7 +231,7 @@ def test_a_spare_made_while_the_reaper_lists_is_kept(tmp_path: Path) -> None:
 def test_a_spare_given_back_after_its_job_ended_is_deleted(tmp_path: Path) -> None:
     backend = SpareBackend()
     engine = make_engine(tmp_path, backend)
-    job = engine.submit(LaunchJobParams(command="x", tasks=1))
+    job = engine.submit(LaunchJobParams(command="x", tasks=1, isolation="container"))
     spare = f"cc-{job.id}-sgone1"
     backend.workers[spare] = WorkerInfo(spare, job.id, None, None, True, backend.owner)
     engine.keeper.spares.close(job.id)

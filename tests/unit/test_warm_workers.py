@@ -105,7 +105,7 @@ def test_a_worker_whose_task_ended_badly_is_replaced_unchecked(
 def test_cold_jobs_get_a_worker_per_attempt(tmp_path: Path) -> None:
     backend = WarmBackend()
     engine = make_engine(tmp_path, backend)
-    engine.submit(LaunchJobParams(command="x", tasks=4, parallelism=2))
+    engine.submit(LaunchJobParams(command="x", tasks=4, parallelism=2, isolation="container"))
 
     run_until_done(engine)
 

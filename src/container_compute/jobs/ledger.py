@@ -330,6 +330,14 @@ class _JobRows(_Store):
             )
         return job_id
 
+    def note_job(self, job_id: str, key: str, text: str) -> None:
+        """Record a note on a job (in its params, as ``key``): e.g. why it fell back."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET params = json_set(params, ?, ?) WHERE id = ?",
+                (f"$.{key}", text, job_id),
+            )
+
     def job(self, job_id: str) -> JobRecord | None:
         """Return the job, or None when it does not exist."""
         rows = self._query(

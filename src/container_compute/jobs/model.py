@@ -6,6 +6,7 @@ Why an attempt failed (``FailureReason``) is the backends' vocabulary: see ``bac
 import re
 from collections.abc import Iterable
 from enum import Enum
+from typing import Any
 
 
 class JobState(str, Enum):
@@ -35,6 +36,10 @@ class TaskState(str, Enum):
 JOB_STATES = tuple(s.value for s in JobState)
 
 MAX_TASKS = 100_000  # the most tasks a job can have
+# launch-job's isolation: a fresh sandbox per task in warm workers, or a fresh worker per task.
+SANDBOX = "sandbox"
+CONTAINER = "container"
+ISOLATIONS = (SANDBOX, CONTAINER)
 MAX_RANGE_ITEMS = 1000  # comma-separated indexes and ranges in one list
 MAX_RANGES_CHARS = 16 * 1024
 _RANGE_RE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
@@ -104,3 +109,14 @@ def parse_ranges(text: str, task_count: int) -> list[int]:
     for first, last in check_ranges(text, task_count):
         indexes.update(range(first, last + 1))
     return sorted(indexes)
+
+
+def reuses_workers(params: dict[str, Any]) -> bool:
+    """Whether a recorded job keeps warm workers for its tasks (isolation=sandbox).
+
+    Jobs recorded before ``isolation`` existed reused workers only with reuse-workers.
+    """
+    isolation = params.get("isolation")
+    if isolation:
+        return isolation == SANDBOX
+    return bool(params.get("reuse_workers"))

@@ -17,7 +17,7 @@ from typing import Any
 from ..config import BACKENDS, check_limits
 from ..constants import ENV_NAME_RE, RESERVED_ENV
 from ..units import parse_duration
-from .model import JOB_STATES, MAX_TASKS, check_ranges
+from .model import CONTAINER, ISOLATIONS, JOB_STATES, MAX_TASKS, SANDBOX, check_ranges
 
 MAX_PARALLELISM = 1024
 MAX_RETRIES = 20
@@ -178,14 +178,18 @@ class LaunchJobParams(ActionParams):
         "of members (in turn over those). A task retried after its member was lost goes to "
         "another one. Ignored where LXD is not clustered.",
     )
+    isolation: str = param(
+        SANDBOX,
+        "How tasks are kept apart. sandbox: warm workers (up to parallelism, lxd only) run the "
+        "job's tasks one after another, each in a fresh sandbox (its own namespaces and a "
+        "throwaway overlay of the worker's root: nothing a task writes outside /results "
+        "survives it; a timeout, cancel, OOM or process limit ends only the sandbox). "
+        "container: a fresh worker per task. Where sandboxes cannot be made (Nova, a kernel "
+        "or AppArmor that refuses them), tasks get a fresh worker each and job-status says why.",
+        enum=list(ISOLATIONS),
+    )
     reuse_workers: bool = param(
-        False,
-        "Warm mode for many short tasks (lxd only): keep up to parallelism workers for this "
-        "job and run its tasks one after another in them, each in a fresh sandbox (its own "
-        "namespaces and a throwaway overlay of the worker's root: nothing a task writes "
-        "outside /results survives it; /tmp is wiped between tasks). A timeout, cancel, OOM "
-        "or process limit ends only the sandbox. Where a worker cannot make sandboxes, each "
-        "task gets a fresh worker. Only tasks of this job share a worker.",
+        False, "Deprecated: isolation=sandbox, the default, keeps workers for the job's tasks."
     )
     backend: str = param(
         "",
@@ -234,6 +238,8 @@ class LaunchJobParams(ActionParams):
         if self.name and not _NAME_RE.match(self.name):
             fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
         _check_placement(self.placement)
+        if self.reuse_workers and self.isolation == CONTAINER:
+            fail("reuse-workers", "contradicts isolation=container (it means isolation=sandbox)")
         for name in ("flavor", "network", "availability_zone"):
             value = getattr(self, name)
             if value and not _NOVA_NAME_RE.match(value):

@@ -49,7 +49,7 @@ from ..owner import owner_id
 from ..units import parse_duration
 from . import housekeeping, results
 from .ledger import JobRecord, Ledger
-from .model import JobState, TaskState
+from .model import JobState, TaskState, reuses_workers
 from .outcomes import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_CAP_SECONDS,
@@ -132,8 +132,8 @@ def worker_spec(
         results_cap_bytes=results_cap,
         options=dict(params.get("backend-options") or {}),
         worker=placed[0] if placed else "",
-        reuse=bool(params.get("reuse_workers")),
-        sandbox=bool(params.get("reuse_workers")),
+        reuse=reuses_workers(params),
+        sandbox=reuses_workers(params),
         started_at=placed[1] if placed else 0.0,
     )
 

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from ..backends import Backend, MakesWorkersAhead, WorkerSpec
 from .ledger import JobRecord
+from .model import reuses_workers
 from .registry import Role, WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class SpareWorkers:
 
     def preparer(self, job: JobRecord) -> Prepare | None:
         """The backend's ``prepare`` when the job's tasks may run in spares, else None."""
-        if job.params.get("reuse_workers"):
+        if reuses_workers(job.params):
             return None  # warm workers are made once per slot anyway
         if job.params.get("placement"):
             return None  # a task's member depends on its index (round-robin, a member list)

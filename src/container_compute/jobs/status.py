@@ -7,8 +7,9 @@ import datetime
 import time
 from typing import Any
 
+from ..constants import ISOLATION_NOTE
 from .ledger import JobRecord, Ledger, TaskRecord
-from .model import TaskState, format_ranges
+from .model import CONTAINER, SANDBOX, TaskState, format_ranges, reuses_workers
 
 MAX_FAILURES_LISTED = 20
 
@@ -74,7 +75,10 @@ def job_status(ledger: Ledger, job: JobRecord) -> dict[str, Any]:
         "finished": iso_time(job.finished),
         "elapsed-seconds": round(end - (job.started or job.created), 3),
         "command": job.params.get("command", ""),
+        "isolation": SANDBOX if reuses_workers(job.params) else CONTAINER,
     }
+    if job.params.get(ISOLATION_NOTE):  # why the job runs without sandboxes, or in fewer
+        status["isolation-note"] = job.params[ISOLATION_NOTE]
     hosts = ledger.host_counts(job.id)
     if hosts:  # on an LXD cluster: which member ran how many of the finished tasks
         status["hosts"] = hosts

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from ..backends import Backend
 from ..config import HostConfig
+from ..constants import ISOLATION_NOTE
 from ..errors import ActionError
 from ..units import parse_size
 from .ledger import JobRecord, Ledger
+from .model import CONTAINER, SANDBOX
 from .params import LaunchJobParams
 
 MEMINFO = Path("/proc/meminfo")
@@ -200,6 +202,11 @@ class JobSubmitter:
             backend_name, image = self.validate(params)
         recorded = asdict(params)
         recorded.update(image=image, backend=backend_name)
+        isolation = SANDBOX if params.reuse_workers else params.isolation
+        if backend_name == "nova" and isolation == SANDBOX:
+            isolation = CONTAINER
+            recorded[ISOLATION_NOTE] = "no sandboxes with Nova: every task is a server of its own"
+        recorded["isolation"] = isolation
         if backend_name == "lxd":
             note = self.disk_note(backend_name, params.disk or self.config.worker_disk)
             if note:

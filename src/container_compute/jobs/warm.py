@@ -27,8 +27,9 @@ from ..backends import (
     WorkerSpec,
     WorkerUnreachableError,
 )
+from ..constants import ISOLATION_NOTE, SANDBOX_REFUSED
 from .ledger import JobRecord, Ledger
-from .model import TaskState
+from .model import TaskState, reuses_workers
 from .registry import Role, WorkerRegistry
 from .spares import Deletions, SpareWorkers
 
@@ -125,7 +126,7 @@ class WorkerKeeper:
 
         The worker is the job's idle warm worker (or a new name), or a ready spare.
         """
-        if job.params.get("reuse_workers"):
+        if reuses_workers(job.params):
             return self.pool.take(job.id), started
         spare = self.spares.take(job.id)
         return (spare, started) if spare else None
@@ -135,7 +136,7 @@ class WorkerKeeper:
 
         A job that ended meanwhile keeps nothing: the worker is deleted (it may not exist).
         """
-        keeper = self.pool if job.params.get("reuse_workers") else self.spares
+        keeper = self.pool if reuses_workers(job.params) else self.spares
         if not keeper.give_back(job.id, worker):
             self.delete_worker(job.backend, worker)
 
@@ -169,6 +170,8 @@ class WorkerKeeper:
         why = backend.recycle(spec) if reuses else "the backend cannot reuse workers"
         if why:
             logger.info("replacing warm worker %s: %s", spec.worker_name, why)
+            if why.startswith(SANDBOX_REFUSED) and job.params.get(ISOLATION_NOTE) != why:
+                self.ledger.note_job(job.id, ISOLATION_NOTE, why)  # job-status says why
             return False
         return self.pool.give_back(job.id, spec.worker_name)
 

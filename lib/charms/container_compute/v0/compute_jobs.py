@@ -119,6 +119,9 @@ class JobRequest:
     deadline: str = "0"
     retries: int = 0
     name: str = ""
+    # "sandbox" (a fresh sandbox per task in warm workers) or "container" (a fresh worker per
+    # task); "": the provider's default, sandbox.
+    isolation: str = ""
 
     def __post_init__(self) -> None:
         """Check the type of every field (the provider checks the values)."""

@@ -216,7 +216,7 @@ class LXDBackend:
         """
         if self.warm.knows(spec.worker_name):
             return ""
-        return "not a warm worker of this backend"
+        return self.warm.refusal_note() or "not a warm worker of this backend"
 
     def relaunch(self, spec: WorkerSpec) -> None:
         """Make sure an existing worker runs its command: start it if stopped, run the launcher.

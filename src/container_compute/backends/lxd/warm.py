@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from ...constants import SANDBOX_REFUSED
 from .api import LXDApi
 from .launch import SANDBOX_PROBE, sandbox_environment
 
@@ -93,6 +94,12 @@ class WarmWorkers:
             )
         self.sandbox_refusal = why
         return not why
+
+    def refusal_note(self) -> str:
+        """Why workers here run one task each though sandboxes were asked for ("" if not)."""
+        if not self.sandbox_refusal:
+            return ""
+        return f"{SANDBOX_REFUSED}: {self.sandbox_refusal}; each task gets a fresh worker"
 
     def _processes(self, name: str) -> list[str]:
         """The PIDs (in the worker) of the worker's processes, read through exec."""
