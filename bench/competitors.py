@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,17 +34,32 @@ ULIMITS = ("nofile=1024:1024", "nproc=4096:4096")
 DAEMON_WAIT_SECONDS = 60.0
 
 
-def ensure_installed() -> list[str]:
-    """Install Debian's podman and docker.io when absent; return what was installed.
+# what each competitor needs: (Debian package, binary) pairs
+NEEDS = {
+    "podman": (("podman", PODMAN), ("runc", RUNC)),
+    "docker": (("docker.io", DOCKER), ("docker.io", DOCKERD), ("runc", RUNC)),
+}
+
+
+def missing_binaries(kind: str) -> list[str]:
+    """The binaries ``kind`` (podman or docker) needs that are absent."""
+    return [binary for _package, binary in NEEDS[kind] if not Path(binary).exists()]
+
+
+def ensure_installed(kinds: Iterable[str] = ("podman", "docker")) -> list[str]:
+    """Install Debian's packages of ``kinds`` when absent; return what was installed.
 
     Raises:
         BenchError: when apt-get fails.
     """
-    missing = [
-        package
-        for package, binary in (("podman", PODMAN), ("docker.io", DOCKERD), ("runc", RUNC))
-        if not Path(binary).exists()
-    ]
+    missing = list(
+        dict.fromkeys(
+            package
+            for kind in kinds
+            for package, binary in NEEDS[kind]
+            if not Path(binary).exists()
+        )
+    )
     if not missing:
         return []
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"}

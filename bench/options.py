@@ -7,9 +7,9 @@ from dataclasses import dataclass
 DRIVERS = ("btrfs", "dir")
 IMAGES = ("busybox", "debootstrap")
 PARTS = (
-    "cold",
+    "sandbox",
+    "container",
     "spares",
-    "warm",
     "podman",
     "docker",
     "lxd-benchmark",
@@ -17,12 +17,19 @@ PARTS = (
     "wide",
     "bigjob",
 )
+# the parts' names before launch-job's isolation: cold was isolation=container, warm sandbox
+PART_ALIASES = {"cold": "container", "warm": "sandbox"}
 USAGE_EXAMPLES = """\
 examples:
   full run (about 25 min on 2 cores):   bench/run.py
   smoke run (under 2 min):              bench/run.py --smoke
   one pool and image, 3 rounds:         bench/run.py --drivers btrfs --images busybox --rounds 3
   only ours and podman:                 bench/run.py --skip docker,lxd-benchmark,loop,wide,bigjob
+  only the default (isolation=sandbox):  bench/run.py --skip container,spares,lxd-benchmark,loop
+
+parts: sandbox (launch-job's default: 32 tasks, a 500-task job, a bare LXD exec), container
+(isolation=container: a fresh worker per task), spares (container jobs with and without spare
+workers); cold and warm are the old names of container and sandbox.
 """
 
 
@@ -45,10 +52,11 @@ class Options:
     big_job_tasks: int
     agent_seconds: float
     idmap: str
+    install_competitors: bool = True
 
     def runs(self, part: str) -> bool:
-        """Whether a part of the bench runs."""
-        return part not in self.skip
+        """Whether a part of the bench runs (``cold`` and ``warm`` are old names)."""
+        return PART_ALIASES.get(part, part) not in self.skip
 
 
 def _choices(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -99,9 +107,14 @@ def parser() -> argparse.ArgumentParser:
         default="4,8",
         help="parallelisms tried in round 1; later rounds use each method's best (default 4,8)",
     )
-    parse.add_argument("--tasks", type=int, default=32, help="tasks of the cold job (32)")
     parse.add_argument(
-        "--warm-tasks", type=int, default=500, help="tasks of the warm throughput job (500)"
+        "--tasks", type=int, default=32, help="tasks of the jobs of either isolation (32)"
+    )
+    parse.add_argument(
+        "--warm-tasks",
+        type=int,
+        default=500,
+        help="tasks of the default's (isolation=sandbox) throughput job (500)",
     )
     parse.add_argument(
         "--exec-calls", type=int, default=200, help="bare API exec calls per parallelism (200)"
@@ -123,10 +136,17 @@ def parser() -> argparse.ArgumentParser:
         help="workers' idmap: the product default, isolated per worker, or shared (non-isolated)",
     )
     parse.add_argument(
+        "--install-competitors",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="install podman and docker from Debian when absent (default: yes, not with "
+        "--smoke); a competitor left absent is said so and left out",
+    )
+    parse.add_argument(
         "--smoke",
         action="store_true",
         help="a quick check of every part: 1 round, btrfs, busybox, 8 tasks, P=4, "
-        "20 wide workers, no big job",
+        "20 wide workers, no big job, podman and docker only when installed",
     )
     return parse
 
@@ -160,7 +180,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
             dir_rounds=min(args.dir_rounds, args.rounds),
             drivers=_choices(args.drivers, DRIVERS, "--drivers"),
             images=_choices(args.images, IMAGES, "--images"),
-            skip=frozenset(_choices(args.skip, PARTS, "--skip")),
+            skip=frozenset(
+                PART_ALIASES.get(part, part)
+                for part in _choices(args.skip, (*PARTS, *PART_ALIASES), "--skip")
+            ),
             parallels=_parallels(str(args.parallel)),
             tasks=args.tasks,
             warm_tasks=args.warm_tasks,
@@ -171,6 +194,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
             big_job_tasks=args.big_job_tasks,
             agent_seconds=args.agent_seconds,
             idmap=args.idmap,
+            install_competitors=(
+                not args.smoke if args.install_competitors is None else args.install_competitors
+            ),
         )
     except argparse.ArgumentTypeError as err:
         parse.error(str(err))

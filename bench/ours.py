@@ -1,4 +1,9 @@
-"""container-compute itself: cold jobs, warm jobs and a bare API exec round trip.
+"""container-compute itself: jobs of either isolation and a bare API exec round trip.
+
+launch-job's ``isolation``: ``sandbox`` (the default: warm workers, a fresh sandbox per task)
+or ``container`` (a fresh worker per task, the default before). The bench passes it
+explicitly; on a build without it, the sandbox jobs ask for ``reuse_workers`` and the
+container jobs take that build's default (a fresh worker per task).
 
 Every job is ``launch-job`` with ``wait=true`` through the library (``actions.run_action``),
 as a user would run it: the engine runs in this process, launches, gathers every result into
@@ -36,13 +41,64 @@ from .common import (
 from .lxdsetup import LXD_LOG_DIR, first_error
 from .report import TaskAttempts, launch_failures
 
-WARM_FIELD = "reuse_workers"
+ISOLATION_FIELD = "isolation"
+WARM_FIELD = "reuse_workers"  # before ``isolation``: reuse_workers=true asked for sandboxes
+ISOLATION_NOTE_KEY = "isolation_note"  # in a job's params: why it ran without sandboxes
+SANDBOX = "sandbox"
+CONTAINER = "container"
 CLEAN_WAIT_SECONDS = 600.0
 
 
-def warm_supported() -> bool:
-    """Whether this build's launch-job has the warm mode (a ``reuse_workers`` parameter)."""
-    return WARM_FIELD in {f.name for f in dataclasses.fields(LaunchJobParams)}
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(LaunchJobParams)}
+
+
+def isolation_supported() -> bool:
+    """Whether this build's launch-job has the ``isolation`` parameter."""
+    return ISOLATION_FIELD in _fields()
+
+
+def sandbox_supported() -> bool:
+    """Whether this build can run a job's tasks in sandboxes (``isolation`` or the old flag)."""
+    return isolation_supported() or WARM_FIELD in _fields()
+
+
+def default_isolation() -> str:
+    """The isolation launch-job gives when none is asked for (older builds: container)."""
+    field = _fields().get(ISOLATION_FIELD)
+    return CONTAINER if field is None else str(field.default)
+
+
+def isolation_args(isolation: str | None) -> dict[str, Any]:
+    """The launch-job parameters that ask for ``isolation`` (None: the build's default).
+
+    Raises:
+        BenchError: when this build has no sandbox mode and one is asked for.
+    """
+    if isolation is None:
+        return {}
+    if isolation_supported():
+        return {ISOLATION_FIELD: isolation}
+    if isolation == CONTAINER:
+        return {}  # a build without isolation gives a fresh worker per task by default
+    if WARM_FIELD in _fields():
+        return {WARM_FIELD: True}
+    raise BenchError("this build has no sandbox mode (neither isolation nor reuse_workers)")
+
+
+def describe_isolation() -> str:
+    """How the bench asks this build for each isolation (printed at the start)."""
+    if isolation_supported():
+        return (
+            f"launch-job isolation: default {default_isolation()}; the bench passes "
+            "isolation=sandbox and isolation=container explicitly"
+        )
+    if sandbox_supported():
+        return (
+            "launch-job has no isolation parameter (an older build): the sandbox jobs ask for "
+            "reuse_workers=true, the container jobs take the build's default"
+        )
+    return "launch-job has no sandbox mode (an older build): only container jobs run"
 
 
 @dataclass(frozen=True)
@@ -53,6 +109,7 @@ class JobRun:
     clean_seconds: float
     launch_failures: int
     failure_details: tuple[str, ...] = ()
+    isolation_note: str = ""  # why a job that asked for sandboxes ran (partly) without them
 
 
 def start_error(project: str, worker: str) -> str | None:
@@ -90,6 +147,16 @@ def count_launch_failures(state: Path, job: str, project: str) -> tuple[int, tup
             for task in ledger.tasks(job)
         )
         return count, tuple(details[:5])
+    finally:
+        ledger.close()
+
+
+def isolation_note(state: Path, job: str) -> str:
+    """Why the job ran without sandboxes or in fewer (job-status's isolation-note), or ''."""
+    ledger = Ledger(state)
+    try:
+        record = ledger.job(job)
+        return str((record.params if record else {}).get(ISOLATION_NOTE_KEY) or "")
     finally:
         ledger.close()
 
@@ -139,18 +206,22 @@ def run_job(
         job_dir = Path(result["results-dir"])
         for index in range(params.task_count):
             check_square(job_dir / str(index) / "files", index, f"job {job}")
+    note = isolation_note(state, job)
     clean = wait_workers_gone(config, job)
-    return JobRun(measured, clean, failures, details)
+    return JobRun(measured, clean, failures, details, note)
 
 
 def job_params(
-    image: str, tasks: int, parallel: int, warm: bool = False, sleep: int = 0
+    image: str, tasks: int, parallel: int, isolation: str | None = None, sleep: int = 0
 ) -> LaunchJobParams:
-    """The trivial job of the bench; ``warm`` asks for reused workers (only when supported).
+    """The trivial job of the bench, with ``isolation`` asked for (None: the build's default).
 
     ``sleep``: each task first sleeps that many seconds (a task that leaves the CPUs idle).
+
+    Raises:
+        BenchError: when this build has no sandbox mode and ``isolation`` is sandbox.
     """
-    extra: dict[str, Any] = {WARM_FIELD: True} if warm else {}
+    extra = isolation_args(isolation)
     return LaunchJobParams(
         command=f"sleep {sleep}; {TASK_COMMAND}" if sleep else TASK_COMMAND,
         tasks=tasks,

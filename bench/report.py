@@ -7,11 +7,13 @@ Nothing here touches LXD, podman or docker, so every function is unit-tested
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
+MET = ("met", "NOT met")  # the verdicts of issue 11's targets
+PASS_MISS = ("PASS", "MISS")  # the verdicts of issue 20's targets
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class Target:
     at_most: bool
     unit: str = "x"
     why_missing: str = ""
+    verdicts: tuple[str, str] = MET  # printed when the target is met, and when it is not
 
     @property
     def met(self) -> bool | None:
@@ -174,21 +177,25 @@ class Target:
         return self.value <= self.limit if self.at_most else self.value >= self.limit
 
     def line(self) -> str:
-        """``name: 0.42x (target <= 0.5x): met``, or why it could not be measured."""
+        """``name: 0.42x (target <= 0.5x): met`` (or PASS), or why it could not be measured."""
         sign = "<=" if self.at_most else ">="
         goal = f"target {sign} {self.limit:g}{self.unit}"
         if self.value is None:
             return f"  {self.name}: not measured ({goal}){': ' if self.why_missing else ''}" + (
                 self.why_missing
             )
-        verdict = {True: "met", False: "NOT met"}[bool(self.met)]
+        verdict = self.verdicts[0] if self.met else self.verdicts[1]
         number = f"{self.value:.0f}" if self.value.is_integer() else f"{self.value:.2f}"
         return f"  {self.name}: {number}{self.unit} ({goal}): {verdict}"
 
 
 @dataclass(frozen=True)
 class IssueFigures:
-    """The medians the targets of issue 11 are computed from (None: not measured)."""
+    """The medians the targets of issue 11 are computed from (None: not measured).
+
+    Issue 11's cold path is isolation=container (a fresh worker per task), its warm mode
+    isolation=sandbox.
+    """
 
     cold: float | None
     lxd_benchmark: float | None
@@ -247,6 +254,87 @@ def issue_targets(figures: IssueFigures) -> list[Target]:
             0,
             at_most=True,
             unit="",
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class DefaultFigures:
+    """The medians the targets of issue 20 are computed from (None: not measured).
+
+    ``sandbox`` is launch-job's default (isolation=sandbox) and ``container`` a fresh worker per
+    task, both on the reference pool and image with ``tasks`` trivial tasks; ``podman`` the same
+    tasks with ``podman run --rm``; ``many`` the default with ``many_tasks`` tasks at
+    ``many_parallel``, and ``bare_exec`` a bare LXD exec round trip (seconds per call) at that
+    parallelism; ``debootstrap`` and ``busybox`` the default with each image on the reference
+    pool. ``why`` says, by field name, why a figure is missing.
+    """
+
+    sandbox: float | None
+    container: float | None
+    podman: float | None
+    many: float | None
+    bare_exec: float | None
+    debootstrap: float | None
+    busybox: float | None
+    tasks: int
+    many_tasks: int
+    many_parallel: int
+    why: Mapping[str, str] = field(default_factory=dict)
+
+    def missing(self, *names: str) -> str:
+        """Why some of the named figures are missing (those that are, and say why)."""
+        reasons = [
+            self.why[name] for name in names if getattr(self, name) is None and self.why.get(name)
+        ]
+        return "; ".join(dict.fromkeys(reasons))
+
+
+def default_targets(figures: DefaultFigures) -> list[Target]:
+    """The targets of issue 20 (launch-job's default, isolation=sandbox) with measured values."""
+    tasks, many, parallel = figures.tasks, figures.many_tasks, figures.many_parallel
+    return [
+        Target(
+            f"1. speed-up of the default over parallel podman run --rm ({tasks} trivial tasks)",
+            ratio(figures.podman, figures.sandbox),
+            3,
+            at_most=False,
+            why_missing=figures.missing("podman", "sandbox"),
+            verdicts=PASS_MISS,
+        ),
+        Target(
+            f"1. speed-up of the default over isolation=container ({tasks} trivial tasks)",
+            ratio(figures.container, figures.sandbox),
+            4,
+            at_most=False,
+            why_missing=figures.missing("container", "sandbox"),
+            verdicts=PASS_MISS,
+        ),
+        Target(
+            f"2. tasks/s of the default ({many} trivial tasks, P={parallel})",
+            None if figures.many is None else per_second(many, figures.many),
+            50,
+            at_most=False,
+            unit="",
+            why_missing=figures.missing("many"),
+            verdicts=PASS_MISS,
+        ),
+        Target(
+            f"2. per-task time of the default / bare LXD exec round trip ({many} tasks, "
+            f"P={parallel})",
+            ratio(None if figures.many is None else figures.many / many, figures.bare_exec),
+            1.5,
+            at_most=True,
+            why_missing=figures.missing("many", "bare_exec"),
+            verdicts=PASS_MISS,
+        ),
+        Target(
+            f"3. debootstrap / busybox with the default ({tasks} trivial tasks)",
+            ratio(figures.debootstrap, figures.busybox),
+            1.3,
+            at_most=True,
+            why_missing=figures.missing("debootstrap", "busybox"),
+            verdicts=PASS_MISS,
         ),
     ]
 

@@ -3,20 +3,26 @@
 One invocation (``tox -e bench``, as root after scripts/setup-host) runs, interleaved over N
 rounds on every storage driver (btrfs, dir) and image (busybox, a ~150 MB debootstrap):
 
-- ours cold: ``launch-job`` of 32 trivial tasks, a fresh worker each (best parallelism);
-- spare workers: the cold job with tasks of ``sleep 1``, and the trivial one, with and
+- ours sandbox: ``launch-job`` of 32 trivial tasks with the default, ``isolation=sandbox``
+  (warm workers, a fresh sandbox per task; passed explicitly), best parallelism; a
+  500-task job of the default (tasks/s) and a bare REST exec round trip (the floor of any
+  warm mode). A build without ``isolation`` gets ``reuse_workers=true`` instead;
+- ours container: the same job with ``isolation=container``, a fresh worker each (the
+  default before, issue 11's "cold");
+- spare workers: the container job with tasks of ``sleep 1``, and the trivial one, with and
   without spare workers made ahead of demand (``spare-workers``), at the first parallelism;
-- ours warm: the same job with reused workers, a many-task warm job (tasks/s) and a bare
-  REST exec round trip (the floor of any warm mode), when this build has the warm mode;
 - podman and docker ``run --rm --network none`` with a bind-mounted results directory, at
   the same parallelism, from the same rootfs (bench/competitors.py);
 - ``lxd-benchmark launch`` + ``delete`` and a sequential ``lxc launch/exec/file pull/delete``;
 
 then 200 live workers at once (a job of ``sleep 30`` tasks with parallelism 200) and a
-10,000-task job's bookkeeping. It prints medians (min, max) and the targets of issue 11 with
-the measured ratios. It exits non-zero only when something broke (a job failed, a
-competitor could not run), naming it. Everything lives in run-prefixed LXD projects and pools
-(``ccb<hex>-<driver>``) and directories, deleted at the end, also on failure or Ctrl-C.
+10,000-task job's bookkeeping. It prints medians (min, max), the targets of issue 11 and
+those of issue 20 (the default against podman, isolation=container and a bare LXD exec; the
+debootstrap image against busybox) with the measured ratios and PASS/MISS, never asserted. It
+exits non-zero only when something broke (a job failed, a competitor could not be installed or
+run), naming it; podman or docker absent when not to be installed (``--smoke``) is said and
+left out. Everything lives in run-prefixed LXD projects and pools (``ccb<hex>-<driver>``) and
+directories, deleted at the end, also on failure or Ctrl-C.
 ``python bench/run.py --help`` lists the flags (``--smoke`` runs everything small, < 2 min).
 """
 
@@ -48,8 +54,10 @@ from bench.common import BenchError, Measured, measure
 from bench.images import BenchImage, prepare_busybox, prepare_debootstrap
 from bench.options import Options, parse_args
 from bench.report import (
+    DefaultFigures,
     IssueFigures,
     Samples,
+    default_targets,
     exec_line,
     figure_line,
     issue_targets,
@@ -96,7 +104,9 @@ class Bench:
         self.started: list[competitors.ContainerRunner] = []
         self.runners: dict[str, competitors.ContainerRunner] = {}
         self.references: dict[tuple[str, str], str] = {}
-        self.warm = ours.warm_supported()
+        self.unavailable: dict[str, str] = {}  # competitor -> why it was left out
+        self.sandbox = ours.sandbox_supported()
+        self.isolation_notes: dict[str, int] = {}  # why sandbox jobs ran without -> how many
         self.counter = 0
         self.wide: wide.WideRun | None = None
 
@@ -113,6 +123,7 @@ class Bench:
         isolated = first.worker_idmap_isolated and not first.worker_privileged
         print(f"projects and pools: {', '.join(c.lxd_project for c in self.configs.values())}")
         print(f"workers: unprivileged, idmap {'isolated' if isolated else 'shared'}")
+        print(ours.describe_isolation())
         clients = [connect(project=c.lxd_project) for c in self.configs.values()]
         projects = [c.lxd_project for c in self.configs.values()]
         for name in self.options.images:
@@ -129,36 +140,63 @@ class Bench:
         self._warm_up()
         self._set_up_competitors()
 
+    def isolations(self) -> list[str]:
+        """The isolations measured: sandbox (the default) when this build has it, container."""
+        wanted = []
+        if self.options.runs("sandbox") and self.sandbox:
+            wanted.append(ours.SANDBOX)
+        if self.options.runs("container") or self.options.runs("spares"):
+            wanted.append(ours.CONTAINER)
+        return wanted
+
     def _warm_up(self) -> None:
-        """One untimed small job and lxd-benchmark launch per combo: images unpacked on pools."""
+        """Untimed small jobs (each isolation) and an lxd-benchmark launch per combo."""
         for combo in self.combos:
-            self._try(
-                f"{combo.label} warm-up",
-                lambda c=combo: ours.run_job(
-                    c.config, self._state(), ours.job_params(c.image.alias, 2, 2)
-                ),
-            )
+            for isolation in self.isolations() or [None]:
+                self._try(
+                    f"{combo.label} warm-up ({isolation or 'default'})",
+                    lambda c=combo, i=isolation: ours.run_job(
+                        c.config, self._state(), ours.job_params(c.image.alias, 2, 2, i)
+                    ),
+                )
             if self.options.runs("lxd-benchmark"):
                 self._try(
                     f"{combo.label} lxd-benchmark warm-up",
                     lambda c=combo: self._lxd_benchmark(c, 1, 1),
                 )
-        print("warm-up done (one untimed job and lxd-benchmark launch per pool and image)")
+        print("warm-up done (untimed jobs and an lxd-benchmark launch per pool and image)")
 
     def _set_up_competitors(self) -> None:
-        """Install podman and docker when absent, start them, import every image.
+        """Install podman and docker when absent (unless told not to), start them, import images.
 
-        A competitor that cannot be set up is reported (the bench will exit non-zero) and
-        left out; the rest of the bench runs.
+        A competitor that cannot be installed or set up is reported (the bench will exit
+        non-zero) and left out; one that is absent and not to be installed (``--smoke``,
+        ``--no-install-competitors``) is only said so. The rest of the bench runs.
         """
         wanted = [p for p in ("podman", "docker") if self.options.runs(p)]
         if not wanted:
             return
-        installed = self._try("installing podman and docker", competitors.ensure_installed)
-        if isinstance(installed, list) and installed:
-            print(f"installed from Debian: {', '.join(map(str, installed))}")
+        if self.options.install_competitors:
+            installed = self._try(
+                f"installing {' and '.join(wanted)}",
+                lambda: competitors.ensure_installed(wanted),
+            )
+            if isinstance(installed, list) and installed:
+                print(f"installed from Debian: {', '.join(map(str, installed))}")
         for kind in wanted:
+            absent = competitors.missing_binaries(kind)
+            if absent:
+                how = (
+                    "could not be installed"
+                    if self.options.install_competitors
+                    else "not installed: --install-competitors installs it"
+                )
+                self.unavailable[kind] = f"{kind} absent ({', '.join(absent)}; {how})"
+                print(f"{self.unavailable[kind]}: left out, the rest of the bench goes on")
+                continue
             self._try(f"setting up {kind}", lambda k=kind: self._start_runner(k))
+            if kind not in self.runners:
+                self.unavailable[kind] = f"{kind} could not be set up (see BROKEN above)"
 
     def _start_runner(self, kind: str) -> None:
         runner: competitors.ContainerRunner
@@ -220,15 +258,20 @@ class Bench:
         figure: str,
         tasks: int,
         parallel: int,
-        warm: bool,
+        isolation: str,
         spares: bool = True,
         sleep: int = 0,
     ) -> None:
         config = dataclasses.replace(combo.config, spare_workers=spares)
-        params = ours.job_params(combo.image.alias, tasks, parallel, warm, sleep)
+        params = ours.job_params(combo.image.alias, tasks, parallel, isolation, sleep)
         run = ours.run_job(config, self._state(), params)
         self.launch_failures += run.launch_failures
         note = f", workers gone {run.clean_seconds:.1f}s later"
+        if run.isolation_note:
+            self.isolation_notes[run.isolation_note] = (
+                self.isolation_notes.get(run.isolation_note, 0) + 1
+            )
+            note += f", WITHOUT SANDBOXES: {run.isolation_note[:200]}"
         if run.launch_failures:
             note += f", LAUNCH FAILURES {run.launch_failures}: " + "; ".join(
                 run.failure_details[:2]
@@ -297,42 +340,43 @@ class Bench:
         """Every LXD method on one driver and image, in an order that changes each round.
 
         The reference (first driver and image) tries every parallelism in the first round;
-        the other combinations start from its best. The warm throughput job, the bare exec
-        and the lxc loop run on the reference only.
+        the other combinations start from its best. The default's many-task job, the bare
+        exec and the lxc loop run on the reference only.
         """
         tasks = self.options.tasks
         is_reference = combo is reference
         steps: list[tuple[str, Callable[[], None]]] = []
+        sandbox, container = ours.SANDBOX, ours.CONTAINER
 
         def like(method: str) -> str:
             return "" if is_reference else f"{reference.label} {method}"
 
-        if self.options.runs("cold"):
+        if self.options.runs("container"):
             steps += self._steps(
                 round_index,
-                f"{combo.label} ours cold",
-                like("ours cold"),
-                lambda f, p: self._ours(combo, f, tasks, p, False),
+                ours_figure(combo.label, container),
+                like(f"ours {container}"),
+                lambda f, p: self._ours(combo, f, tasks, p, container),
             )
-        if self.options.runs("warm") and self.warm:
+        if self.options.runs("sandbox") and self.sandbox:
+            small = ours_figure(combo.label, sandbox)
             steps += self._steps(
                 round_index,
-                f"{combo.label} ours warm",
-                like("ours warm"),
-                lambda f, p: self._ours(combo, f, tasks, p, True),
+                small,
+                like(f"ours {sandbox}"),
+                lambda f, p: self._ours(combo, f, tasks, p, sandbox),
             )
             if is_reference:
                 p, many = self.options.parallels[0], self.options.warm_tasks
-                figure = f"{combo.label} ours warm x{many}"
-                steps.append((figure, lambda: self._ours(combo, figure, many, p, True)))
-                small = f"{combo.label} ours warm"
+                figure = many_figure(combo.label, many)
+                steps.append((figure, lambda: self._ours(combo, figure, many, p, sandbox)))
                 if round_index > 0 and self.samples.chosen.get(small, p) != p:
                     # the small job at the big one's parallelism too, every round: the
                     # marginal cost per task compares the two
-                    steps.append((small, lambda: self._ours(combo, small, tasks, p, True)))
+                    steps.append((small, lambda: self._ours(combo, small, tasks, p, sandbox)))
         if is_reference and self.options.runs("spares"):
             steps += self._spare_steps(combo)
-        if is_reference and self.options.runs("warm"):
+        if is_reference and self.options.runs("sandbox"):
             for p in sorted({1, self.options.parallels[0]}):
                 steps.append(("bare exec", lambda p=p: self._bare_exec(combo, p)))
         if self.options.runs("lxd-benchmark"):
@@ -348,12 +392,18 @@ class Bench:
             self._try(f"round {round_index + 1} {what}", step)
 
     def _spare_steps(self, combo: Combo) -> list[tuple[str, Callable[[], None]]]:
-        """The cold job, trivial and with ``sleep 1`` tasks, with spare workers and without."""
+        """The container job, trivial and ``sleep 1`` tasks, with spare workers and without.
+
+        Spare workers are made ahead of demand for isolation=container only (the default's
+        warm workers take none).
+        """
         p = self.options.parallels[0]
         steps: list[tuple[str, Callable[[], None]]] = []
         for sleep, spares in itertools.product((0, 1), (True, False)):
             figure = spare_figure(combo.label, sleep, spares)
-            job = partial(self._ours, combo, figure, self.options.tasks, p, False, spares, sleep)
+            job = partial(
+                self._ours, combo, figure, self.options.tasks, p, ours.CONTAINER, spares, sleep
+            )
             steps.append((figure, job))
         return steps
 
@@ -389,8 +439,11 @@ class Bench:
 
     def rounds(self) -> None:
         """The interleaved rounds (the dir pool takes part in the first --dir-rounds only)."""
-        if not self.warm and self.options.runs("warm"):
-            print("warm mode: not available in this build (LaunchJobParams has no reuse_workers)")
+        if not self.sandbox and self.options.runs("sandbox"):
+            print(
+                "isolation=sandbox: not available in this build (LaunchJobParams has neither "
+                "isolation nor reuse_workers): only isolation=container runs"
+            )
         reference = self.combos[0]
         for round_index in range(self.options.rounds):
             begin = time.monotonic()
@@ -414,7 +467,8 @@ class Bench:
         config = self.configs[self.options.drivers[0]]
         print(
             f"\n{self.options.wide_workers} live workers ({config.storage_driver}/{image}, "
-            f"sleep {self.options.wide_sleep})"
+            f"sleep {self.options.wide_sleep}, launch-job's default: "
+            f"isolation={ours.default_isolation()})"
         )
         self.wide = wide.run_wide(
             config,
@@ -429,7 +483,7 @@ class Bench:
     # -- the report -----------------------------------------------------------------------
 
     def report(self) -> None:
-        """Medians of every figure, then the targets of issue 11."""
+        """Medians of every figure, then the targets of issues 11 and 20."""
         print("\n== figures: medians over rounds (min, max); best parallelism per method ==")
         figures = sorted({f for (f, _p) in self.samples.values})
         for figure in figures:
@@ -468,29 +522,32 @@ class Bench:
         return best[1].median if best else None
 
     def targets(self) -> list[str]:
-        """The target lines of issue 11 with the measured values, and related ratios."""
+        """The targets of issues 11 and 20 with the measured values, and related ratios."""
         ref = self.combos[0]
         warm_p = self.options.parallels[0]
         bare = self.samples.by_parallel(f"{ref.label} bare exec").get(warm_p)
+        container = self._best(ours_figure(ref.label, ours.CONTAINER))
+        sandbox = self._best(ours_figure(ref.label, ours.SANDBOX))
         figures = IssueFigures(
-            cold=self._best(f"{ref.label} ours cold"),
+            cold=container,
             lxd_benchmark=self._best(f"{ref.label} lxd-benchmark"),
             podman=self._best(f"{ref.image.name} podman"),
-            debootstrap_cold=self._best(f"{ref.driver}/debootstrap ours cold"),
-            busybox_cold=self._best(f"{ref.driver}/busybox ours cold"),
-            warm_many=self._best(f"{ref.label} ours warm x{self.options.warm_tasks}"),
+            debootstrap_cold=self._best(ours_figure(f"{ref.driver}/debootstrap", ours.CONTAINER)),
+            busybox_cold=self._best(ours_figure(f"{ref.driver}/busybox", ours.CONTAINER)),
+            warm_many=self._best(many_figure(ref.label, self.options.warm_tasks)),
             bare_exec=summarise(bare).median if bare else None,
             warm_tasks=self.options.warm_tasks,
             warm_parallel=warm_p,
-            warm_available=self.warm,
+            warm_available=self.sandbox,
             launch_failures=self.launch_failures,
         )
         lines = [
             "",
-            f"== targets of issue 11 (reference: {ref.label}, {self.options.tasks} tasks) ==",
+            f"== targets of issue 11 (reference: {ref.label}, {self.options.tasks} tasks; "
+            "cold: isolation=container, warm: isolation=sandbox) ==",
             *(target.line() for target in issue_targets(figures)),
         ]
-        small = self.samples.by_parallel(f"{ref.label} ours warm").get(warm_p)
+        small = self.samples.by_parallel(ours_figure(ref.label, ours.SANDBOX)).get(warm_p)
         marginal = marginal_seconds(
             figures.warm_many,
             summarise(small).median if small else None,
@@ -504,15 +561,18 @@ class Bench:
                 f"{marginal / figures.bare_exec:.2f}x a bare exec "
                 f"({figures.bare_exec * 1000:.1f} ms)"
             )
-        cold = figures.cold
         docker = self._best(f"{ref.image.name} docker")
         loop = self._best(f"{ref.label} lxc loop")
-        if docker is not None and cold is not None:
-            lines.append(f"  cold ours / docker run --rm: {cold / docker:.2f}x")
-        if loop is not None and cold is not None:
-            lines.append(f"  sequential lxc loop / cold ours: {loop / cold:.1f}x faster")
+        for name, ours_seconds in (("cold", container), ("default (sandbox)", sandbox)):
+            if docker is not None and ours_seconds is not None:
+                lines.append(f"  {name} ours / docker run --rm: {ours_seconds / docker:.2f}x")
+        for name, ours_seconds in (("cold", container), ("default (sandbox)", sandbox)):
+            if loop is not None and ours_seconds is not None:
+                lines.append(
+                    f"  sequential lxc loop / {name} ours: {loop / ours_seconds:.1f}x faster"
+                )
         lines += self._spare_lines(ref.label)
-        for figure in ("ours cold", "lxd-benchmark"):
+        for figure in (f"ours {ours.CONTAINER}", f"ours {ours.SANDBOX}", "lxd-benchmark"):
             best = self.samples.best(f"{ref.label} {figure}")
             cpu = self.samples.cpu(f"{ref.label} {figure}", best[0]) if best else None
             if cpu is not None:
@@ -528,13 +588,71 @@ class Bench:
                 f"{mib(self.wide.mem_before_kib)} -> {mib(self.wide.mem_low_kib)}, LXD CPU "
                 f"{self.wide.measured.lxd_cpu:.1f}s"
             )
+        return lines + self._default_lines(ref, figures.bare_exec, sandbox, container)
+
+    def _default_lines(
+        self, ref: Combo, bare_exec: float | None, sandbox: float | None, container: float | None
+    ) -> list[str]:
+        """The targets of issue 20: launch-job's default (isolation=sandbox), PASS or MISS."""
+        figures = DefaultFigures(
+            sandbox=sandbox,
+            container=container,
+            podman=self._best(f"{ref.image.name} podman"),
+            many=self._best(many_figure(ref.label, self.options.warm_tasks)),
+            bare_exec=bare_exec,
+            debootstrap=self._best(ours_figure(f"{ref.driver}/debootstrap", ours.SANDBOX)),
+            busybox=self._best(ours_figure(f"{ref.driver}/busybox", ours.SANDBOX)),
+            tasks=self.options.tasks,
+            many_tasks=self.options.warm_tasks,
+            many_parallel=self.options.parallels[0],
+            why=self._why_missing(),
+        )
+        how = "" if ours.isolation_supported() else ", asked for as reuse_workers=true"
+        lines = [
+            "",
+            f"== targets of issue 20 (reference: {ref.label}; the default: isolation=sandbox"
+            f"{how}) ==",
+            *(target.line() for target in default_targets(figures)),
+        ]
+        for note, count in self.isolation_notes.items():
+            lines.append(f"  NOTE: {count} sandbox job(s) ran without sandboxes: {note}")
         return lines
+
+    def _why_missing(self) -> dict[str, str]:
+        """Why each figure of issue 20's targets may be missing (a skipped part, no image)."""
+        skipped = "skipped (--skip {})".format
+        if not self.sandbox:
+            sandbox = "no sandbox mode in this build"
+        elif not self.options.runs("sandbox"):
+            sandbox = skipped("sandbox")
+        else:
+            sandbox = ""
+        why = {"sandbox": sandbox, "many": sandbox, "busybox": sandbox, "debootstrap": sandbox}
+        why["bare_exec"] = "" if self.options.runs("sandbox") else skipped("sandbox")
+        why["container"] = "" if self.options.runs("container") else skipped("container")
+        why["podman"] = self.unavailable.get("podman", "") or (
+            "" if self.options.runs("podman") else skipped("podman")
+        )
+        for image in ("busybox", "debootstrap"):
+            if image not in self.options.images:
+                why[image] = f"no {image} image in this run (--images)"
+        return why
+
+
+def ours_figure(label: str, isolation: str) -> str:
+    """The name of our small job's figure: ``btrfs/busybox ours sandbox``."""
+    return f"{label} ours {isolation}"
+
+
+def many_figure(label: str, tasks: int) -> str:
+    """The name of the default's many-task job: ``btrfs/busybox ours sandbox x500``."""
+    return f"{ours_figure(label, ours.SANDBOX)} x{tasks}"
 
 
 def spare_figure(label: str, sleep: int, spares: bool) -> str:
-    """The name of a spare-workers measurement."""
+    """The name of a spare-workers measurement (isolation=container)."""
     tasks = f"sleep {sleep}" if sleep else "trivial"
-    return f"{label} ours cold {tasks}, spares {'on' if spares else 'off'}"
+    return f"{ours_figure(label, ours.CONTAINER)} {tasks}, spares {'on' if spares else 'off'}"
 
 
 @contextmanager

@@ -24,6 +24,7 @@ Shown output is compared with the real output after these normalisations, and on
   ``size-bytes`` and ``lxd-version`` are compared as ``<time>``, ``<seconds>``,
   ``<sha256>``, ``<bytes>`` and ``<version>``;
 - ``(kernel <release>)`` stands for this machine's kernel release;
+- a warm worker's name (``cc-<job id>-w<random>``) is compared as ``cc-<job id>-w<worker>``;
 - a shown line ``...`` stands for any number of lines (to leave out what does not matter);
 - trailing blanks and trailing empty lines are ignored.
 """
@@ -64,6 +65,7 @@ NORMALISATIONS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(size-bytes\"?:\s*\"?)\d+"), r"\1<bytes>"),
     (re.compile(r"\(kernel [^)]+\)"), "(kernel <release>)"),
     (re.compile(r"(lxd-version\"?:\s*\"?)[0-9][0-9.]*"), r"\1<version>"),
+    (re.compile(r"\b(cc-j[0-9a-f]{8})-w[0-9a-f]+\b"), r"\1-w<worker>"),
 ]
 
 

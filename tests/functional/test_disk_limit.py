@@ -83,8 +83,13 @@ def disk_state(disk_host: HostConfig) -> Iterator[Path]:
 
 
 def launch(config: HostConfig, state_dir: Path, **params: Any) -> dict[str, Any]:
-    """Run launch-job with wait=true."""
-    values: dict[str, Any] = {"wait": True, "wait_timeout": "5m", "timeout": "2m"}
+    """Run launch-job with wait=true, a fresh worker per task (its disk is what is limited)."""
+    values: dict[str, Any] = {
+        "wait": True,
+        "wait_timeout": "5m",
+        "timeout": "2m",
+        "isolation": "container",
+    }
     values.update(params)
     return actions.run_action("launch-job", LaunchJobParams(**values), config, state_dir)
 

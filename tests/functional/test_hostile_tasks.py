@@ -384,5 +384,6 @@ def test_fork_bomb_is_told_apart(backend: LXDBackend, tmp_path: Path) -> None:
 
 
 def launch(config: HostConfig, state_dir: Path, **params: Any) -> dict[str, Any]:
-    """Run the launch-job action."""
-    return actions.run_action("launch-job", LaunchJobParams(**params), config, state_dir)
+    """Run the launch-job action; a fresh worker per task unless asked (what tasks can forge)."""
+    values: dict[str, Any] = {"isolation": "container", **params}
+    return actions.run_action("launch-job", LaunchJobParams(**values), config, state_dir)

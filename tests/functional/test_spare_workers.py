@@ -71,7 +71,10 @@ def run_watched(
     def run() -> None:
         result.update(
             actions.run_action(
-                "launch-job", LaunchJobParams(wait=True, **params), config, state_dir
+                "launch-job",
+                LaunchJobParams(wait=True, **{"isolation": "container", **params}),
+                config,
+                state_dir,
             )
         )
 
@@ -128,7 +131,9 @@ def test_spares_of_a_cancelled_job_are_deleted(
         launched.update(
             actions.run_action(
                 "launch-job",
-                LaunchJobParams(command="sleep 60", tasks=8, parallelism=2, wait=True),
+                LaunchJobParams(
+                    command="sleep 60", tasks=8, parallelism=2, wait=True, isolation="container"
+                ),
                 configured_host,
                 state_dir,
             )

@@ -7,11 +7,14 @@ import pytest
 from bench import hostlimits, lxdsetup
 from bench.options import parse_args
 from bench.report import (
+    PASS_MISS,
+    DefaultFigures,
     IssueFigures,
     Samples,
     Target,
     TaskAttempts,
     best_parallel,
+    default_targets,
     exec_line,
     figure_line,
     format_seconds,
@@ -93,8 +96,8 @@ def test_rotation_changes_who_goes_first():
 def test_seconds_are_printed_with_min_max_unless_alone():
     assert format_seconds(summarise([2.0, 1.0, 3.0])) == "2.00s (min 1.00, max 3.00, n=3)"
     assert format_seconds(summarise([4.25])) == "4.25s (n=1)"
-    line = figure_line("btrfs/busybox ours cold", 8, summarise([1.0]), summarise([0.5]))
-    assert "btrfs/busybox ours cold P=8" in line and line.endswith("LXD CPU 0.5s")
+    line = figure_line("btrfs/busybox ours container", 8, summarise([1.0]), summarise([0.5]))
+    assert "btrfs/busybox ours container P=8" in line and line.endswith("LXD CPU 0.5s")
 
 
 @pytest.mark.parametrize(
@@ -105,6 +108,16 @@ def test_seconds_are_printed_with_min_max_unless_alone():
         (Target("tasks/s", 43.0, 25, at_most=False, unit=""), True, "43 (target >= 25): met"),
         (Target("failures", 0.0, 0, at_most=True, unit=""), True, "failures: 0 (target <= 0)"),
         (Target("failures", 3.0, 0, at_most=True, unit=""), False, "3 (target <= 0): NOT met"),
+        (
+            Target("speed-up", 3.5, 3, at_most=False, verdicts=PASS_MISS),
+            True,
+            "3.50x (target >= 3x): PASS",
+        ),
+        (
+            Target("speed-up", 2.5, 3, at_most=False, verdicts=PASS_MISS),
+            False,
+            "2.50x (target >= 3x): MISS",
+        ),
     ],
 )
 def test_target_lines_say_whether_each_target_is_met(target, met, text):
@@ -134,10 +147,21 @@ def test_smoke_defaults_apply_only_to_what_is_not_given():
     assert (options.rounds, options.drivers, options.images) == (1, ("btrfs",), ("busybox",))
     assert options.tasks == 8 and options.parallels == (4,)
     assert options.skip == {"bigjob"}
+    assert not options.install_competitors  # a smoke run says podman is absent, installs nothing
     options = parse_args(["--smoke", "--rounds", "2", "--skip=docker,podman", "--tasks=16"])
     assert options.rounds == 2 and options.tasks == 16
     assert options.skip == {"docker", "podman"}
-    assert not options.runs("docker") and options.runs("cold")
+    assert not options.runs("docker") and options.runs("container") and options.runs("sandbox")
+    assert parse_args(["--smoke", "--install-competitors"]).install_competitors
+
+
+def test_cold_and_warm_are_the_old_names_of_container_and_sandbox():
+    options = parse_args(["--skip", "cold,warm"])
+    assert options.skip == {"container", "sandbox"}
+    assert not options.runs("cold") and not options.runs("container")
+    assert not options.runs("warm") and not options.runs("sandbox")
+    assert options.runs("spares")
+    assert parse_args(["--skip", "sandbox"]).skip == {"sandbox"}
 
 
 def test_full_defaults_run_everything():
@@ -147,6 +171,8 @@ def test_full_defaults_run_everything():
     assert options.images == ("busybox", "debootstrap")
     assert options.parallels == (4, 8) and options.tasks == 32
     assert options.skip == frozenset() and options.wide_workers == 200
+    assert options.install_competitors
+    assert not parse_args(["--no-install-competitors"]).install_competitors
 
 
 @pytest.mark.parametrize(
@@ -286,3 +312,87 @@ def test_marginal_cost_cancels_the_fixed_costs():
     assert marginal_seconds(None, 4.0, 500, 32) is None
     assert marginal_seconds(22.0, None, 500, 32) is None
     assert marginal_seconds(22.0, 4.0, 32, 32) is None
+
+
+def _defaults(**changes):
+    base = {
+        "sandbox": 1.0,
+        "container": 5.0,
+        "podman": 3.5,
+        "many": 9.0,
+        "bare_exec": 0.016,
+        "debootstrap": 1.2,
+        "busybox": 1.0,
+        "tasks": 32,
+        "many_tasks": 500,
+        "many_parallel": 4,
+    }
+    return DefaultFigures(**{**base, **changes})
+
+
+def test_issue_20_targets_from_the_medians():
+    lines = [t.line() for t in default_targets(_defaults())]
+    assert lines == [
+        "  1. speed-up of the default over parallel podman run --rm (32 trivial tasks): "
+        "3.50x (target >= 3x): PASS",
+        "  1. speed-up of the default over isolation=container (32 trivial tasks): "
+        "5x (target >= 4x): PASS",
+        "  2. tasks/s of the default (500 trivial tasks, P=4): 55.56 (target >= 50): PASS",
+        "  2. per-task time of the default / bare LXD exec round trip (500 tasks, P=4): "
+        "1.12x (target <= 1.5x): PASS",
+        "  3. debootstrap / busybox with the default (32 trivial tasks): "
+        "1.20x (target <= 1.3x): PASS",
+    ]
+
+
+def test_issue_20_targets_missed_say_miss():
+    targets = default_targets(
+        _defaults(podman=2.5, container=3.0, many=12.0, bare_exec=0.01, debootstrap=1.5)
+    )
+    assert [t.met for t in targets] == [False, False, False, False, False]
+    assert all(t.line().endswith("MISS") for t in targets)
+    assert "2.50x (target >= 3x): MISS" in targets[0].line()
+    assert "41.67 (target >= 50): MISS" in targets[2].line()
+    assert "2.40x (target <= 1.5x): MISS" in targets[3].line()
+    # the limits themselves pass
+    edge = default_targets(
+        _defaults(podman=3.0, container=4.0, many=10.0, bare_exec=0.01 / 0.75, debootstrap=1.3)
+    )
+    assert [t.met for t in edge] == [True, True, True, True, True]
+
+
+def test_issue_20_targets_not_measured_say_why():
+    figures = _defaults(
+        podman=None,
+        debootstrap=None,
+        bare_exec=None,
+        why={
+            "podman": "podman absent (/usr/bin/podman; not installed)",
+            "debootstrap": "no debootstrap image in this run (--images)",
+            "bare_exec": "",
+            "sandbox": "never shown: measured",
+        },
+    )
+    targets = default_targets(figures)
+    assert [t.met for t in targets] == [None, True, True, None, None]
+    assert targets[0].line() == (
+        "  1. speed-up of the default over parallel podman run --rm (32 trivial tasks): "
+        "not measured (target >= 3x): podman absent (/usr/bin/podman; not installed)"
+    )
+    assert targets[3].line().endswith("not measured (target <= 1.5x)")  # no reason given
+    assert targets[4].line().endswith(": no debootstrap image in this run (--images)")
+
+
+def test_issue_20_without_sandboxes_gives_one_reason_once():
+    why = "no sandbox mode in this build"
+    figures = _defaults(
+        sandbox=None,
+        many=None,
+        debootstrap=None,
+        busybox=None,
+        why={"sandbox": why, "many": why, "debootstrap": why, "busybox": why},
+    )
+    targets = default_targets(figures)
+    assert [t.met for t in targets] == [None] * 5
+    assert all(t.line().endswith(f": {why}") for t in targets)
+    assert all(t.line().count(why) == 1 for t in targets)
