@@ -14,6 +14,7 @@ from container_compute.jobs import housekeeping
 from container_compute.jobs.model import JobState
 from container_compute.jobs.params import LaunchJobParams
 from container_compute.jobs.scheduler import default_parallelism
+from container_compute.jobs.status import job_status
 from container_compute.jobs.warm import WarmPool
 
 from .fake_backend import (
@@ -230,3 +231,45 @@ def test_idle_workers_of_a_job_cancelled_meanwhile_are_deleted(tmp_path: Path) -
 
     assert engine.wait_deletions(10)
     assert backend.deleted == [idle] and engine.keeper.idle() == set()
+
+
+def test_sandbox_is_the_default_and_status_says_so(tmp_path: Path) -> None:
+    backend = WarmBackend()
+    engine = make_engine(tmp_path, backend)
+    job = engine.submit(LaunchJobParams(command="x", tasks=4, parallelism=2))
+
+    run_until_done(engine)
+
+    assert all(spec.reuse and spec.sandbox for spec in backend.specs)
+    status = job_status(engine.ledger, engine.ledger.job(job.id))  # type: ignore[arg-type]
+    assert status["isolation"] == "sandbox" and "isolation-note" not in status
+
+
+@pytest.mark.parametrize(
+    ("params", "note"),
+    [
+        ({"placement": "round-robin"}, "placement puts each task on its own member"),
+        ({"isolation": "container"}, ""),
+    ],
+)
+def test_a_fresh_worker_per_task_when_asked_or_placed(
+    tmp_path: Path, params: dict[str, str], note: str
+) -> None:
+    backend = WarmBackend()
+    engine = make_engine(tmp_path, backend)
+    job = engine.submit(LaunchJobParams(command="x", tasks=3, parallelism=1, **params))
+
+    run_until_done(engine)
+
+    assert not any(spec.reuse or spec.sandbox for spec in backend.specs)
+    assert len({spec.worker_name for spec in backend.specs}) == 3
+    status = job_status(engine.ledger, engine.ledger.job(job.id))  # type: ignore[arg-type]
+    assert status["isolation"] == "container"
+    assert status.get("isolation-note", "").startswith(note) and bool(note) == (
+        "isolation-note" in status
+    )
+
+
+def test_reuse_workers_contradicting_isolation_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^reuse-workers: contradicts isolation=container"):
+        LaunchJobParams(command="x", reuse_workers=True, isolation="container")

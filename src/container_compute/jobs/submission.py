@@ -203,9 +203,13 @@ class JobSubmitter:
         recorded = asdict(params)
         recorded.update(image=image, backend=backend_name)
         isolation = SANDBOX if params.reuse_workers else params.isolation
-        if backend_name == "nova" and isolation == SANDBOX:
+        if isolation == SANDBOX and (backend_name == "nova" or params.placement):
             isolation = CONTAINER
-            recorded[ISOLATION_NOTE] = "no sandboxes with Nova: every task is a server of its own"
+            recorded[ISOLATION_NOTE] = (
+                "no sandboxes with Nova: every task is a server of its own"
+                if backend_name == "nova"
+                else "placement puts each task on its own member: a fresh worker per task"
+            )
         recorded["isolation"] = isolation
         if backend_name == "lxd":
             note = self.disk_note(backend_name, params.disk or self.config.worker_disk)
