@@ -257,7 +257,7 @@ def test_a_fresh_worker_per_task_when_asked_or_placed(
 ) -> None:
     backend = WarmBackend()
     engine = make_engine(tmp_path, backend)
-    job = engine.submit(LaunchJobParams(command="x", tasks=3, parallelism=1, **params))
+    job = engine.submit(LaunchJobParams(command="x", tasks=3, parallelism=1, **params))  # type: ignore[arg-type]
 
     run_until_done(engine)
 
