@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from container_compute import agent, host
+from container_compute import actions, agent, host
 from container_compute.config import HostConfig
 from container_compute.jobs.ledger import Ledger
+from container_compute.jobs.params import JobParams
 
 from .conftest import no_workers_left
 from .test_jobs_e2e import Agent, agents, launch, status, wait_for  # noqa: F401 (fixture)
@@ -57,6 +58,20 @@ def sampler_box() -> Iterator[list[RunningSampler]]:
         sampler.stop()
 
 
+@pytest.fixture
+def cancel_on_failure(
+    agents: list[Agent],  # noqa: F811 (the fixture: stopped after this one's teardown)
+) -> Iterator[list[tuple[HostConfig, Path, str]]]:
+    """Jobs to cancel at the end, so that a failed test leaves no worker behind."""
+    jobs: list[tuple[HostConfig, Path, str]] = []
+    yield jobs
+    for agent_process in agents:
+        agent_process.stop()
+    for config, state_dir, job in jobs:
+        if status(config, state_dir, job)["state"] == "running":
+            actions.run_action("cancel-job", JobParams(job=job), config, state_dir)
+
+
 def save_limit(config: HostConfig, state_dir: Path, limit: int) -> str:
     """Save the config with a new limit (as the charm and configure-host do); await the agent."""
     assert host.save_config(dataclasses.replace(config, max_parallel_workers=limit), state_dir)
@@ -68,6 +83,7 @@ def test_lowering_and_raising_the_limit_mid_job_is_followed(
     state_dir: Path,
     agents: list[Agent],  # noqa: F811 (the fixture)
     sampler_box: list[RunningSampler],
+    cancel_on_failure: list[tuple[HostConfig, Path, str]],
 ) -> None:
     config = dataclasses.replace(configured_host, max_parallel_workers=1)
     host.save_config(config, state_dir)
@@ -75,6 +91,7 @@ def test_lowering_and_raising_the_limit_mid_job_is_followed(
     wait_for(lambda: agent.agent_alive(state_dir), 30, "the agent's first heartbeat")
     pid = agents[0].process.pid
     job = launch(config, state_dir, command=f"sleep {TASK_SECONDS}", tasks=10)["job"]
+    cancel_on_failure.append((config, state_dir, job))
     sampler = RunningSampler(config, state_dir, job)
     sampler_box.append(sampler)
 
