@@ -36,6 +36,7 @@ from container_compute.constants import (
     IDENTITY_ENDPOINT,
     LXD_ENDPOINT,
 )
+from container_compute.jobs.model import SANDBOX
 from container_compute.jobs.params import JobParams, LaunchJobParams
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def launch_params(raw: object) -> LaunchJobParams:
         deadline=request.deadline,
         retries=request.retries,
         name=request.name,
-        **({"isolation": request.isolation} if request.isolation else {}),
+        isolation=request.isolation or SANDBOX,
     )
 
 

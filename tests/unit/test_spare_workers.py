@@ -158,9 +158,9 @@ def test_spares_go_with_a_cancelled_job_and_when_the_engine_stops_launching(
 ) -> None:
     backend = SpareBackend(plan=lambda spec: Plan(hang=True))
     engine = make_engine(tmp_path, backend, max_parallel_workers=8)
-    cold = {"isolation": "container"}
-    cancelled = engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2, **cold))
-    other = engine.submit(LaunchJobParams(command="x", tasks=10, parallelism=2, **cold))
+    cold = LaunchJobParams(command="x", tasks=10, parallelism=2, isolation="container")
+    cancelled = engine.submit(cold)
+    other = engine.submit(cold)
     end = time.time() + 5
     while len(backend.prepared) < 4 and time.time() < end:
         engine.step()

@@ -179,9 +179,9 @@ class AttemptWatcher:
         end = time.monotonic() + SANDBOX_END_SECONDS
         while time.monotonic() < end:
             found = self.read_cc(view, "exit_code", content=view.rootfs is not None)
-            written = found is not None and found.kind == "file"
-            if written and (view.rootfs is None or found.data.strip()):  # API: no content
-                return True
+            if found is not None and found.kind == "file":
+                if view.rootfs is None or found.data.strip():  # through the API: no content
+                    return True
             time.sleep(0.05)
         return False
 
