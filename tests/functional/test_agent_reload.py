@@ -90,7 +90,9 @@ def test_lowering_and_raising_the_limit_mid_job_is_followed(
     agents.append(Agent(state_dir))
     wait_for(lambda: agent.agent_alive(state_dir), 30, "the agent's first heartbeat")
     pid = agents[0].process.pid
-    job = launch(config, state_dir, command=f"sleep {TASK_SECONDS}", tasks=10)["job"]
+    # A fresh worker per task: what is followed here is the limit, not the sandboxes.
+    sleep = f"sleep {TASK_SECONDS}"
+    job = launch(config, state_dir, command=sleep, tasks=10, isolation="container")["job"]
     cancel_on_failure.append((config, state_dir, job))
     sampler = RunningSampler(config, state_dir, job)
     sampler_box.append(sampler)
