@@ -166,10 +166,12 @@ def exec_script(
     script: str,
     environment: dict[str, str] | None = None,
     timeout: float = LAUNCHER_TIMEOUT_SECONDS,
+    record_output: bool = False,
 ) -> dict[str, Any]:
-    """Run ``script`` with /bin/sh in worker ``name`` through exec (no websocket, no output).
+    """Run ``script`` with /bin/sh in worker ``name`` through exec (no websocket).
 
-    Returns the finished operation's metadata (``return``: the exit code).
+    Returns the finished operation's metadata (``return``: the exit code; ``output``: where
+    LXD recorded stdout and stderr, with ``record_output``).
 
     Raises:
         OperationFailedError, pylxd.exceptions.LXDAPIException: as LXDApi's calls do.
@@ -180,7 +182,7 @@ def exec_script(
             "environment": environment or {},
             "wait-for-websocket": False,
             "interactive": False,
-            "record-output": False,
+            "record-output": record_output,
         }
     )
     return api.wait_operation(response, timeout=timeout)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ...constants import SANDBOX_REFUSED
 from .api import LXDApi
-from .launch import SANDBOX_PROBE, sandbox_environment
+from .launch import SANDBOX_PROBE, exec_script, sandbox_environment
 
 logger = logging.getLogger(__name__)
 
@@ -108,17 +108,8 @@ class WarmWorkers:
 
     def _run(self, name: str, script: str, environment: dict[str, str]) -> tuple[int, str]:
         """Run ``script`` in the worker through exec; its exit code and what it printed."""
-        result = self.api.wait_operation(
-            self.api.client.api.instances[name].exec.post(
-                json={
-                    "command": ["/bin/sh", "-c", script],
-                    "environment": environment,
-                    "wait-for-websocket": False,
-                    "interactive": False,
-                    "record-output": True,
-                }
-            ),
-            timeout=LIST_TIMEOUT_SECONDS,
+        result = exec_script(
+            self.api, name, script, environment, LIST_TIMEOUT_SECONDS, record_output=True
         )
         stdout = _output_path(result)
         text = ""
