@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .constants import READY_MAX_IMAGES
 from .units import parse_duration, parse_size
 
 LXD_SOURCES = ("auto", "snap", "deb")
@@ -41,6 +42,7 @@ MIN_WORKER_MEMORY = 32 << 20
 MIN_WORKER_DISK = 32 << 20
 MIN_RESULTS_CAP = 1 << 10
 MAX_PARALLEL_WORKERS = 1024
+MAX_READY_WORKERS = 64
 MAX_NOVA_CONSOLE_CAP = 96 << 10  # Nova's console-log API serves only the last 100 KiB
 
 
@@ -223,6 +225,14 @@ class HostConfig:
         "in spares besides its running tasks, within max-parallel-workers. Off: a job's workers "
         "are only those of its running tasks.",
     )
+    ready_workers: int = _opt(
+        2,
+        "Ready workers kept per image between jobs (LXD on this host, not a cluster): started, "
+        "probed and idle, each with its own id map, for the images of the last "
+        f"{READY_MAX_IMAGES} sandbox jobs of the day. A sandbox job takes them instead of "
+        "making its first workers; they are made again once no job runs. Never more than "
+        "max-parallel-workers in all. 0: none.",
+    )
     default_image: str = _opt(
         "container-compute-worker",
         "Image alias (or fingerprint) workers start from when a job names none; "
@@ -376,6 +386,8 @@ def _check_worker(config: "HostConfig") -> None:
             "max-parallel-workers",
             f"{config.max_parallel_workers} is not between 1 and {MAX_PARALLEL_WORKERS}",
         )
+    if not 0 <= config.ready_workers <= MAX_READY_WORKERS:
+        _fail("ready-workers", f"{config.ready_workers} is not between 0 and {MAX_READY_WORKERS}")
 
 
 def _check_endpoint(config: "HostConfig") -> None:

@@ -72,6 +72,16 @@ TEMPLATE_NAME_PREFIX = "cct-"
 LABEL_TEMPLATE = CONFIG_KEY_PREFIX + "template"  # "<id mode>:<image fingerprint>"
 LABEL_TEMPLATE_JOB = CONFIG_KEY_PREFIX + "template-job"  # the job whose id range it holds
 LABEL_TEMPLATE_READY = CONFIG_KEY_PREFIX + "template-ready"
+# Ready workers kept between jobs (backends/lxd/ready.py, jobs/ready.py): their job label
+# says no job holds them yet; a job that takes one relabels it.
+READY_JOB = "ready"
+READY_NAME_PREFIX = "cc-ready-"
+LABEL_READY = CONFIG_KEY_PREFIX + "ready"  # "<id mode>:<image fingerprint>"
+LABEL_READY_IMAGE = CONFIG_KEY_PREFIX + "ready-image"  # the alias (or fingerprint) asked for
+LABEL_READY_STATE = CONFIG_KEY_PREFIX + "ready-state"  # "made" once started and probed
+LABEL_READY_BASELINE = CONFIG_KEY_PREFIX + "ready-baseline"  # its own processes (warm checks)
+READY_MAX_IMAGES = 3  # ready workers are kept for the images of this many recent jobs
+READY_KEEP_SECONDS = 24 * 3600  # ... submitted within this long
 # Where LXD keeps a log directory per instance (<project>_<name>; the default project: <name>).
 LXD_INSTANCE_LOG_DIRS = (Path("/var/snap/lxd/common/lxd/logs"), Path("/var/log/lxd"))
 

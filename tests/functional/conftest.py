@@ -72,6 +72,7 @@ def configured_host(
     """Configure a jobs host: project and dir pool ``<run_prefix>-jobs``, busybox image.
 
     The worker profile has no CPU limit and 256MiB of memory; the image alias is "busybox".
+    No ready workers are kept between jobs (``ready_workers=0``) unless a test asks.
     """
     config = HostConfig(
         lxd_project=f"{run_prefix}-jobs",
@@ -81,6 +82,7 @@ def configured_host(
         worker_memory="256MiB",
         default_image="busybox",
         sysctl_tuning=False,
+        ready_workers=0,  # tests count their workers; ready ones: test_ready_workers.py
     )
     report = configure_host(config, paths=host_paths_in(tmp_path_factory.mktemp("jobs-host")))
     if not report.ok:
@@ -192,6 +194,19 @@ def fast_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries wait 0.5 s, 1 s, ... instead of 10 s, 20 s, ...; in-process engines poll 0.2 s."""
     monkeypatch.setattr(runner, "engine_options", {"backoff_base": 0.5, "backoff_cap": 2.0})
     monkeypatch.setattr(job_actions, "IN_PROCESS_POLL_SECONDS", 0.2)
+
+
+@contextlib.contextmanager
+def state_dirs(config: HostConfig, prefix: str, count: int = 2) -> Iterator[list[Path]]:
+    """``count`` fresh state directories with ``config`` saved (owners beside each other)."""
+    made = [Path(tempfile.mkdtemp(prefix=f"{prefix}{n}-state-")) for n in range(count)]
+    try:
+        for path in made:
+            host.save_config(config, path)
+        yield made
+    finally:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ are over nothing of A or B is left, and the third owner's worker is there until 
 explicitly.
 """
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from container_compute import actions, host
+from container_compute import actions
 from container_compute.backends import WorkerSpec
 from container_compute.backends.lxd import LXDBackend
 from container_compute.config import HostConfig
@@ -26,7 +24,7 @@ from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.params import JobParams, LaunchJobParams
 from container_compute.owner import owner_id
 
-from .conftest import worker_names
+from .conftest import state_dirs, worker_names
 from .test_jobs_e2e import Agent
 
 pytestmark = [pytest.mark.functional, pytest.mark.usefixtures("fast_engine")]
@@ -36,12 +34,8 @@ SQUARE = "sleep 6; echo $((TASK_INDEX * TASK_INDEX)) > /results/square"
 
 @pytest.fixture
 def two_state_dirs(configured_host: HostConfig) -> Iterator[tuple[Path, Path]]:
-    made = [Path(tempfile.mkdtemp(prefix=f"cc-owner{n}-state-")) for n in "ab"]
-    for path in made:
-        host.save_config(configured_host, path)
-    yield made[0], made[1]
-    for path in made:
-        shutil.rmtree(path, ignore_errors=True)
+    with state_dirs(configured_host, "cc-owner") as (a_dir, b_dir):
+        yield a_dir, b_dir
 
 
 def first_attempts_only(state_dir: Path, job_id: str) -> list[tuple[int, int, Any]]:

@@ -172,12 +172,15 @@ def reap_before_release(engine: Engine) -> None:
     """Delete what this state dir left (a spare made as its job ended) while the lock is held.
 
     Whichever client ran a job, its workers go with it: no agent may be there to reap later.
+    Then the ready workers for the next job are made (``jobs/ready.py``), while no job is
+    active: no agent may be there to make them either.
     """
     try:
         for name in housekeeping.reap(engine):
             logger.info("reaped worker %s", name)
     except Exception:  # the next engine's reaper tries again
         logger.exception("could not reap before handing over")
+    engine.keeper.keep_ready(force=True, wait=True)
 
 
 def gather_results(ledger: Ledger, params: GatherResultsParams, state_dir: Path) -> dict[str, Any]:

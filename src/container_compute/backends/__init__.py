@@ -185,6 +185,41 @@ class ReusesWorkers(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ReadyWorker:
+    """A worker made ahead of any job (``KeepsReadyWorkers``), as its labels say."""
+
+    name: str
+    image: str  # the alias (or fingerprint) it was made for
+    made: bool  # started and probed; False: half made (a crash) or being made
+
+
+class ReadyWorkerBook(Protocol):
+    """A backend's ready workers: made ahead of any job, taken by one (``jobs/ready.py``)."""
+
+    def make(self, image: str, name: str) -> None:
+        """Create, start and probe a ready worker of ``image``; LaunchError when it cannot."""
+        ...
+
+    def listed(self) -> list[ReadyWorker]:
+        """This owner's ready workers that no job has taken."""
+        ...
+
+    def fits(self, name: str, image: str) -> bool:
+        """Whether ``name`` was made from the image ``image`` names now, in today's id mode."""
+        ...
+
+
+@runtime_checkable
+class KeepsReadyWorkers(Protocol):
+    """Keeps ready workers between jobs; the engine takes them for a job's warm workers."""
+
+    @property
+    def ready(self) -> ReadyWorkerBook:
+        """Its ready workers."""
+        ...
+
+
 @runtime_checkable
 class KeepsPerJob(Protocol):
     """Keeps things per job besides workers (LXD templates, Nova server groups)."""

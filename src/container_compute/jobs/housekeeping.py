@@ -11,6 +11,7 @@ from typing import Protocol
 
 from ..backends import Backend, FailureReason, KeepsPerJob, TaskOutcome, WorkerInfo, WorkerSpec
 from ..config import HostConfig
+from ..constants import READY_JOB
 from ..owner import UNOWNED
 from . import results
 from .ledger import ATTEMPT_RUNNING, JobRecord, Ledger
@@ -165,6 +166,7 @@ def _reap_backend(engine: Engine, backend: Backend, live: set[str], known: set[s
         worker.name
         for worker in listed
         if worker.name not in busy
+        and worker.job_id != READY_JOB  # ready workers are ready.ReadyWorkers' to keep
         and not (
             worker.job_id in live
             and worker.task_index is not None

@@ -5,6 +5,7 @@ A worker of this state dir (its owner id, see ``owner.py``) is held by the engin
 - an attempt runs in it, from before it is created until it is deleted (``ATTEMPT``);
 - it waits between two tasks of its job (a warm worker, ``WARM``: ``warm.WarmPool``);
 - it is made, or waits, ahead of its task (a spare, ``SPARE``: ``spares.SpareWorkers``);
+- it is made, or waits, ahead of any job (a ready worker, ``READY``: ``ready.ReadyWorkers``);
 - it is being deleted (``DELETING``).
 
 The attempt threads, the warm pool and the spares record here what they hold; the reaper
@@ -23,6 +24,7 @@ class Role(str, Enum):
     ATTEMPT = "attempt"
     WARM = "warm"
     SPARE = "spare"
+    READY = "ready"
     DELETING = "deleting"
 
 

@@ -59,6 +59,7 @@ from .outcomes import (
 )
 from .params import LaunchJobParams
 from .private import FILE_MODE, private_dir, tighten_file
+from .ready import ReadyWorkers
 from .registry import Role, WorkerRegistry
 from .submission import ImageCheck, JobSubmitter
 from .warm import WorkerKeeper
@@ -411,7 +412,9 @@ class Engine:
         self._submitter = JobSubmitter(config, self.ledger, self.backend, image_exists)
         self.registry = WorkerRegistry()  # every worker this engine holds (registry.py)
         self.threads = AttemptThreads(self.registry)
-        self.keeper = WorkerKeeper(self.ledger, self.backend, self.threads, self.registry)
+        idle = lambda: not self.threads.parked and not self.ledger.active_jobs()  # noqa: E731
+        ready = ReadyWorkers(self.backend, self.ledger, config, self.registry, idle)
+        self.keeper = WorkerKeeper(self.ledger, self.backend, self.threads, self.registry, ready)
         self._lock = threading.RLock()
         self.stops = StopReasons(clock)
         self._resumed = False
@@ -461,6 +464,8 @@ class Engine:
                 continue
             if self.launching and self._resumed and not self.threads.parked:
                 self._launch_some(job, now, counts[TaskState.PENDING.value])
+        if not active and self.launching and self._resumed:
+            self.keeper.keep_ready()  # in a thread, once a minute: workers for the next job
         return bool(active) or self.inflight_count() > 0
 
     def _finish_if_done(self, job: JobRecord, counts: dict[str, int]) -> bool:
@@ -525,10 +530,6 @@ class Engine:
         self.threads.add((job.id, spec.task_index), spec.worker_name, thread)
         thread.start()
 
-    def should_stop(self, job_id: str) -> FailureReason | None:
-        """Return why a job's running attempts must stop now, or None."""
-        return self.stops.reason(job_id)
-
     def _run_attempt(self, job: JobRecord, spec: WorkerSpec, adopt: bool) -> None:
         key = (job.id, spec.task_index)
         try:
@@ -539,7 +540,7 @@ class Engine:
                 followed = (failed(FailureReason.LAUNCH_ERROR, f"{NO_ROOM}: {err}"), None, True)
             else:
                 followed = follow_attempt(
-                    backend, spec, temp, adopt, self.threads, lambda: self.should_stop(job.id)
+                    backend, spec, temp, adopt, self.threads, lambda: self.stops.reason(job.id)
                 )
             if followed is None:
                 return

@@ -30,6 +30,7 @@ from ..backends import (
 from ..constants import ISOLATION_NOTE, SANDBOX_REFUSED
 from .ledger import JobRecord, Ledger
 from .model import TaskState, reuses_workers
+from .ready import ReadyWorkers
 from .registry import Role, WorkerRegistry
 from .spares import Deletions, SpareWorkers
 
@@ -64,13 +65,20 @@ class WarmPool:
 
     def take(self, job_id: str) -> str:
         """Return an idle worker of the job, else the name of a new one."""
+        return self.take_idle(job_id) or self.new_name(job_id)
+
+    def take_idle(self, job_id: str) -> str | None:
+        """Return an idle worker of the job, or None."""
         with self._lock:
             idle = self._idle.get(job_id)
-            if idle:
-                worker = idle.pop()
-                self.registry.release(worker, Role.WARM)  # its attempt holds it from now on
-                return worker
-            return f"cc-{job_id}-w{self._tag}{next(self._numbers)}"
+            worker = idle.pop() if idle else None
+        if worker is not None:
+            self.registry.release(worker, Role.WARM)  # its attempt holds it from now on
+        return worker
+
+    def new_name(self, job_id: str) -> str:
+        """The name of a new warm worker of the job."""
+        return f"cc-{job_id}-w{self._tag}{next(self._numbers)}"
 
     def give_back(self, job_id: str, worker: str) -> bool:
         """Keep ``worker`` idle for the job's next task; False when the job is over (delete it)."""
@@ -110,8 +118,13 @@ class WorkerKeeper:
         backend_of: Callable[[str], Backend],
         deletions: Deletions,
         registry: WorkerRegistry | None = None,
+        ready: ReadyWorkers | None = None,
     ) -> None:
-        """Work with the engine's ledger, backends, deletion count and worker registry."""
+        """Work with the engine's ledger, backends, deletion count and worker registry.
+
+        ``ready``: a sandbox job's new warm workers may be ready ones (``ready.py``).
+        """
+        self.ready = ready
         self.ledger = ledger
         self.backend_of = backend_of
         self.deletions = deletions
@@ -127,7 +140,8 @@ class WorkerKeeper:
         The worker is the job's idle warm worker (or a new name), or a ready spare.
         """
         if reuses_workers(job.params):
-            return self.pool.take(job.id), started
+            worker = self.pool.take_idle(job.id) or (self.ready and self.ready.take(job))
+            return worker or self.pool.new_name(job.id), started
         spare = self.spares.take(job.id)
         return (spare, started) if spare else None
 
@@ -175,6 +189,11 @@ class WorkerKeeper:
             return False
         return self.pool.give_back(job.id, spec.worker_name)
 
+    def keep_ready(self, force: bool = False, wait: bool = False) -> None:
+        """Look at the ready workers between jobs (``ReadyWorkers.keep_soon``)."""
+        if self.ready is not None:
+            self.ready.keep_soon(force=force, wait=wait)
+
     def delete_worker(self, backend_name: str, name: str) -> None:
         """Delete a worker; one that cannot be deleted now is left to the reaper."""
         try:
@@ -212,6 +231,7 @@ class WorkerKeeper:
             self._released.add(job.id)
         idle = self.pool.close(job.id) + self.spares.close(job.id)
         backend = self.backend_of(job.backend)
+        self.keep_ready(force=True)  # ready workers for the next job, made while idle
 
         def finished() -> None:
             if isinstance(backend, KeepsPerJob):

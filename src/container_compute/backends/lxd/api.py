@@ -222,3 +222,17 @@ class LXDApi:
                 return True
             except (OperationFailedError, pylxd.exceptions.LXDAPIException):
                 time.sleep(min(self.poll_seconds, 0.5))  # stopped meanwhile, busy, rebooting
+
+
+def boot_worker(api: LXDApi, name: str) -> None:
+    """Start a worker (one found running already, by a retry or a second call, is fine)."""
+
+    def start() -> None:
+        try:
+            api.wait_operation(api.client.api.instances[name].state.put(json={"action": "start"}))
+        except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
+            record = None if is_transient(err) else api.instance(name)
+            if record is None or record.get("status") != "Running":
+                raise  # start() called twice or retried over a restart finds it running
+
+    api.retry(f"starting worker {name}", start)

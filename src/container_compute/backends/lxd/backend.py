@@ -44,7 +44,7 @@ from .. import (
     WorkerUnreachableError,
 )
 from ..gather import safe_name
-from .api import LXDApi, OperationFailedError, is_transient, remove_log_dir
+from .api import LXDApi, OperationFailedError, boot_worker, is_transient, remove_log_dir
 from .disk import explain_disk_full
 from .launch import (
     LAUNCHER,
@@ -61,6 +61,7 @@ from .members import (
     told_member_lost,
     unreachable,
 )
+from .ready import ReadyBook
 from .remote import RemoteAttemptWatcher, explain_remote_oom
 from .templates import TemplateBook
 from .warm import PreparedWorkers, WarmWorkers
@@ -102,17 +103,13 @@ class LXDBackend:
         self.templates = TemplateBook(self.api, config, owner)
         self.warm = WarmWorkers(self.api)
         self.prepared = PreparedWorkers()
+        self.ready = ReadyBook(self, owner)
         self._launched: set[str] = set()  # workers whose launcher this backend ran
 
     @property
     def client(self) -> pylxd.Client:
         """A client of the workers' project."""
         return self.api.client
-
-    @property
-    def poll_seconds(self) -> float:
-        """Longest pause between two polls of a worker."""
-        return self.api.poll_seconds
 
     def _create(self, spec: WorkerSpec, source: dict[str, Any]) -> None:
         body = create_body(spec, source, self.config.storage_pool, self.owner)
@@ -135,7 +132,7 @@ class LXDBackend:
     def start(self, spec: WorkerSpec) -> str:
         """Create, label and start the worker and start the command; return the worker's name.
 
-        A worker ``prepare`` made for the attempt (its spec names it) only gets the command.
+        A worker made before (``prepare``, a ready one) only gets its job's labels and command.
 
         Raises:
             LaunchError: when the spec is invalid (nothing is changed), the image is missing,
@@ -147,7 +144,7 @@ class LXDBackend:
         with told_member_lost(self.members, name):
             if spec.reuse and self.warm.knows(name) and self._next_task(spec, env):
                 return name
-            if not self.prepared.claim(name):
+            if not self.prepared.claim(name) and not (spec.reuse and self.ready.adopt(spec)):
                 self._make(spec)
             with self._deleted_on_failure(name):
                 self._exec_launcher(name, spec, env)
@@ -444,20 +441,6 @@ def _remove_worker(api: LXDApi, name: str) -> bool:
             if not retry or time.monotonic() >= busy_until:
                 raise
             time.sleep(api.poll_seconds)  # a stop still running, or started again: again
-
-
-def boot_worker(api: LXDApi, name: str) -> None:
-    """Start a worker (one found running already, by a retry or a second call, is fine)."""
-
-    def start() -> None:
-        try:
-            api.wait_operation(api.client.api.instances[name].state.put(json={"action": "start"}))
-        except (OperationFailedError, pylxd.exceptions.LXDAPIException) as err:
-            record = None if is_transient(err) else api.instance(name)
-            if record is None or record.get("status") != "Running":
-                raise  # start() called twice or retried over a restart finds it running
-
-    api.retry(f"starting worker {name}", start)
 
 
 def _worker_info(record: dict[str, Any]) -> WorkerInfo | None:

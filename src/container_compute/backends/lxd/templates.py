@@ -152,6 +152,11 @@ class TemplateBook:
             self._images[image] = source
         return self.source_for(source, job_id) if copy else source
 
+    def forget_base(self, name: str) -> None:
+        """The range chosen for ``name`` is in LXD's records now (or was never used)."""
+        with self._lock:
+            self._bases.pop(name, None)
+
     @property
     def isolated(self) -> bool:
         """Whether workers get a range of ids per job (not privileged, idmap isolated)."""
@@ -221,7 +226,7 @@ class TemplateBook:
         if self.isolated:
             config[LABEL_TEMPLATE_JOB] = job_id
             config["security.idmap.isolated"] = "true"
-            config["security.idmap.base"] = str(self._base_for(job_id))
+            config["security.idmap.base"] = str(self.base_for(job_id))
         elif self.mode() == "shared":  # whatever the profile says: copies must share its map
             config["security.idmap.isolated"] = "false"
         body = {
@@ -251,7 +256,7 @@ class TemplateBook:
                 self._bases.pop(job_id, None)
         logger.info("template %s ready in %.2fs", name, time.monotonic() - started)
 
-    def _base_for(self, job_id: str) -> int:
+    def base_for(self, job_id: str) -> int:
         """Choose a free block of root's ids for a job's template and workers."""
         first, count = root_id_range()
         records = self.api.retry(

@@ -61,6 +61,14 @@ class WarmWorkers:
             time.sleep(0.1)
         self._baselines[name] = current
 
+    def baseline(self, name: str) -> str:
+        """The processes ``name`` ran by itself when it was made (``learn``), "" if unknown."""
+        return self._baselines.get(name, "")
+
+    def know(self, name: str, baseline: str) -> None:
+        """Reuse ``name``, made elsewhere (a ready worker); it runs ``baseline`` by itself."""
+        self._baselines[name] = baseline
+
     def knows(self, name: str) -> bool:
         """Tell whether ``name`` is a warm worker this backend made and may reuse."""
         return name in self._baselines
