@@ -7,9 +7,16 @@ container jobs take that build's default (a fresh worker per task).
 
 Every job is ``launch-job`` with ``wait=true`` through the library (``actions.run_action``),
 as a user would run it: the engine runs in this process, launches, gathers every result into
-the results tree and records it. A job's time ends when launch-job returns (every result
-recorded); the bench then waits, untimed, until the job's workers are gone, so that one
-measurement's clean-up never overlaps the next one.
+the results tree and records it. A job's time ends when its last result is recorded (the
+job's ``finished`` time in the ledger, from the moment launch-job was called): what a user
+waits for before the results are there, as with the agent. What follows is printed apart
+("returned after"): launch-job returns once the job's workers are deleted and, before the
+in-process engine hands over, the ready workers of the next job are made (``ready-workers``;
+the agent does both in the background). The bench then waits, untimed, until the job's
+workers are gone, so that one measurement's clean-up never overlaps the next one.
+
+Sandbox jobs of one driver and image share one state dir, as a user's jobs do: each finds
+the ready workers the previous one left (the host's default ``ready-workers``).
 """
 
 import dataclasses
@@ -105,8 +112,9 @@ def describe_isolation() -> str:
 class JobRun:
     """One job: its time until launch-job returned, CPU, and attempts lost to launch errors."""
 
-    measured: Measured
+    measured: Measured  # until the last result was recorded
     clean_seconds: float
+    returned_seconds: float  # until launch-job returned
     launch_failures: int
     failure_details: tuple[str, ...] = ()
     isolation_note: str = ""  # why a job that asked for sandboxes ran (partly) without them
@@ -194,10 +202,14 @@ def run_job(
         config, max_parallel_workers=max(params.parallelism, config.max_parallel_workers)
     )
     result: dict[str, Any] = {}
-    measured = measure(
+    called = time.time()
+    returned = measure(
         lambda: result.update(actions.run_action("launch-job", params, config, state))
     )
     job = str(result.get("job"))
+    finished = job_finished(state, job)
+    recorded = returned.seconds if finished is None else min(returned.seconds, finished - called)
+    measured = dataclasses.replace(returned, seconds=recorded)
     if result.get("state") != "succeeded":
         failures = result.get("failures") or result.get("counts")
         raise BenchError(f"job {job} ended {result.get('state')}: {failures}")
@@ -208,7 +220,17 @@ def run_job(
             check_square(job_dir / str(index) / "files", index, f"job {job}")
     note = isolation_note(state, job)
     clean = wait_workers_gone(config, job)
-    return JobRun(measured, clean, failures, details, note)
+    return JobRun(measured, clean, returned.seconds, failures, details, note)
+
+
+def job_finished(state: Path, job: str) -> float | None:
+    """When the ledger recorded the job's end (its last result), or None."""
+    ledger = Ledger(state)
+    try:
+        record = ledger.job(job)
+        return record.finished if record else None
+    finally:
+        ledger.close()
 
 
 def job_params(

@@ -156,7 +156,7 @@ class Bench:
                 self._try(
                     f"{combo.label} warm-up ({isolation or 'default'})",
                     lambda c=combo, i=isolation: ours.run_job(
-                        c.config, self._state(), ours.job_params(c.image.alias, 2, 2, i)
+                        c.config, self._state(c, i), ours.job_params(c.image.alias, 2, 2, i)
                     ),
                 )
             if self.options.runs("lxd-benchmark"):
@@ -223,7 +223,10 @@ class Bench:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _state(self) -> Path:
+    def _state(self, combo: Combo | None = None, isolation: str | None = None) -> Path:
+        """A fresh state dir; sandbox jobs of one driver and image share theirs (ready workers)."""
+        if combo is not None and isolation == ours.SANDBOX:
+            return self.scratch / f"state-{combo.driver}-{combo.image.name}"
         self.counter += 1
         return self.scratch / f"state-{self.counter}"
 
@@ -264,9 +267,12 @@ class Bench:
     ) -> None:
         config = dataclasses.replace(combo.config, spare_workers=spares)
         params = ours.job_params(combo.image.alias, tasks, parallel, isolation, sleep)
-        run = ours.run_job(config, self._state(), params)
+        run = ours.run_job(config, self._state(combo, isolation), params)
         self.launch_failures += run.launch_failures
-        note = f", workers gone {run.clean_seconds:.1f}s later"
+        note = (
+            f", returned after {run.returned_seconds:.2f}s"
+            f", workers gone {run.clean_seconds:.1f}s later"
+        )
         if run.isolation_note:
             self.isolation_notes[run.isolation_note] = (
                 self.isolation_notes.get(run.isolation_note, 0) + 1

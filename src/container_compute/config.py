@@ -226,7 +226,7 @@ class HostConfig:
         "are only those of its running tasks.",
     )
     ready_workers: int = _opt(
-        2,
+        4,
         "Ready workers kept per image between jobs (LXD on this host, not a cluster): started, "
         "probed and idle, each with its own id map, for the images of the last "
         f"{READY_MAX_IMAGES} sandbox jobs of the day. A sandbox job takes them instead of "
