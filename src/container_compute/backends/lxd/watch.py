@@ -269,8 +269,9 @@ class AttemptWatcher:
         should_stop: Callable[[], FailureReason | None],
     ) -> TaskOutcome:
         """Poll until an exit code appears, the deadline passes, or should_stop says so."""
-        # Seen from the host, a look is a few stat calls: often, so a task's end is seen soon.
-        interval = 0.02 if view.rootfs is not None else self.poll_seconds
+        # Seen from the host, a look is a few stat calls: often (from 5 ms), so a task's end
+        # is seen soon.
+        interval = 0.005 if view.rootfs is not None else self.poll_seconds
         host_limit = min(self.poll_seconds, HOST_POLL_CAP_SECONDS)
         limit = host_limit if view.rootfs is not None else max(self.poll_seconds, 2.0)
         next_check = time.monotonic() + (LIVENESS_SECONDS if view.pid else 0.0)
@@ -293,7 +294,7 @@ class AttemptWatcher:
                 if lost is not None:
                     return lost
             time.sleep(interval)
-            interval = min(interval * 1.5, limit)
+            interval = min(interval * 1.25, limit)
 
     def _gather(
         self, view: WorkerView, task_dir: Path, cap_bytes: int, exit_code: int | None
