@@ -45,6 +45,7 @@ SNAP = "/usr/bin/snap"
 SYSTEMCTL = "/usr/bin/systemctl"
 SYSCTL = "/usr/sbin/sysctl"
 MODPROBE = "/usr/sbin/modprobe"
+GCC = "/usr/bin/gcc"  # builds the sandbox helper (backends/lxd/helper.py); optional
 MODINFO = "/usr/sbin/modinfo"
 USERMOD = "/usr/sbin/usermod"
 GROUPADD = "/usr/sbin/groupadd"
@@ -80,6 +81,9 @@ LABEL_READY = CONFIG_KEY_PREFIX + "ready"  # "<id mode>:<image fingerprint>"
 LABEL_READY_IMAGE = CONFIG_KEY_PREFIX + "ready-image"  # the alias (or fingerprint) asked for
 LABEL_READY_STATE = CONFIG_KEY_PREFIX + "ready-state"  # "made" once started and probed
 LABEL_READY_BASELINE = CONFIG_KEY_PREFIX + "ready-baseline"  # its own processes (warm checks)
+# The sandbox helper: built once per host (by its source's digest), copied into warm workers.
+HELPER_CACHE_DIR = Path("/var/cache/container-compute")
+SANDBOX_HELPER_IN_WORKER = "/.cc-sandbox"
 READY_MAX_IMAGES = 3  # ready workers are kept for the images of this many recent jobs
 READY_KEEP_SECONDS = 24 * 3600  # ... submitted within this long
 # Where LXD keeps a log directory per instance (<project>_<name>; the default project: <name>).

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from container_compute.backends.lxd import helper, warm
 from container_compute.config import HostConfig
 from container_compute.jobs.ledger import Ledger
 from container_compute.lxdclient import connect
@@ -90,13 +91,28 @@ def outcomes(state_dir: Path, job: str) -> list[dict[str, Any]]:
         ledger.close()
 
 
+@pytest.fixture(params=["helper", "shell"])
+def recipe(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Sandboxes made by the helper program (where the host builds it) or the shell recipe."""
+    if request.param == "shell":
+        monkeypatch.setattr(warm, "sandbox_helper", lambda: None)
+    elif helper.sandbox_helper() is None:
+        pytest.skip(f"the sandbox helper cannot be built here (no {helper.GCC}?)")
+    return str(request.param)
+
+
 def test_the_next_task_in_the_same_worker_finds_nothing_of_the_last(
-    configured_host: HostConfig, state_dir: Path, incarnations: Incarnations
+    configured_host: HostConfig, state_dir: Path, incarnations: Incarnations, recipe: str
 ) -> None:
     command = LOOK + f'if [ "$TASK_INDEX" = 0 ]; then {LEAVE}fi; sleep 0.5; echo done'
     report = run_job(configured_host, state_dir, command, tasks=3, parallelism=1)
 
     assert report["counts"]["succeeded"] == 3, report
+    peaks = [outcome["memory-peak-bytes"] for outcome in outcomes(state_dir, report["job"])]
+    if recipe == "helper":  # only the helper says the task's peak memory (its rusage)
+        assert all(peak and peak > 0 for peak in peaks), peaks
+    else:
+        assert peaks == [None, None, None]
     workers = workers_of(state_dir, report["job"])
     assert len(set(workers)) == 1
     assert len(incarnations.of(workers)) == 1  # one worker, never replaced, ran all three
@@ -148,3 +164,16 @@ def test_what_ends_a_task_ends_only_its_sandbox(
     workers = workers_of(state_dir, report["job"])
     assert len(incarnations.of(workers)) == 1  # the worker survived task 0: never replaced
     assert worker_names(configured_host) == []
+
+
+def test_a_tasks_peak_memory_is_recorded(configured_host: HostConfig, state_dir: Path) -> None:
+    """The helper's rusage: a task whose tail buffers 100 MiB shows a peak of at least that."""
+    if helper.sandbox_helper() is None:
+        pytest.skip(f"the sandbox helper cannot be built here (no {helper.GCC}?)")
+    command = 'if [ "$TASK_INDEX" = 0 ]; then head -c 100m /dev/zero | tail >/dev/null; fi'
+    report = run_job(configured_host, state_dir, command, tasks=2, parallelism=1)
+
+    assert report["counts"]["succeeded"] == 2, report
+    big, small = (o["memory-peak-bytes"] for o in outcomes(state_dir, report["job"]))
+    assert big >= 100 << 20, big
+    assert 0 < small < 16 << 20, small  # the next task in the same worker: its own peak

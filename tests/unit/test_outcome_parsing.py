@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from container_compute.backends import FailureReason, TaskOutcome
+from container_compute.backends.lxd import watch as lxd_watch
 from container_compute.backends.lxd.hostside import WorkerView, read_cc_file
 from container_compute.backends.lxd.parsing import (
     event_count,
@@ -183,3 +184,10 @@ def test_outcome_refuses_what_is_not_an_exit_status() -> None:
     assert "not an exit status" in outcome.detail
     assert TaskOutcome(-1).exit_code is None
     assert TaskOutcome(255).exit_code == 255
+
+
+def test_the_sandbox_helpers_peak_memory_is_read_from_its_status() -> None:
+    assert lxd_watch.peak_rss_bytes(b"ready\npeak-rss-kib 102400\n") == 100 << 20
+    assert lxd_watch.peak_rss_bytes(b"ready\n") is None  # the shell recipe says nothing
+    assert lxd_watch.peak_rss_bytes(b"ready\npeak-rss-kib lots\n") is None  # not forged in
+    assert lxd_watch.peak_rss_bytes(b"") is None

@@ -90,6 +90,8 @@ class TaskOutcome:
     # The task's sandbox ended and its worker is intact: it may take the job's next task,
     # whatever ended this one (timeout, cancel, OOM or process limit of the task).
     sandbox_ended: bool = False
+    # The largest resident set of the task's processes (its sandbox's rusage), when known.
+    memory_peak_bytes: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse what is not an exit status (0..255): the attempt failed, the detail says why."""

@@ -117,6 +117,7 @@ def outcome_record(spec: WorkerSpec, outcome: TaskOutcome) -> dict[str, Any]:
         "truncated": outcome.truncated,
         "skipped": outcome.skipped[:20],
         "host": outcome.host,
+        "memory-peak-bytes": outcome.memory_peak_bytes,  # from the sandbox's rusage, or None
     }
 
 

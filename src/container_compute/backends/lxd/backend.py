@@ -292,6 +292,7 @@ class LXDBackend:
 
         """
         self.warm.forget(name)
+        self.watcher.forget(name)
         self.prepared.forget(name)
         try:
             removed = _remove_worker(self.api, name)

@@ -6,7 +6,7 @@ environment: nothing from a job is ever spliced into a script's text.
 
 from typing import Any
 
-from ...constants import RESULTS_DIR_IN_WORKER
+from ...constants import RESULTS_DIR_IN_WORKER, SANDBOX_HELPER_IN_WORKER
 from .api import LXDApi
 
 # The names these scripts set are constants.SCRIPT_ENV; a job cannot set them.
@@ -48,13 +48,19 @@ SANDBOX_WRAPPER = (
     "mkdir -p $cc_cg && { [ -f $cc_cg/cgroup.procs ] ||"
     " mount -t cgroup2 cc-cgroup $cc_cg 2>/dev/null; }\n"
     "rmdir $cc_cg/task 2>/dev/null\n"
-    "cc_enter=; mkdir $cc_cg/task 2>/dev/null &&"
-    " cc_enter='echo 0 >'$cc_cg'/task/cgroup.procs &&'\n"
-    # The sandbox's own shell (its init) moves itself into the task's cgroup, then the
-    # namespaces; fd 3 says how far the sandbox got ("ready" just before the command).
-    '/bin/sh -c "$cc_enter exec unshare -m -p -f -i -u /bin/sh -c \\"\\$0\\" cc-sandbox'
+    "cc_enter=; cc_procs=; mkdir $cc_cg/task 2>/dev/null &&"
+    " cc_procs=$cc_cg/task/cgroup.procs && cc_enter='echo 0 >'$cc_procs' &&'\n"
+    # The sandbox's init moves itself into the task's cgroup, then the namespaces; fd 3
+    # says how far the sandbox got ("ready" just before the command). The helper program
+    # (helper.py) where the host could copy it in, else the shell recipe.
+    f"if [ -x {SANDBOX_HELPER_IN_WORKER} ]; then\n"
+    f'  CC_ENTER=$cc_procs {SANDBOX_HELPER_IN_WORKER} "$cc_command"'
+    " </dev/null >/run/cc/stdout 2>/run/cc/stderr 3>/run/cc/sandbox\n"
+    "else\n"
+    '  /bin/sh -c "$cc_enter exec unshare -m -p -f -i -u /bin/sh -c \\"\\$0\\" cc-sandbox'
     ' \\"\\$1\\"" "$cc_sandbox" "$cc_command"'
     " </dev/null >/run/cc/stdout 2>/run/cc/stderr 3>/run/cc/sandbox\n"
+    "fi\n"
     "cc_exit=$?\n"
     "cat $cc_cg/task/cpu.stat >/run/cc/cpu.stat 2>/dev/null\n"
     "rmdir $cc_cg/task 2>/dev/null\n"
@@ -100,7 +106,12 @@ SANDBOX_SETUP = (
 )
 # Once per new warm worker: can it make a sandbox? (0: yes; else fd 3 says why.)
 SANDBOX_PROBE = (
-    'unshare -m -p -f -i -u /bin/sh -c "$CC_SANDBOX" cc-sandbox true 3>&1 </dev/null 2>/dev/null\n'
+    f"if [ -x {SANDBOX_HELPER_IN_WORKER} ]; then\n"
+    f"  {SANDBOX_HELPER_IN_WORKER} true 3>&1 </dev/null 2>/dev/null\n"
+    "else\n"
+    '  unshare -m -p -f -i -u /bin/sh -c "$CC_SANDBOX" cc-sandbox true'
+    " 3>&1 </dev/null 2>/dev/null\n"
+    "fi\n"
 )
 SANDBOX_KILL = f"echo 1 >{SANDBOX_CGROUP}/task/cgroup.kill\n"
 # The size cap of a sandbox's own tmpfs (its writes outside /results and /tmp, and /dev/shm);

@@ -20,8 +20,9 @@ import threading
 import time
 from typing import Any
 
-from ...constants import SANDBOX_REFUSED
+from ...constants import SANDBOX_HELPER_IN_WORKER, SANDBOX_REFUSED
 from .api import LXDApi
+from .helper import push_helper, sandbox_helper
 from .launch import SANDBOX_PROBE, exec_script, sandbox_environment
 
 logger = logging.getLogger(__name__)
@@ -92,16 +93,26 @@ class WarmWorkers:
         Without sandboxes its tasks would see each other's files: such a worker runs one
         task and goes (a fresh worker per task).
         """
-        code, said = self._run(name, SANDBOX_PROBE, sandbox_environment(name))
-        why = ""
-        if code != 0 or said.strip() != "ready":
-            why = said.strip().splitlines()[-1] if said.strip() else f"the probe exited {code}"
+        helper = push_helper(self.api, name, sandbox_helper())
+        why = self._probe(name)
+        if why and helper:  # the helper cannot run here: the shell recipe may
+            logger.info("the sandbox helper failed in worker %s (%s): the shell recipe", name, why)
+            self._run(name, f"rm -f {SANDBOX_HELPER_IN_WORKER}", {})
+            why = self._probe(name)
         if why and why != self.sandbox_refusal:
             logger.warning(
                 "sandboxes are refused in worker %s (%s): each task gets a fresh worker", name, why
             )
         self.sandbox_refusal = why
         return not why
+
+    def _probe(self, name: str) -> str:
+        """Make a sandbox in the worker and end it: "" when it worked, else why not."""
+        code, said = self._run(name, SANDBOX_PROBE, sandbox_environment(name))
+        lines = said.strip().splitlines()  # "ready" (the helper adds its rusage), or why not
+        if code == 0 and lines[:1] == ["ready"]:
+            return ""
+        return lines[-1] if lines else f"the probe exited {code}"
 
     def refusal_note(self) -> str:
         """Why workers here run one task each though sandboxes were asked for ("" if not)."""

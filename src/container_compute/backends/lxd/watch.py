@@ -44,6 +44,7 @@ LIVENESS_SECONDS = 2.0
 CHECK_TIMEOUT_SECONDS = 10.0
 SANDBOX_END_SECONDS = 10.0  # for the wrapper to write the status of a sandbox it saw killed
 SECOND_LOOK_SECONDS = 0.3  # between two looks at a /run/cc seen gone (a replacement?)
+SANDBOX_STATUS_BYTES = 256  # /run/cc/sandbox: "ready", then the helper's rusage line
 HOST_POLL_CAP_SECONDS = 0.2  # longest pause between two looks at a worker from the host
 SETTLE_SECONDS = 3.0  # how long a worker whose task's shell died may take to stop or reboot
 # Exits 0 while the wrapper lives, 1 once it is gone, 3 when its pid cannot be read safely.
@@ -53,6 +54,15 @@ _WRAPPER_CHECK = (
     'kill -0 "$cc_pid" 2>/dev/null || exit 1\n'
 )
 _OOM_DETAIL = "killed: out of memory (the worker's memory cgroup counted an OOM kill)"
+
+
+def peak_rss_bytes(status: bytes) -> int | None:
+    """The ``peak-rss-kib`` the sandbox helper wrote after the task, in bytes (None: none)."""
+    for line in status.decode(errors="replace").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "peak-rss-kib" and value.strip().isdigit():
+            return int(value) * 1024
+    return None
 
 
 def _limit_detail(refused: int) -> str:
@@ -77,11 +87,11 @@ class AttemptWatcher:
         self.api = api
         self.host_access = host_access
         self.judge = AttemptJudge(self)
+        self._records: dict[str, dict[str, Any]] = {}  # warm workers' records, read once
 
-    @property
-    def poll_seconds(self) -> float:
-        """Longest pause between two polls."""
-        return self.api.poll_seconds
+    def forget(self, name: str) -> None:
+        """``name`` is deleted: a worker made again under its name is read afresh."""
+        self._records.pop(name, None)
 
     def init_pid(self, name: str, volume: str) -> int:
         """Return the worker's init pid: from its cgroup on the host, else LXD's state call."""
@@ -226,7 +236,12 @@ class AttemptWatcher:
         stopped, rebooted or vanished, or an exit code the task broke or forged.
         """
         name = spec.worker_name
-        record = self.api.instance(name)
+        # A warm worker this backend launched is looked up once, not before every task.
+        record = self._records.get(name) if spec.reuse and relaunch is None else None
+        if record is None:
+            record = self.api.instance(name)
+            if record is not None and spec.reuse and relaunch is None:
+                self._records[name] = record
         if record is None:
             return TaskOutcome(
                 None, FailureReason.EXIT_CODE, detail=f"worker {name} does not exist"
@@ -271,9 +286,9 @@ class AttemptWatcher:
         """Poll until an exit code appears, the deadline passes, or should_stop says so."""
         # Seen from the host, a look is a few stat calls: often (from 5 ms), so a task's end
         # is seen soon.
-        interval = 0.005 if view.rootfs is not None else self.poll_seconds
-        host_limit = min(self.poll_seconds, HOST_POLL_CAP_SECONDS)
-        limit = host_limit if view.rootfs is not None else max(self.poll_seconds, 2.0)
+        poll = self.api.poll_seconds  # the longest pause between two looks
+        interval = 0.005 if view.rootfs is not None else poll
+        limit = min(poll, HOST_POLL_CAP_SECONDS) if view.rootfs is not None else max(poll, 2.0)
         next_check = time.monotonic() + (LIVENESS_SECONDS if view.pid else 0.0)
         while True:
             ended = self.judge.exit_status(view)
@@ -398,6 +413,9 @@ class AttemptJudge:
             )
         outcome = self._status(view, code)
         outcome.sandbox_ended = True
+        if view.rootfs is not None:
+            status = self.watcher.read_cc(view, "sandbox", limit=SANDBOX_STATUS_BYTES)
+            outcome.memory_peak_bytes = peak_rss_bytes(status.data if status else b"")
         return outcome
 
     def _status(self, view: WorkerView, code: int) -> TaskOutcome:
