@@ -147,7 +147,7 @@ class ReadyBook:
         )
         ready = []
         for record in records:
-            config = record.get("config", {})
+            config = record.get("config") or {}  # none for an instance of a lost member
             if config.get(LABEL_JOB) != READY_JOB or config.get(LABEL_OWNER, "") != self.owner:
                 continue
             made = config.get(LABEL_READY_STATE) == MADE and record.get("status") == "Running"
