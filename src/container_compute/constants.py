@@ -104,6 +104,7 @@ TASK_ENV = ("TASK_INDEX", "TASK_COUNT", "JOB_ID", "RESULTS_DIR", "TASK_INPUT", "
 # Set by the scripts that run a task: the LXD launcher, wrapper and warm wipe
 # (backends/lxd/launch.py) and the Nova task script (templates/nova-task.sh.j2).
 SCRIPT_ENV = (
+    "CC_ATTEMPT",
     "CC_COMMAND",
     "CC_WRAPPER",
     "CC_KEEP",

@@ -243,15 +243,17 @@ class LXDBackend:
         Raises:
             LaunchError: when the launcher itself failed.
         """
+        attempt = f"{spec.job_id}/{spec.task_index}/{spec.attempt}"
         environment = {**env, "CC_COMMAND": spec.command, "CC_WRAPPER": WRAPPER, **(warm or {})}
+        environment |= {"CC_ATTEMPT": attempt}
         if spec.sandbox and self.warm.knows(name):
             environment.update(CC_WRAPPER=SANDBOX_WRAPPER, **sandbox_environment(name))
         script = LAUNCHER if warm is None else WARM_LAUNCHER
         code = run_launcher(self.api, name, script, environment)
         if code != 0 and (warm is None or not self.warm.verdict(code)):
             raise LaunchError(
-                f"the launcher in worker {name} exited {code} "
-                "(does the image have /bin/sh and a writable /run?)"
+                f"the launcher of {attempt} in worker {name} exited {code} (7: it holds "
+                "another attempt's /run/cc; else: has the image /bin/sh and a writable /run?)"
             )
         return code
 

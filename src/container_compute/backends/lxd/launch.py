@@ -14,7 +14,12 @@ from .api import LXDApi
 # Runs in the worker through exec; returns as soon as the wrapper is in the background.
 LAUNCHER = (
     "mkdir -p /run " + RESULTS_DIR_IN_WORKER + " || exit 1\n"
-    "mkdir /run/cc 2>/dev/null || { test -d /run/cc && exit 0; exit 1; }\n"
+    # /run/cc is the lock: taken by this attempt (a relaunch), the command runs already; left
+    # by another attempt (a warm worker's last task), 7: that attempt's files are not this one's.
+    "mkdir /run/cc 2>/dev/null || { test -d /run/cc || exit 1;"
+    " read -r cc_a </run/cc/attempt 2>/dev/null;"
+    ' [ "$cc_a" = "$CC_ATTEMPT" ] && exit 0; exit 7; }\n'
+    'echo "$CC_ATTEMPT" >/run/cc/attempt\n'
     # A session of its own: no controlling terminal inherited from however LXD was started,
     # so no SIGHUP reaches the task when the daemon goes away.
     "cc_setsid=; command -v setsid >/dev/null 2>&1 && cc_setsid=setsid\n"
@@ -26,7 +31,7 @@ WRAPPER = (
     "cd /\n"
     "echo $$ >/run/cc/pid\n"
     "cc_command=$CC_COMMAND\n"
-    "unset CC_COMMAND CC_WRAPPER CC_KEEP CC_MIN_FREE\n"
+    "unset CC_ATTEMPT CC_COMMAND CC_WRAPPER CC_KEEP CC_MIN_FREE\n"
     '/bin/sh -c "$cc_command" </dev/null >/run/cc/stdout 2>/run/cc/stderr\n'
     "echo $? >/run/cc/exit_code.tmp && mv /run/cc/exit_code.tmp /run/cc/exit_code\n"
 )
@@ -43,7 +48,7 @@ SANDBOX_WRAPPER = (
     "echo $$ >/run/cc/pid\n"
     "cc_command=$CC_COMMAND\n"
     "cc_sandbox=$CC_SANDBOX\n"
-    "unset CC_COMMAND CC_WRAPPER CC_KEEP CC_MIN_FREE CC_SANDBOX\n"
+    "unset CC_ATTEMPT CC_COMMAND CC_WRAPPER CC_KEEP CC_MIN_FREE CC_SANDBOX\n"
     f"cc_cg={SANDBOX_CGROUP}\n"
     "mkdir -p $cc_cg && { [ -f $cc_cg/cgroup.procs ] ||"
     " mount -t cgroup2 cc-cgroup $cc_cg 2>/dev/null; }\n"
