@@ -84,6 +84,7 @@ LABEL_READY_BASELINE = CONFIG_KEY_PREFIX + "ready-baseline"  # its own processes
 # The sandbox helper: built once per host (by its source's digest), copied into warm workers.
 HELPER_CACHE_DIR = Path("/var/cache/container-compute")
 SANDBOX_HELPER_IN_WORKER = "/.cc-sandbox"
+RUNNER_DIR_IN_WORKER = "/run/cc-runner"  # a warm worker's resident launcher (runner.py)
 READY_MAX_IMAGES = 3  # ready workers are kept for the images of this many recent jobs
 READY_KEEP_SECONDS = 24 * 3600  # ... submitted within this long
 # Where LXD keeps a log directory per instance (<project>_<name>; the default project: <name>).

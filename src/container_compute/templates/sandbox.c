@@ -9,8 +9,16 @@
  *   "peak-rss-kib N": the largest resident set of the task's processes (its rusage, as
  *   sacct's MaxRSS). The exit status is COMMAND's, or 128 + the signal that ended it.
  *
+ * Usage (started once per warm worker, in the background): cc-sandbox --serve DIR
+ *   the worker's resident launcher (backends/lxd/runner.py): the host renames a request into
+ *   DIR/request (NUL-separated: an id, a shell script, then NAME=VALUE entries added to the
+ *   runner's own environment); the runner claims it (renames it to DIR/taken), runs the script
+ *   with /bin/sh, waits for it and writes "ID STATUS" to DIR/reply. A task's launcher then
+ *   costs no LXD exec. DIR/pid holds the runner's pid once it listens.
+ *
  * Built static by the host (backends/lxd/helper.py) and copied into each warm worker; a
- * worker without it makes its sandboxes with the shell recipe, to the same effect.
+ * worker without it makes its sandboxes with the shell recipe, to the same effect, and gets
+ * each task's launcher through LXD's exec.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <signal.h>
+#include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -29,6 +39,7 @@
 
 #define SANDBOX_DIR "/run/cc-sandbox"
 #define ROOT SANDBOX_DIR "/root"
+#define REQUEST_MAX (4 << 20)  /* bytes: a launcher script and a job's environment */
 
 static void fail(const char *why) {
     dprintf(3, "%s\n", why);
@@ -84,9 +95,87 @@ static void make_sandbox(const char *size, const char *hostname) {
     if (chdir("/") != 0) fail("chdir / failed");
 }
 
+/* Read a whole request (at most REQUEST_MAX bytes); its length, or -1. */
+static ssize_t read_request(const char *path, char *buf) {
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -1;
+    struct stat st;
+    ssize_t total = 0, got = 0;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        while (total < REQUEST_MAX && (got = read(fd, buf + total, REQUEST_MAX - total)) > 0)
+            total += got;
+    } else {
+        got = -1;
+    }
+    close(fd);
+    return got < 0 ? -1 : total;
+}
+
+/* Run one request: /bin/sh -c SCRIPT with the entries added to the environment. */
+static int run_request(char *buf, ssize_t length, const char **id) {
+    if (length <= 0 || buf[length - 1] != '\0') return 126;  // not NUL-terminated: refused
+    char *end = buf + length;
+    *id = buf;
+    char *script = buf + strlen(buf) + 1;
+    if (script >= end) return 126;
+    pid_t child = fork();
+    if (child < 0) return 125;
+    if (child == 0) {
+        for (char *entry = script + strlen(script) + 1; entry < end; entry += strlen(entry) + 1)
+            if (strchr(entry, '=')) putenv(entry);
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+            dup2(null, 2);
+            if (null > 2) close(null);
+        }
+        signal(SIGHUP, SIG_DFL);
+        execl("/bin/sh", "sh", "-c", script, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    while (waitpid(child, &status, 0) < 0) {
+        if (errno != EINTR) return 125;
+    }
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+static int serve(const char *dir) {
+    static char buf[REQUEST_MAX + 1];
+    char events[4096];
+    setsid();
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    if ((mkdir(dir, 0700) != 0 && errno != EEXIST) || chdir(dir) != 0) return 1;
+    int watch = inotify_init1(IN_CLOEXEC);
+    if (watch < 0 || inotify_add_watch(watch, ".", IN_MOVED_TO) < 0) return 1;
+    unlink("request");
+    unlink("taken");
+    FILE *pid = fopen("pid.tmp", "w");
+    if (!pid || fprintf(pid, "%d\n", (int)getpid()) < 0 || fclose(pid) != 0 ||
+        rename("pid.tmp", "pid") != 0)
+        return 1;
+    for (;;) {
+        if (rename("request", "taken") != 0) {  // none yet: wait for the host to move one in
+            if (read(watch, events, sizeof events) < 0 && errno != EINTR) return 1;
+            continue;
+        }
+        ssize_t length = read_request("taken", buf);
+        unlink("taken");
+        const char *id = "?";
+        int status = length < 0 ? 126 : run_request(buf, length, &id);
+        FILE *reply = fopen("reply.tmp", "w");
+        if (!reply) return 1;
+        fprintf(reply, "%s %d\n", id, status);
+        if (fclose(reply) != 0 || rename("reply.tmp", "reply") != 0) return 1;
+    }
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--serve") == 0) return serve(argv[2]);
     if (argc != 2) {
-        dprintf(2, "usage: cc-sandbox COMMAND\n");
+        dprintf(2, "usage: cc-sandbox COMMAND | cc-sandbox --serve DIR\n");
         return 2;
     }
     const char *size = getenv("CC_SANDBOX_SIZE");

@@ -51,7 +51,6 @@ from .launch import (
     SANDBOX_WRAPPER,
     WARM_LAUNCHER,
     WRAPPER,
-    run_launcher,
     sandbox_environment,
 )
 from .members import (
@@ -101,7 +100,7 @@ class LXDBackend:
         self.remote_watcher = RemoteAttemptWatcher(self.api)
         self.members = MemberBook(self.api)
         self.templates = TemplateBook(self.api, config, owner)
-        self.warm = WarmWorkers(self.api)
+        self.warm = WarmWorkers(self.api, self.host_access)
         self.prepared = PreparedWorkers()
         self.ready = ReadyBook(self, owner)
         self._launched: set[str] = set()  # workers whose launcher this backend ran
@@ -249,7 +248,7 @@ class LXDBackend:
         if spec.sandbox and self.warm.knows(name):
             environment.update(CC_WRAPPER=SANDBOX_WRAPPER, **sandbox_environment(name))
         script = LAUNCHER if warm is None else WARM_LAUNCHER
-        code = run_launcher(self.api, name, script, environment)
+        code = self.warm.launch(name, script, environment)
         if code != 0 and (warm is None or not self.warm.verdict(code)):
             raise LaunchError(
                 f"the launcher of {attempt} in worker {name} exited {code} (7: it holds "

@@ -2,8 +2,9 @@
 
 Warm workers (``reuse-workers``): one worker runs task after task of the same job.
 
-Before its next task the worker is checked and wiped, in the same exec that launches that
-task (``launch.WARM_LAUNCHER``): every process but those the worker ran before its first
+Before its next task the worker is checked and wiped by the script that launches that task
+(``launch.WARM_LAUNCHER``; handed to the worker's resident launcher, ``runner``, else run
+through an LXD exec): every process but those the worker ran before its first
 task (read when it was made: ``learn``) must be gone, ``/results`` and ``/tmp`` must be real
 directories that can be emptied, ``/run/cc`` (the last task's output and exit code) is
 removed, and the root disk must have room left. A worker that fails any of it is deleted and
@@ -23,7 +24,8 @@ from typing import Any
 from ...constants import SANDBOX_HELPER_IN_WORKER, SANDBOX_REFUSED
 from .api import LXDApi
 from .helper import push_helper, sandbox_helper
-from .launch import SANDBOX_PROBE, exec_script, sandbox_environment
+from .launch import SANDBOX_PROBE, exec_script, run_launcher, sandbox_environment
+from .runner import Runners
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +47,16 @@ _VERDICTS = {
 class WarmWorkers:
     """Check and wipe the warm workers of one LXD project between their tasks."""
 
-    def __init__(self, api: LXDApi) -> None:
-        """Use ``api``'s project; no worker known yet."""
+    def __init__(self, api: LXDApi, host_access: bool = True) -> None:
+        """Use ``api``'s project; no worker known yet. ``host_access``: runners may be used."""
         self.api = api
+        self.runners = Runners(api, host_access)
         self._baselines: dict[str, str] = {}
         self.sandbox_refusal = ""  # why the last new worker could not make a sandbox
 
     def learn(self, name: str) -> None:
-        """Note the processes a freshly started worker runs by itself (its init's)."""
+        """Start a new worker's runner, then note the processes it runs by itself."""
+        self.runners.start(name)
         previous = None
         for _ in range(SETTLE_READS):
             current = " ".join(sorted(self._processes(name), key=int))
@@ -69,6 +73,7 @@ class WarmWorkers:
     def know(self, name: str, baseline: str) -> None:
         """Reuse ``name``, made elsewhere (a ready worker); it runs ``baseline`` by itself."""
         self._baselines[name] = baseline
+        self.runners.adopt(name)
 
     def knows(self, name: str) -> bool:
         """Tell whether ``name`` is a warm worker this backend made and may reuse."""
@@ -77,6 +82,16 @@ class WarmWorkers:
     def forget(self, name: str) -> None:
         """Stop reusing ``name`` (it is deleted, or was never ours)."""
         self._baselines.pop(name, None)
+        self.runners.forget(name)
+
+    def launch(self, name: str, script: str, environment: dict[str, str]) -> int:
+        """Run a launcher script in ``name``: through its runner, else exec; its exit code.
+
+        Raises:
+            LaunchError: when its runner took the script but gave no exit code.
+        """
+        code = self.runners.run(name, script, environment)
+        return run_launcher(self.api, name, script, environment) if code is None else code
 
     def environment(self, name: str) -> dict[str, str]:
         """What the checks before a worker's next task need: the processes it may run."""

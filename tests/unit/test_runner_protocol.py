@@ -1,0 +1,107 @@
+"""The resident launcher's protocol: the real helper program serving a directory here.
+
+The host side (runner.py's request, claim and reply) against ``cc-sandbox --serve`` built from
+the package's source; in a worker the directory is /run/cc-runner under its root.
+"""
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from container_compute.backends.lxd import helper, runner
+
+pytestmark = pytest.mark.skipif(
+    not Path(helper.GCC).is_file(), reason=f"no C compiler at {helper.GCC}"
+)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A runner serving ``tmp_path/serve``: (an open descriptor of that directory, the dir)."""
+    program = helper.sandbox_helper(tmp_path / "cache")
+    assert program is not None
+    binary = tmp_path / "cc-sandbox"
+    binary.write_bytes(program)
+    binary.chmod(0o755)
+    directory = tmp_path / "serve"
+    process = subprocess.Popen(
+        [str(binary), "--serve", str(directory)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PATH": "/usr/bin:/bin", "KEPT": "from the runner"},
+    )
+    try:
+        for _ in range(400):
+            if (directory / "pid").is_file():
+                break
+            time.sleep(0.005)
+        assert (directory / "pid").read_text() == f"{process.pid}\n"
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            yield fd, directory
+        finally:
+            os.close(fd)
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def run(fd: int, script: str, environment: dict[str, str], request_id: str = "r1") -> int | None:
+    assert runner._send(fd, runner.encode_request(request_id, script, environment))
+    assert runner._claimed(fd)
+    return runner._reply(fd, request_id)
+
+
+def test_a_script_runs_with_the_runners_environment_and_the_requests(
+    served: tuple[int, Path], tmp_path: Path
+) -> None:
+    fd, directory = served
+    out = tmp_path / "out"
+    script = f'echo "$KEPT|$GIVEN|$SPACED" > {out}; exit 3'
+    assert run(fd, script, {"GIVEN": "yes", "SPACED": "a b\nc"}) == 3
+    assert out.read_text() == "from the runner|yes|a b\nc\n"
+    assert sorted(os.listdir(directory)) == ["pid"]  # request, taken and reply are gone
+    # The next request starts from the runner's environment again, not the last request's.
+    assert run(fd, f'echo "${{GIVEN:-unset}}" > {out}', {}, "r2") == 0
+    assert out.read_text() == "unset\n"
+
+
+def test_a_script_killed_by_a_signal_says_so(served: tuple[int, Path]) -> None:
+    fd, _ = served
+    assert run(fd, "kill -TERM $$", {}) == 128 + signal.SIGTERM
+
+
+def test_a_reply_to_another_request_is_not_taken(served: tuple[int, Path]) -> None:
+    fd, _ = served
+    assert runner._send(fd, runner.encode_request("mine", "exit 0", {}))
+    assert runner._claimed(fd)
+    assert runner._reply(fd, "someone-else") is None
+
+
+def test_a_request_nobody_claims_is_taken_back(
+    served: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fd, directory = served
+    pid = int((directory / "pid").read_text())
+    os.kill(pid, signal.SIGSTOP)  # alive but deaf: the request must not stay behind
+    try:
+        monkeypatch.setattr(runner, "CLAIM_SECONDS", 0.2)
+        assert runner._send(fd, runner.encode_request("r1", "exit 0", {}))
+        assert runner._claimed(fd) is False
+        assert sorted(os.listdir(directory)) == ["pid"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_what_cannot_be_passed_is_refused() -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        runner.encode_request("r1", "true", {"BAD": "a\0b"})
+    assert runner.parse_reply(b"r1 7\n", "r1") == 7
+    assert runner.parse_reply(b"r1 x\n", "r1") is None
+    assert runner.parse_reply(b"", "r1") is None
