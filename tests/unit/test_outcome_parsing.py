@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from container_compute.backends import FailureReason, TaskOutcome
-from container_compute.backends.lxd import watch as lxd_watch
 from container_compute.backends.lxd.hostside import WorkerView, read_cc_file
 from container_compute.backends.lxd.parsing import (
     event_count,
@@ -17,6 +16,7 @@ from container_compute.backends.lxd.parsing import (
     shown,
 )
 from container_compute.backends.lxd.watch import AttemptWatcher
+from container_compute.backends.usage import Usage, keyed_numbers, sandbox_usage
 
 ITERATIONS = 5000
 INTERESTING = [
@@ -186,8 +186,22 @@ def test_outcome_refuses_what_is_not_an_exit_status() -> None:
     assert TaskOutcome(255).exit_code == 255
 
 
-def test_the_sandbox_helpers_peak_memory_is_read_from_its_status() -> None:
-    assert lxd_watch.peak_rss_bytes(b"ready\npeak-rss-kib 102400\n") == 100 << 20
-    assert lxd_watch.peak_rss_bytes(b"ready\n") is None  # the shell recipe says nothing
-    assert lxd_watch.peak_rss_bytes(b"ready\npeak-rss-kib lots\n") is None  # not forged in
-    assert lxd_watch.peak_rss_bytes(b"") is None
+def test_a_sandboxed_tasks_usage_is_read_from_its_cgroup_then_its_rusage() -> None:
+    report = b"ready\npeak-rss-kib 102400\ncpu-user-usec 1500000\ncpu-system-usec 250000\n"
+    cpu_stat = b"usage_usec 2000000\nuser_usec 1700000\nsystem_usec 300000\n"
+    usage = sandbox_usage(cpu_stat, report)
+    assert (usage.cpu_user_seconds, usage.cpu_system_seconds) == (1.7, 0.3)  # the cgroup's
+    assert usage.cpu_source == "task-cgroup"
+    assert (usage.memory_peak_bytes, usage.memory_source) == (100 << 20, "sandbox-rusage")
+    usage = sandbox_usage(b"", report)  # no cgroup of its own: the rusage
+    assert (usage.cpu_seconds, usage.cpu_source) == (1.75, "sandbox-rusage")
+    usage = sandbox_usage(b"", b"ready\n")  # the shell recipe says nothing
+    assert usage == Usage()
+    assert usage.record()["usage-source"] == {"cpu": None, "memory": None}
+
+
+def test_forged_usage_figures_are_left_out() -> None:
+    report = b"peak-rss-kib lots\ncpu-user-usec -5\ncpu-system-usec 1e9\n"
+    usage = sandbox_usage(b"user_usec 99999999999999999999999\nsystem_usec 1\n", report)
+    assert usage == Usage()
+    assert keyed_numbers(b"\xff\x00 junk\nkey 12\nkey2  34 \n") == {"key": 12, "key2": 34}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..owner import owner_id
 from ..privatefiles import default_state_dir
+from .usage import Usage
 
 if TYPE_CHECKING:
     from ..config import HostConfig
@@ -90,8 +91,8 @@ class TaskOutcome:
     # The task's sandbox ended and its worker is intact: it may take the job's next task,
     # whatever ended this one (timeout, cancel, OOM or process limit of the task).
     sandbox_ended: bool = False
-    # The largest resident set of the task's processes (its sandbox's rusage), when known.
-    memory_peak_bytes: int | None = None
+    # What the attempt used (CPU, peak memory, OOM kills), where its worker showed it.
+    usage: Usage = field(default_factory=Usage)
 
     def __post_init__(self) -> None:
         """Refuse what is not an exit status (0..255): the attempt failed, the detail says why."""

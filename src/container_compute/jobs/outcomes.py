@@ -117,8 +117,16 @@ def outcome_record(spec: WorkerSpec, outcome: TaskOutcome) -> dict[str, Any]:
         "truncated": outcome.truncated,
         "skipped": outcome.skipped[:20],
         "host": outcome.host,
-        "memory-peak-bytes": outcome.memory_peak_bytes,  # from the sandbox's rusage, or None
+        "wall-seconds": _wall_seconds(outcome),
+        **outcome.usage.record(),
     }
+
+
+def _wall_seconds(outcome: TaskOutcome) -> float | None:
+    """The attempt's wall time (None when its start or end is unknown)."""
+    if outcome.started_at <= 0 or outcome.finished_at < outcome.started_at:
+        return None
+    return round(outcome.finished_at - outcome.started_at, 6)
 
 
 class OutcomeCommitter:

@@ -7,7 +7,8 @@
  *   CC_ENTER (optional: a cgroup.procs file to enter first); fd 3: how far the sandbox got
  *   ("ready" just before the command; else why it failed), then, once the command ended,
  *   "peak-rss-kib N": the largest resident set of the task's processes (its rusage, as
- *   sacct's MaxRSS). The exit status is COMMAND's, or 128 + the signal that ended it.
+ *   sacct's MaxRSS), "cpu-user-usec N" and "cpu-system-usec N": their CPU times. The exit
+ *   status is COMMAND's, or 128 + the signal that ended it.
  *
  * Usage (started once per warm worker, in the background): cc-sandbox --serve DIR
  *   the worker's resident launcher (backends/lxd/runner.py): the host renames a request into
@@ -40,6 +41,10 @@
 #define SANDBOX_DIR "/run/cc-sandbox"
 #define ROOT SANDBOX_DIR "/root"
 #define REQUEST_MAX (4 << 20)  /* bytes: a launcher script and a job's environment */
+
+static long long usec(struct timeval time) {
+    return (long long)time.tv_sec * 1000000 + time.tv_usec;
+}
 
 static void fail(const char *why) {
     dprintf(3, "%s\n", why);
@@ -208,7 +213,9 @@ int main(int argc, char **argv) {
         if (errno != EINTR) return 1;
     }
     struct rusage usage;
-    if (getrusage(RUSAGE_CHILDREN, &usage) == 0) dprintf(3, "peak-rss-kib %ld\n", usage.ru_maxrss);
+    if (getrusage(RUSAGE_CHILDREN, &usage) == 0)
+        dprintf(3, "peak-rss-kib %ld\ncpu-user-usec %lld\ncpu-system-usec %lld\n",
+                usage.ru_maxrss, usec(usage.ru_utime), usec(usage.ru_stime));
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
 }

@@ -44,6 +44,7 @@ from .. import (
     WorkerUnreachableError,
 )
 from ..gather import safe_name
+from ..usage import LXD_STATE
 from .api import LXDApi, OperationFailedError, boot_worker, is_transient, remove_log_dir
 from .disk import explain_disk_full
 from .launch import (
@@ -500,6 +501,7 @@ def _follow_on_member(
             outcome = lost_outcome(member, outcome.detail)
     elif not local:
         outcome = explain_remote_oom(backend.api, spec, outcome, peak)
+        outcome.usage.take_memory(peak, LXD_STATE)
     outcome.host = member
     return outcome
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..gather import kind_of
+from ..usage import WORKER_CGROUP, Usage, keyed_numbers
 from .parsing import event_count
 
 CC_DIR = "run/cc"
@@ -94,6 +95,15 @@ def _read_regular(dir_fd: int, name: str, limit: int) -> Found:
         return Found("missing")
     finally:
         os.close(fd)
+
+
+def _read_bytes(path: Path, limit: int = 4096) -> bytes:
+    """The first bytes of a cgroup file, b"" when it cannot be read."""
+    try:
+        with path.open("rb") as file:
+            return file.read(limit)
+    except OSError:
+        return b""
 
 
 def usable_root(path: Path) -> bool:
@@ -215,6 +225,36 @@ class WorkerView:
                     self.refused_forks = max(self.refused_forks, count)
                     break
         return max(0, self.refused_forks - self.refused_before)
+
+    def usage(self) -> Usage:
+        """The worker's CPU times, memory peak and OOM kills from its cgroups on the host.
+
+        The whole worker's (a fresh worker per task): cgroup2 ``cpu.stat`` (also the hybrid
+        hierarchy's), else v1 ``cpuacct``; v1 ``memory.max_usage_in_bytes`` or v2
+        ``memory.peak``. Read while the worker still runs.
+        """
+        usage = Usage()
+        name = f"lxc.payload.{self.volume}"
+        for path in (_CGROUP_ROOT / "unified" / name, _CGROUP_ROOT / name):
+            stat = _read_bytes(path / "cpu.stat")
+            if stat:
+                numbers = keyed_numbers(stat)
+                usage.take_cpu(numbers.get("user_usec"), numbers.get("system_usec"), WORKER_CGROUP)
+        for controller in ("cpuacct", "cpu,cpuacct"):
+            path = _CGROUP_ROOT / controller / name
+            user, system = (
+                _read_bytes(path / "cpuacct.usage_user"),
+                _read_bytes(path / "cpuacct.usage_sys"),
+            )
+            if user.strip().isdigit() and system.strip().isdigit():
+                usage.take_cpu(int(user) // 1000, int(system) // 1000, WORKER_CGROUP)
+        if self.memory_cgroup is not None:
+            for file in ("memory.max_usage_in_bytes", "memory.peak"):
+                peak = _read_bytes(self.memory_cgroup / file).strip()
+                if peak.isdigit():
+                    usage.take_memory(int(peak), WORKER_CGROUP)
+            usage.oom_kills = self.oom_kills()
+        return usage
 
     def start_counting(self) -> None:
         """Count only the OOM kills and refused forks from now on (a warm worker's task)."""

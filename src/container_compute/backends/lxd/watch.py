@@ -24,6 +24,7 @@ import pylxd
 from ...lxdclient import socket_path
 from .. import FailureReason, TaskOutcome, WorkerSpec
 from ..gather import GatherReport, gather_task
+from ..usage import Usage, sandbox_usage
 from . import files
 from .api import TRANSIENT_ERRORS, LXDApi, OperationFailedError
 from .hostside import (
@@ -44,7 +45,7 @@ LIVENESS_SECONDS = 2.0
 CHECK_TIMEOUT_SECONDS = 10.0
 SANDBOX_END_SECONDS = 10.0  # for the wrapper to write the status of a sandbox it saw killed
 SECOND_LOOK_SECONDS = 0.3  # between two looks at a /run/cc seen gone (a replacement?)
-SANDBOX_STATUS_BYTES = 256  # /run/cc/sandbox: "ready", then the helper's rusage line
+SANDBOX_STATUS_BYTES = 512  # /run/cc/sandbox ("ready", the helper's rusage), cpu.stat
 HOST_POLL_CAP_SECONDS = 0.2  # longest pause between two looks at a worker from the host
 SETTLE_SECONDS = 3.0  # how long a worker whose task's shell died may take to stop or reboot
 # Exits 0 while the wrapper lives, 1 once it is gone, 3 when its pid cannot be read safely.
@@ -56,13 +57,9 @@ _WRAPPER_CHECK = (
 _OOM_DETAIL = "killed: out of memory (the worker's memory cgroup counted an OOM kill)"
 
 
-def peak_rss_bytes(status: bytes) -> int | None:
-    """The ``peak-rss-kib`` the sandbox helper wrote after the task, in bytes (None: none)."""
-    for line in status.decode(errors="replace").splitlines():
-        key, _, value = line.partition(" ")
-        if key == "peak-rss-kib" and value.strip().isdigit():
-            return int(value) * 1024
-    return None
+def _file_data(found: Found | None) -> bytes:
+    """The bytes of a file found in /run/cc (b"" for anything else)."""
+    return found.data if found is not None and found.kind == "file" else b""
 
 
 def _limit_detail(refused: int) -> str:
@@ -397,9 +394,24 @@ class AttemptJudge:
             return TaskOutcome(None, FailureReason.EXIT_CODE, detail="the exit code file is empty")
         if code is None:
             return None  # empty: being written
-        if view.sandboxed:
-            return self._sandbox_status(view, code)
-        return self._status(view, code)
+        outcome = self._sandbox_status(view, code) if view.sandboxed else self._status(view, code)
+        outcome.usage = self.usage(view)
+        return outcome
+
+    def usage(self, view: WorkerView) -> Usage:
+        """What the task used: its sandbox's cgroup and rusage, else its worker's cgroups.
+
+        Nothing when the worker is read through the files API (see ``remote``).
+        """
+        if view.rootfs is None:
+            return Usage()
+        if not view.sandboxed:
+            return view.usage()
+        stat = self.watcher.read_cc(view, "cpu.stat", limit=SANDBOX_STATUS_BYTES)
+        report = self.watcher.read_cc(view, "sandbox", limit=SANDBOX_STATUS_BYTES)
+        usage = sandbox_usage(_file_data(stat), _file_data(report))
+        usage.oom_kills = view.oom_kills() if view.memory_cgroup is not None else None
+        return usage
 
     def _sandbox_status(self, view: WorkerView, code: int) -> TaskOutcome:
         """The outcome of a sandboxed task (its worker intact), or why it never ran."""
@@ -413,9 +425,6 @@ class AttemptJudge:
             )
         outcome = self._status(view, code)
         outcome.sandbox_ended = True
-        if view.rootfs is not None:
-            status = self.watcher.read_cc(view, "sandbox", limit=SANDBOX_STATUS_BYTES)
-            outcome.memory_peak_bytes = peak_rss_bytes(status.data if status else b"")
         return outcome
 
     def _status(self, view: WorkerView, code: int) -> TaskOutcome:
