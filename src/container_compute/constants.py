@@ -113,6 +113,8 @@ SCRIPT_ENV = (
     "CC_SANDBOX",
     "CC_SANDBOX_SIZE",
     "CC_HOSTNAME",
+    "CC_CGROUP",
+    "CC_RUNNER",
     "cc_command",
     "cc_sandbox",
     "cc_cg",

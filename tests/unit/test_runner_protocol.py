@@ -105,3 +105,15 @@ def test_what_cannot_be_passed_is_refused() -> None:
     assert runner.parse_reply(b"r1 7\n", "r1") == 7
     assert runner.parse_reply(b"r1 x\n", "r1") is None
     assert runner.parse_reply(b"", "r1") is None
+
+
+def test_a_worker_without_room_is_told_by_the_host_before_any_request() -> None:
+    runners = runner.Runners(api=None, host_access=True)  # type: ignore[arg-type]
+    pid = os.getpid()  # stands for the worker's init: its root is this host's /
+    runners._inits["w"] = (pid, runner._start_time(pid) or "")
+    free = runners._free_kib("w")
+    assert free is not None and free > 0
+    too_much = {"CC_MIN_FREE": str(free + 10**9)}
+    assert runners.run("w", "exit 0", too_much) == runner.NO_ROOM_EXIT
+    runners._inits["w"] = (pid, "another process")  # its pid reused: nothing is looked at
+    assert runners._free_kib("w") is None

@@ -4,7 +4,8 @@
  *
  * Usage (in a warm worker, by the sandbox wrapper): cc-sandbox COMMAND
  *   environment: CC_SANDBOX_SIZE (the size cap of the sandbox's tmpfs), CC_HOSTNAME,
- *   CC_ENTER (optional: a cgroup.procs file to enter first); fd 3: how far the sandbox got
+ *   CC_CGROUP (optional: where the worker's cgroup2 tree is, or is to be, mounted: the task
+ *   gets its own cgroup there, whose cpu.stat is kept in /run/cc/cpu.stat); fd 3: how far the sandbox got
  *   ("ready" just before the command; else why it failed), then, once the command ended,
  *   "peak-rss-kib N": the largest resident set of the task's processes (its rusage, as
  *   sacct's MaxRSS), "cpu-user-usec N" and "cpu-system-usec N": their CPU times. The exit
@@ -100,6 +101,58 @@ static void make_sandbox(const char *size, const char *hostname) {
     if (chdir("/") != 0) fail("chdir / failed");
 }
 
+/* The task's own cgroup, opened before the sandbox is made: pivot_root moves this process's
+ * root too, so it is reached through these descriptors afterwards. */
+struct task_cgroup {
+    int root;  // the worker's cgroup2 tree (a directory)
+    int stat;  // the task cgroup's cpu.stat
+    int kept;  // /run/cc/cpu.stat, where its figures are kept
+};
+
+/* Make the task's own cgroup ("task") in the worker's cgroup2 tree mounted at ROOT (mounted
+ * now if need be) and move into it; false when that cannot be done (no cgroup then). */
+static int enter_task_cgroup(const char *root, struct task_cgroup *cg) {
+    char path[320];
+    cg->root = cg->stat = cg->kept = -1;
+    snprintf(path, sizeof path, "%s/cgroup.procs", root);
+    if (access(path, F_OK) != 0) {
+        mkdir(root, 0755);
+        if (mount("cc-cgroup", root, "cgroup2", 0, NULL) != 0) return 0;
+    }
+    cg->root = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (cg->root < 0) return 0;
+    unlinkat(cg->root, "task", AT_REMOVEDIR);  // a task's left over from before
+    int procs = -1;
+    if (mkdirat(cg->root, "task", 0755) != 0 ||
+        (procs = openat(cg->root, "task/cgroup.procs", O_WRONLY | O_CLOEXEC)) < 0 ||
+        write(procs, "0", 1) != 1) {
+        if (procs >= 0) close(procs);
+        unlinkat(cg->root, "task", AT_REMOVEDIR);
+        close(cg->root);
+        cg->root = -1;
+        return 0;
+    }
+    close(procs);
+    cg->stat = openat(cg->root, "task/cpu.stat", O_RDONLY | O_CLOEXEC);
+    cg->kept = open("/run/cc/cpu.stat", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    return 1;
+}
+
+/* Keep the task cgroup's cpu.stat, move back to the tree's root and remove the cgroup. */
+static void leave_task_cgroup(struct task_cgroup *cg) {
+    char stat[1024];
+    if (cg->stat >= 0 && cg->kept >= 0) {
+        ssize_t got = pread(cg->stat, stat, sizeof stat, 0);
+        if (got > 0) (void)!write(cg->kept, stat, (size_t)got);
+    }
+    int procs = openat(cg->root, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (procs >= 0) {
+        (void)!write(procs, "0", 1);
+        close(procs);
+    }
+    unlinkat(cg->root, "task", AT_REMOVEDIR);
+}
+
 /* Read a whole request (at most REQUEST_MAX bytes); its length, or -1. */
 static ssize_t read_request(const char *path, char *buf) {
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
@@ -126,6 +179,7 @@ static int run_request(char *buf, ssize_t length, const char **id) {
     pid_t child = fork();
     if (child < 0) return 125;
     if (child == 0) {
+        setenv("CC_RUNNER", "1", 1);  // the launcher needs no session of its own
         for (char *entry = script + strlen(script) + 1; entry < end; entry += strlen(entry) + 1)
             if (strchr(entry, '=')) putenv(entry);
         int null = open("/dev/null", O_RDWR);
@@ -185,13 +239,10 @@ int main(int argc, char **argv) {
     }
     const char *size = getenv("CC_SANDBOX_SIZE");
     const char *hostname = getenv("CC_HOSTNAME");
-    const char *enter = getenv("CC_ENTER");
+    const char *cgroup = getenv("CC_CGROUP");
     if (!size || !hostname) fail("CC_SANDBOX_SIZE and CC_HOSTNAME are needed");
-    if (enter && *enter) {
-        int procs = open(enter, O_WRONLY);
-        if (procs < 0 || write(procs, "0", 1) != 1) fail("entering the task's cgroup failed");
-        close(procs);
-    }
+    struct task_cgroup cg = {-1, -1, -1};
+    int in_cgroup = cgroup && *cgroup && strlen(cgroup) < 256 && enter_task_cgroup(cgroup, &cg);
     if (unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) != 0)
         fail("unshare of the mount, pid, ipc and uts namespaces was refused");
     pid_t child = fork();
@@ -200,7 +251,7 @@ int main(int argc, char **argv) {
         make_sandbox(size, hostname);
         unsetenv("CC_SANDBOX_SIZE");
         unsetenv("CC_HOSTNAME");
-        unsetenv("CC_ENTER");
+        unsetenv("CC_CGROUP");
         unsetenv("CC_SANDBOX");
         dprintf(3, "ready\n");
         close(3);
@@ -212,6 +263,7 @@ int main(int argc, char **argv) {
     while (waitpid(child, &status, 0) < 0) {
         if (errno != EINTR) return 1;
     }
+    if (in_cgroup) leave_task_cgroup(&cg);
     struct rusage usage;
     if (getrusage(RUSAGE_CHILDREN, &usage) == 0)
         dprintf(3, "peak-rss-kib %ld\ncpu-user-usec %lld\ncpu-system-usec %lld\n",

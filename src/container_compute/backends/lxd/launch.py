@@ -13,7 +13,8 @@ from .api import LXDApi
 
 # Runs in the worker through exec; returns as soon as the wrapper is in the background.
 LAUNCHER = (
-    "mkdir -p /run " + RESULTS_DIR_IN_WORKER + " || exit 1\n"
+    "{ [ -d /run ] && [ -d " + RESULTS_DIR_IN_WORKER + " ]; } ||"
+    " mkdir -p /run " + RESULTS_DIR_IN_WORKER + " || exit 1\n"
     # /run/cc is the lock: taken by this attempt (a relaunch), the command runs already; left
     # by another attempt (a warm worker's last task), 7: that attempt's files are not this one's.
     "mkdir /run/cc 2>/dev/null || { test -d /run/cc || exit 1;"
@@ -21,8 +22,8 @@ LAUNCHER = (
     ' [ "$cc_a" = "$CC_ATTEMPT" ] && exit 0; exit 7; }\n'
     'echo "$CC_ATTEMPT" >/run/cc/attempt\n'
     # A session of its own: no controlling terminal inherited from however LXD was started,
-    # so no SIGHUP reaches the task when the daemon goes away.
-    "cc_setsid=; command -v setsid >/dev/null 2>&1 && cc_setsid=setsid\n"
+    # so no SIGHUP reaches the task when the daemon goes away (the runner has one already).
+    'cc_setsid=; [ -z "$CC_RUNNER" ] && command -v setsid >/dev/null 2>&1 && cc_setsid=setsid\n'
     'exec $cc_setsid /bin/sh -c "$CC_WRAPPER" </dev/null >/dev/null 2>&1 &\n'
 )
 # The wrapper: the user's command comes from the environment, its output goes to files.
@@ -48,27 +49,29 @@ SANDBOX_WRAPPER = (
     "echo $$ >/run/cc/pid\n"
     "cc_command=$CC_COMMAND\n"
     "cc_sandbox=$CC_SANDBOX\n"
-    "unset CC_ATTEMPT CC_COMMAND CC_WRAPPER CC_KEEP CC_MIN_FREE CC_SANDBOX\n"
+    "unset CC_ATTEMPT CC_COMMAND CC_WRAPPER CC_KEEP CC_MIN_FREE CC_SANDBOX CC_RUNNER\n"
     f"cc_cg={SANDBOX_CGROUP}\n"
-    "mkdir -p $cc_cg && { [ -f $cc_cg/cgroup.procs ] ||"
-    " mount -t cgroup2 cc-cgroup $cc_cg 2>/dev/null; }\n"
-    "rmdir $cc_cg/task 2>/dev/null\n"
-    "cc_enter=; cc_procs=; mkdir $cc_cg/task 2>/dev/null &&"
-    " cc_procs=$cc_cg/task/cgroup.procs && cc_enter='echo 0 >'$cc_procs' &&'\n"
     # The sandbox's init moves itself into the task's cgroup, then the namespaces; fd 3
     # says how far the sandbox got ("ready" just before the command). The helper program
-    # (helper.py) where the host could copy it in, else the shell recipe.
+    # (helper.py, which also makes the task's cgroup) where the host could copy it in, else
+    # the shell recipe.
     f"if [ -x {SANDBOX_HELPER_IN_WORKER} ]; then\n"
-    f'  CC_ENTER=$cc_procs {SANDBOX_HELPER_IN_WORKER} "$cc_command"'
+    f'  CC_CGROUP=$cc_cg {SANDBOX_HELPER_IN_WORKER} "$cc_command"'
     " </dev/null >/run/cc/stdout 2>/run/cc/stderr 3>/run/cc/sandbox\n"
+    "  cc_exit=$?\n"
     "else\n"
+    "  mkdir -p $cc_cg && { [ -f $cc_cg/cgroup.procs ] ||"
+    " mount -t cgroup2 cc-cgroup $cc_cg 2>/dev/null; }\n"
+    "  rmdir $cc_cg/task 2>/dev/null\n"
+    "  cc_enter=; mkdir $cc_cg/task 2>/dev/null &&"
+    " cc_enter='echo 0 >'$cc_cg/task/cgroup.procs' &&'\n"
     '  /bin/sh -c "$cc_enter exec unshare -m -p -f -i -u /bin/sh -c \\"\\$0\\" cc-sandbox'
     ' \\"\\$1\\"" "$cc_sandbox" "$cc_command"'
     " </dev/null >/run/cc/stdout 2>/run/cc/stderr 3>/run/cc/sandbox\n"
+    "  cc_exit=$?\n"
+    "  cat $cc_cg/task/cpu.stat >/run/cc/cpu.stat 2>/dev/null\n"
+    "  rmdir $cc_cg/task 2>/dev/null\n"
     "fi\n"
-    "cc_exit=$?\n"
-    "cat $cc_cg/task/cpu.stat >/run/cc/cpu.stat 2>/dev/null\n"
-    "rmdir $cc_cg/task 2>/dev/null\n"
     "read -r cc_state </run/cc/sandbox 2>/dev/null\n"
     '[ "$cc_state" = ready ] || echo "${cc_state:-the sandbox ended before it was made}"'
     " >/run/cc/sandbox_error\n"
@@ -159,17 +162,21 @@ RECYCLE = (
     '[ -L "$cc_r" ] || [ -L /tmp ] || [ -L /run ] || [ -L /run/cc ] && exit 4\n'
     'rm -rf /run/cc "$cc_r" || exit 4\n'
     'mkdir -m 0755 "$cc_r" || exit 4\n'
-    "if [ -d /tmp ]; then (cd /tmp && rm -rf -- * .[!.]* ..?*) || exit 4;"
-    " else mkdir -m 1777 /tmp || exit 4; fi\n"
+    "if [ -d /tmp ]; then for cc_f in /tmp/* /tmp/.[!.]* /tmp/..?*; do\n"
+    '  if [ -e "$cc_f" ] || [ -L "$cc_f" ]; then'
+    " (cd /tmp && rm -rf -- * .[!.]* ..?*) || exit 4; break; fi\n"
+    "done; else mkdir -m 1777 /tmp || exit 4; fi\n"
     'for cc_f in /tmp/* /tmp/.[!.]* /tmp/..?* "$cc_r"/* "$cc_r"/.[!.]* "$cc_r"/..?*; do\n'
     '  [ -e "$cc_f" ] || [ -L "$cc_f" ] && exit 5\n'
     "done\n"
-    "if command -v df >/dev/null 2>&1; then\n"
+    # CC_MIN_FREE 0: the host looked at the worker's free space itself (runner.py).
+    'if [ "$CC_MIN_FREE" -gt 0 ] && command -v df >/dev/null 2>&1; then\n'
     "  df -kP / 2>/dev/null |\n"
     "    { read -r _; read -r _ _ _ cc_free _;"
     ' [ "${cc_free:-0}" -ge "$CC_MIN_FREE" ]; } || exit 6\n'
     "fi\n"
 )
+NO_ROOM_EXIT = 6  # RECYCLE's exit code for a worker with too little room left on /
 # A warm worker's next task: the checks and the wipe, then the launcher.
 WARM_LAUNCHER = RECYCLE + LAUNCHER
 

@@ -28,7 +28,7 @@ from ...constants import RUNNER_DIR_IN_WORKER, SANDBOX_HELPER_IN_WORKER
 from .. import LaunchError
 from .api import LXDApi, OperationFailedError
 from .hostside import DIR_FLAGS, init_pid_from_cgroup
-from .launch import LAUNCHER_TIMEOUT_SECONDS, exec_script
+from .launch import LAUNCHER_TIMEOUT_SECONDS, NO_ROOM_EXIT, exec_script
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,12 @@ class Runners:
         """
         if name not in self._inits:
             return None
+        wanted = environment.get("CC_MIN_FREE", "")
+        free = self._free_kib(name) if wanted.isdigit() and int(wanted) > 0 else None
+        if free is not None:  # the host looks at the worker's room, not a df in it
+            if free < int(wanted):
+                return NO_ROOM_EXIT
+            environment = {**environment, "CC_MIN_FREE": "0"}
         request_id = secrets.token_hex(8)
         body = encode_request(request_id, script, environment)
         with self._runner_dir(name) as directory:
@@ -151,6 +157,17 @@ class Runners:
             self.forget(name)
             raise LaunchError(f"the resident launcher of worker {name} gave no exit status")
         return status
+
+    def _free_kib(self, name: str) -> int | None:
+        """KiB left to the worker on its root disk, as a df in it says; None: not seen."""
+        pid, started = self._inits.get(name, (0, ""))
+        if not pid or _start_time(pid) != started:
+            return None
+        try:
+            seen = os.statvfs(f"/proc/{pid}/root")
+        except OSError:
+            return None
+        return seen.f_bavail * seen.f_frsize // 1024
 
     @contextlib.contextmanager
     def _runner_dir(self, name: str) -> Iterator[int | None]:

@@ -24,7 +24,7 @@ from typing import Any
 from ...constants import SANDBOX_HELPER_IN_WORKER, SANDBOX_REFUSED
 from .api import LXDApi
 from .helper import push_helper, sandbox_helper
-from .launch import SANDBOX_PROBE, exec_script, run_launcher, sandbox_environment
+from .launch import NO_ROOM_EXIT, SANDBOX_PROBE, exec_script, run_launcher, sandbox_environment
 from .runner import Runners
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ _VERDICTS = {
     3: "a process of the task was still running",
     4: "/results, /tmp or /run/cc could not be wiped (replaced by a link or a mount?)",
     5: "/results or /tmp was not empty after the wipe",
-    6: f"less than {MIN_FREE_KIB // 1024} MiB left on its root disk",
+    NO_ROOM_EXIT: f"less than {MIN_FREE_KIB // 1024} MiB left on its root disk",
 }
 
 
