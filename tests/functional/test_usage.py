@@ -12,7 +12,7 @@ import pytest
 
 from container_compute import actions
 from container_compute.config import HostConfig
-from container_compute.jobs.params import JobParams, LaunchJobParams
+from container_compute.jobs.params import GatherResultsParams, JobParams, LaunchJobParams
 
 from .test_sandbox import outcomes
 
@@ -31,9 +31,7 @@ BURN_AND_HOLD = (
 def run(config: HostConfig, state_dir: Path, isolation: str, command: str) -> dict[str, Any]:
     launched = actions.run_action(
         "launch-job",
-        LaunchJobParams(
-            command=command, tasks=1, isolation=isolation, memory="1GiB", wait=True
-        ),
+        LaunchJobParams(command=command, tasks=1, isolation=isolation, memory="1GiB", wait=True),
         config,
         state_dir,
     )
@@ -43,9 +41,7 @@ def run(config: HostConfig, state_dir: Path, isolation: str, command: str) -> di
 @pytest.mark.parametrize(
     ("isolation", "sources"),
     [
-        pytest.param(
-            "sandbox", {"cpu": "task-cgroup", "memory": "sandbox-rusage"}, id="sandbox"
-        ),
+        pytest.param("sandbox", {"cpu": "task-cgroup", "memory": "sandbox-rusage"}, id="sandbox"),
         pytest.param(
             "container", {"cpu": "worker-cgroup", "memory": "worker-cgroup"}, id="container"
         ),
@@ -64,3 +60,18 @@ def test_a_tasks_cpu_and_memory_are_recorded(
     assert record["memory-peak-bytes"] >= 384 * MIB, record
     assert record["oom-kills"] == 0
     assert record["wall-seconds"] >= cpu / 2  # two cores at most here
+    usage = report["usage"]  # job-status: the totals, and the CPU efficiency as seff's
+    assert usage["attempts"] == 1 and usage["cpu-user-seconds"] == round(
+        record["cpu-user-seconds"], 3
+    )
+    assert usage["memory-peak-bytes"] == record["memory-peak-bytes"]
+    assert usage["cpu-efficiency"].endswith("%")
+    tsv = (state_dir / "results" / report["job"] / "usage.tsv").read_text().splitlines()
+    assert len(tsv) == 2 and tsv[1].split("\t")[-2:] == [sources["cpu"], sources["memory"]]
+    gathered = actions.run_action(
+        "gather-results", GatherResultsParams(job=report["job"]), configured_host, state_dir
+    )
+    task = gathered["summary"]["0"]
+    assert task["cpu-user-seconds"] == record["cpu-user-seconds"]
+    assert task["memory-peak-bytes"] == record["memory-peak-bytes"]
+    assert task["usage-source"] == sources and gathered["usage"].endswith("usage.tsv")

@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from container_compute.jobs import results
+from container_compute.jobs import results, status
 from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.model import TaskState
 
@@ -84,3 +84,63 @@ def test_read_inline_respects_both_bounds(tmp_path: Path) -> None:
     assert entry["stderr"] == "e" * 10 and used == results.INLINE_STREAM_BYTES + 10
     entry, used = results.read_inline(tmp_path, budget=100)
     assert (len(entry["stdout"]), entry["stderr"], used) == (100, "", 100)
+
+
+def test_usage_is_listed_per_attempt_and_summed_in_the_status(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    job_id = ledger.create_job(
+        {"command": "burn", "cpu": "0-1"},
+        name="",
+        backend="lxd",
+        task_count=2,
+        inputs=(),
+        deadline_seconds=0,
+    )
+    now = time.time()
+    usages = {
+        0: {"cpu-user-seconds": 3.0, "cpu-system-seconds": 1.0, "memory-peak-bytes": 5 << 20},
+        1: {"cpu-user-seconds": None, "cpu-system-seconds": None, "memory-peak-bytes": None},
+    }
+    for index, usage in usages.items():
+        ledger.start_attempt(job_id, index, lambda n, i=index: f"cc-{job_id}-{i}-{n}", now)
+        record = {
+            "succeeded": True,
+            "exit-code": 0,
+            "wall-seconds": 4.0,
+            "oom-kills": 0 if index == 0 else None,
+            "usage-source": {"cpu": "task-cgroup" if index == 0 else None, "memory": None},
+            **usage,
+        }
+        ledger.finish_attempt(
+            job_id,
+            index,
+            1,
+            record,
+            task_state=TaskState.SUCCEEDED,
+            charge=False,
+            not_before=now,
+            now=now + 4,
+        )
+    lines = [line.split("\t") for line in results.render_usage(ledger, job_id).splitlines()]
+    assert lines[0] == list(results.USAGE_COLUMNS)
+    first = ["1", "1", f"cc-{job_id}-0-1", "0", "", "4.0", "3.0", "1.0", str(5 << 20), "0"]
+    assert lines[1] == [*first, "task-cgroup", ""]
+    assert lines[2][5:10] == ["4.0", "", "", "", ""]  # nothing known is left empty
+    results.write_joblog(tmp_path, ledger, job_id)
+    assert (results.joblog_path(tmp_path, job_id).parent / "usage.tsv").is_file()
+
+    usage = status.job_status(ledger, ledger.job(job_id))["usage"]  # type: ignore[arg-type]
+    assert usage["attempts"] == 2 and usage["wall-seconds"] == 8.0
+    assert usage["cpu-user-seconds"] == 3.0 and usage["memory-peak-bytes"] == 5 << 20
+    assert usage["cpus-per-task"] == 2  # the job's CPU set 0-1
+    assert usage["cpu-efficiency"] == "50.0%"  # 4 CPU-s over 4 s on 2 CPUs (task 1: unknown)
+
+
+def test_cpu_limits_count_cpus() -> None:
+    assert [status.cpu_count(limit) for limit in ("2", "0-3,6", "", "0", "1-x")] == [
+        2,
+        5,
+        None,
+        None,
+        None,
+    ]

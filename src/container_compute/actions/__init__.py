@@ -96,7 +96,7 @@ def run_action(
         if not isinstance(params, JobParams):
             raise ActionError(f"{action} cannot take {type(params).__name__}")
         if action == "job-status":
-            return job_status(ledger, find_job(ledger, params.job))
+            return job_status(ledger, find_job(ledger, params.job), config.worker_cpu)
         if action == "cancel-job":
             return job_actions.cancel_job(ledger, params, config, state_dir)
         return job_actions.delete_job(ledger, params, state_dir)

@@ -200,16 +200,19 @@ def gather_results(ledger: Ledger, params: GatherResultsParams, state_dir: Path)
     joblog = results.write_joblog(state_dir, ledger, job.id)
     tasks = ledger.tasks(job.id, indexes=indexes, limit=MAX_SUMMARY_TASKS)
     selected = len(indexes) if indexes is not None else job.task_count
+    finals = {attempt.index: attempt.outcome for attempt in ledger.final_attempts(job.id)}
     summary = {}
     for task in tasks:
         entry = task_summary(task)
         entry["dir"] = str(results.task_dir(state_dir, job.id, task.index))
+        entry.update(results.usage_of(finals.get(task.index)))
         summary[str(task.index)] = entry
     result: dict[str, Any] = {
         "job": job.id,
         "state": job.state.value,
         "results-dir": str(results.job_dir(state_dir, job.id)),
         "joblog": str(joblog),
+        "usage": str(joblog.with_name(results.USAGE_NAME)),
         "tasks": job.task_count,
         "summary": summary,
     }

@@ -87,6 +87,7 @@ _ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 _FINISHED = tuple(state.value for state in JobState if state.finished)
 
 ATTEMPT_RUNNING = "running"
+_OUTCOME_FIELD = "json_extract(outcome, '$.\"{}\"')"  # a field of an attempt's record
 ATTEMPT_SUCCEEDED = "succeeded"
 ATTEMPT_FAILED = "failed"
 
@@ -641,6 +642,31 @@ class _AttemptRows(_Store):
                 (job_id, TaskState.SUCCEEDED.value, TaskState.FAILED.value, ATTEMPT_RUNNING),
             )
         ]
+
+    def usage_totals(self, job_id: str) -> dict[str, float | int | None]:
+        """Sum the usage of every ended attempt of the job (computed in SQL; None: unknown).
+
+        ``cpu-wall-seconds`` is the wall time of the attempts whose CPU time is known (the
+        denominator of the job's CPU efficiency).
+        """
+        figures = {
+            "attempts": "COUNT(*)",
+            "wall-seconds": f"SUM({_OUTCOME_FIELD.format('wall-seconds')})",
+            "cpu-user-seconds": f"SUM({_OUTCOME_FIELD.format('cpu-user-seconds')})",
+            "cpu-system-seconds": f"SUM({_OUTCOME_FIELD.format('cpu-system-seconds')})",
+            "cpu-wall-seconds": (
+                f"SUM(CASE WHEN {_OUTCOME_FIELD.format('cpu-user-seconds')} IS NOT NULL "
+                f"THEN {_OUTCOME_FIELD.format('wall-seconds')} END)"
+            ),
+            "memory-peak-bytes": f"MAX({_OUTCOME_FIELD.format('memory-peak-bytes')})",
+            "oom-kills": f"SUM({_OUTCOME_FIELD.format('oom-kills')})",
+        }
+        row = self._query(
+            f"SELECT {', '.join(figures.values())} FROM attempts "  # noqa: S608 - constants
+            "WHERE job = ? AND outcome IS NOT NULL AND state != ?",
+            (job_id, ATTEMPT_RUNNING),
+        )[0]
+        return dict(zip(figures, row, strict=True))
 
     def host_counts(self, job_id: str) -> dict[str, int]:
         """Return host -> finished tasks whose last attempt ran there (hosts that are known)."""

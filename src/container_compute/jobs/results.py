@@ -25,6 +25,28 @@ from .ledger import Ledger
 from .private import private_dir, tighten_tree
 
 JOBLOG_NAME = "joblog.tsv"
+USAGE_NAME = "usage.tsv"  # beside the joblog: one line per ended attempt, as sacct's steps
+USAGE_FIGURES = (
+    "wall-seconds",
+    "cpu-user-seconds",
+    "cpu-system-seconds",
+    "memory-peak-bytes",
+    "oom-kills",
+)
+USAGE_COLUMNS = (
+    "Seq",
+    "Attempt",
+    "Host",
+    "Exitval",
+    "Reason",
+    "WallSeconds",
+    "CPUUserSeconds",
+    "CPUSystemSeconds",
+    "MaxRSSBytes",
+    "OOMKills",
+    "CPUSource",
+    "MemorySource",
+)
 OUTCOME_NAME = "outcome.json"
 JOBLOG_COLUMNS = (
     "Seq",
@@ -152,8 +174,35 @@ def render_joblog(ledger: Ledger, job_id: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def usage_of(outcome: dict[str, Any] | None) -> dict[str, Any]:
+    """An attempt's usage figures and their sources, from its record (those it has)."""
+    outcome = outcome or {}
+    keys = (*USAGE_FIGURES, "usage-source")
+    return {key: outcome[key] for key in keys if outcome.get(key) is not None}
+
+
+def render_usage(ledger: Ledger, job_id: str) -> str:
+    """Return usage.tsv: every ended attempt's wall time, CPU, peak memory, OOM kills."""
+    lines = ["\t".join(USAGE_COLUMNS)]
+    for attempt in ledger.attempts(job_id):
+        outcome = attempt.outcome
+        if not outcome:
+            continue
+        sources = outcome.get("usage-source") or {}
+        fields = [attempt.index + 1, attempt.attempt, outcome.get("host") or attempt.worker]
+        fields += [outcome.get("exit-code"), outcome.get("reason")]
+        fields += [outcome.get(key) for key in USAGE_FIGURES]
+        fields += [sources.get("cpu"), sources.get("memory")]
+        lines.append(
+            "\t".join("" if field is None else _tsv_field(str(field)) for field in fields)
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_joblog(state_dir: Path, ledger: Ledger, job_id: str) -> Path:
-    """Regenerate the job's joblog.tsv from the ledger (atomically); return its path.
+    """Regenerate the job's joblog.tsv and usage.tsv from the ledger (atomically).
+
+    Returns the joblog's path.
 
     Several writers at once (the commit that finished the job, gather-results) each write
     their own temporary file: the last rename wins, and every version is whole.
@@ -162,6 +211,7 @@ def write_joblog(state_dir: Path, ledger: Ledger, job_id: str) -> Path:
     private_dir(results_root(state_dir))
     private_dir(path.parent)
     write_private(path, render_joblog(ledger, job_id))
+    write_private(path.with_name(USAGE_NAME), render_usage(ledger, job_id))
     return path
 
 

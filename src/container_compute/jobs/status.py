@@ -4,6 +4,7 @@ Counts and index lists are computed in SQL, so the status of a 10,000-task job s
 """
 
 import datetime
+import os
 import time
 from typing import Any
 
@@ -52,8 +53,50 @@ def task_summary(task: TaskRecord) -> dict[str, Any]:
     return entry
 
 
-def job_status(ledger: Ledger, job: JobRecord) -> dict[str, Any]:
-    """Return the status of a job as action results (counts and ranges computed in SQL)."""
+def cpu_count(limit: str) -> int | None:
+    """The CPUs an LXD ``limits.cpu`` gives: a count (``2``) or a set (``0-3,6``); None: none."""
+    limit = limit.strip()
+    if not limit:
+        return None
+    if limit.isdigit():
+        return int(limit) or None
+    cpus: set[int] = set()
+    for part in limit.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            return None
+        cpus.update(range(int(first), int(last or first) + 1))
+    return len(cpus) or None
+
+
+def usage_summary(totals: dict[str, Any], cpu_limit: str) -> dict[str, Any]:
+    """A job's usage totals and CPU efficiency, as seff: CPU seconds / (wall x CPUs).
+
+    The CPUs are the job's (or the host's default) ``limits.cpu``; a worker without one may
+    use every CPU of its host (this host's count is taken).
+    """
+    summary: dict[str, Any] = {
+        key: round(value, 3) if isinstance(value, float) else value
+        for key, value in totals.items()
+        if key != "cpu-wall-seconds"
+    }
+    cpus = cpu_count(cpu_limit)
+    summary["cpus-per-task"] = cpus or os.cpu_count() or 1
+    if cpus is None:
+        summary["cpus-per-task-note"] = "no CPU limit: this host's CPU count"
+    user, system = totals.get("cpu-user-seconds"), totals.get("cpu-system-seconds")
+    wall = totals.get("cpu-wall-seconds")
+    if user is not None and system is not None and wall:
+        efficiency = (user + system) / (wall * summary["cpus-per-task"])
+        summary["cpu-efficiency"] = f"{100.0 * efficiency:.1f}%"
+    return summary
+
+
+def job_status(ledger: Ledger, job: JobRecord, default_cpu: str = "") -> dict[str, Any]:
+    """Return the status of a job as action results (counts and ranges computed in SQL).
+
+    ``default_cpu``: the host's ``worker-cpu``, the CPU limit of a job that gives none.
+    """
     counts = ledger.task_counts(job.id)
     done = counts["succeeded"] + counts["failed"]
     failures = {
@@ -82,6 +125,9 @@ def job_status(ledger: Ledger, job: JobRecord) -> dict[str, Any]:
     hosts = ledger.host_counts(job.id)
     if hosts:  # on an LXD cluster: which member ran how many of the finished tasks
         status["hosts"] = hosts
+    totals = ledger.usage_totals(job.id)
+    if totals["attempts"]:
+        status["usage"] = usage_summary(totals, str(job.params.get("cpu") or default_cpu))
     if job.deadline is not None:
         status["deadline"] = iso_time(job.deadline)
     if failures:
