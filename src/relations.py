@@ -199,6 +199,8 @@ def launch_params(raw: object) -> LaunchJobParams:
         timeout=request.timeout,
         deadline=request.deadline,
         retries=request.retries,
+        retry_exit_codes=request.retry_exit_codes,
+        fail_job_exit_codes=request.fail_job_exit_codes,
         name=request.name,
         isolation=request.isolation or SANDBOX,
     )

@@ -122,7 +122,7 @@ def portal() -> testing.Context[PortalCharm]:
 
 
 def test_library_metadata() -> None:
-    assert compute_jobs.LIBAPI == 0 and compute_jobs.LIBPATCH == 2
+    assert compute_jobs.LIBAPI == 0 and compute_jobs.LIBPATCH == 3
     assert compute_jobs.LIBID == "01aad22c62b94e5abf79a5ed235d6d29" and compute_jobs.PYDEPS == []
     assert compute_jobs.VERSION == "1"
     assert "Usage in a requiring charm" in (compute_jobs.__doc__ or "")

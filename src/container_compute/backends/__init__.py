@@ -37,6 +37,7 @@ class FailureReason(str, Enum):
     DISK_FULL = "disk-full"
     PROCESS_LIMIT = "process-limit"
     MEMBER_LOST = "member-lost"
+    JOB_ENDED = "job-ended"  # another task exited with one of fail-job-exit-codes
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ _ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 _FINISHED = tuple(state.value for state in JobState if state.finished)
 
 ATTEMPT_RUNNING = "running"
+ENDED_BY = "ended-by"  # in a job's params: why it ended before its tasks did
 _OUTCOME_FIELD = "json_extract(outcome, '$.\"{}\"')"  # a field of an attempt's record
 ATTEMPT_SUCCEEDED = "succeeded"
 ATTEMPT_FAILED = "failed"
@@ -513,6 +514,20 @@ class _TaskRows(_Store):
             "WHERE job = ? AND state = ? AND not_before <= ? ORDER BY idx LIMIT ?",
             (job_id, TaskState.PENDING.value, now, limit),
         )
+
+    def end_job(self, job_id: str, reason: str, detail: str, now: float) -> int:
+        """End a job early; return how many pending tasks failed.
+
+        Its params say why (``ended-by``, the first one kept); its pending tasks fail with
+        ``reason``; the engine stops its running ones.
+        """
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE jobs SET params = json_set(params, '$.\"{ENDED_BY}\"', ?) "  # noqa: S608
+                f"WHERE id = ? AND json_extract(params, '$.\"{ENDED_BY}\"') IS NULL",
+                (detail, job_id),
+            )
+        return self.fail_pending(job_id, reason, f"the job ended: {detail}", now)
 
     def fail_pending(self, job_id: str, reason: str, detail: str, now: float) -> int:
         """Mark every pending task of the job failed with ``reason``; return how many.

@@ -120,3 +120,15 @@ def reuses_workers(params: dict[str, Any]) -> bool:
     if isolation:
         return isolation == SANDBOX
     return bool(params.get("reuse_workers"))
+
+
+MAX_EXIT_CODE = 255
+
+
+def exit_codes(text: str) -> frozenset[int]:
+    """The exit codes in ``text`` such as ``3,64-78`` (empty: none).
+
+    Raises:
+        ValueError: as ``check_ranges``, for a code over 255 too.
+    """
+    return frozenset(parse_ranges(text, MAX_EXIT_CODE + 1)) if text.strip() else frozenset()

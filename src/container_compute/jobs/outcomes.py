@@ -17,7 +17,7 @@ from typing import Any
 from ..backends import FailureReason, TaskOutcome, WorkerSpec
 from . import results
 from .ledger import JobRecord, Ledger, TaskRecord
-from .model import JobState, TaskState
+from .model import JobState, TaskState, exit_codes
 
 BACKOFF_BASE_SECONDS = 10.0
 BACKOFF_CAP_SECONDS = 360.0
@@ -28,6 +28,9 @@ FREE_LAUNCH_RETRIES = 3
 # Attempts lost to the host (a vanished worker, a lost cluster member) run again without
 # spending the task's retries, up to this many; the first at once, the next ones backed off.
 FREE_HOST_RETRIES = 10
+
+# Attempts stopped because their job ended: never retried.
+_JOB_STOPS = (FailureReason.DEADLINE, FailureReason.CANCELLED, FailureReason.JOB_ENDED)
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +61,19 @@ def decide(
     now: float,
     backoff_base: float = BACKOFF_BASE_SECONDS,
     backoff_cap: float = BACKOFF_CAP_SECONDS,
+    retry_codes: frozenset[int] = frozenset(),
 ) -> Decision:
-    """Return the task's next state; may set ``outcome.reason`` to CANCELLED."""
+    """Return the task's next state; may set ``outcome.reason`` to CANCELLED.
+
+    ``retry_codes`` (a job's retry-exit-codes): when given, a command's exit code outside
+    them fails the task at once.
+    """
     if outcome.succeeded:
         return Decision(TaskState.SUCCEEDED, False, now)
     if job_state == JobState.CANCELLED:
         outcome.reason = FailureReason.CANCELLED
         return Decision(TaskState.FAILED, True, now)
-    if outcome.reason in (FailureReason.DEADLINE, FailureReason.CANCELLED):
+    if outcome.reason in _JOB_STOPS:
         return Decision(TaskState.FAILED, True, now)
     free = task.attempts - task.charged  # this attempt and the earlier ones not charged
     if vanished or outcome.reason == FailureReason.MEMBER_LOST:
@@ -83,6 +91,11 @@ def decide(
         # The host, not the command, failed (e.g. LXD refused an idmap under load): try
         # again soon without spending the task's retries.
         return Decision(TaskState.PENDING, False, now + backoff_base / 5)
+    code = outcome.exit_code
+    if retry_codes and outcome.reason == FailureReason.EXIT_CODE and code not in retry_codes:
+        said = f"exit code {code} is not in retry-exit-codes: not retried"
+        outcome.detail = f"{outcome.detail}; {said}" if outcome.detail else said
+        return Decision(TaskState.FAILED, True, now)
     if task.charged + 1 <= retries:
         delay = backoff_delay(task.charged + 1, backoff_base, backoff_cap)
         return Decision(TaskState.PENDING, True, now + delay)
@@ -129,6 +142,16 @@ def _wall_seconds(outcome: TaskOutcome) -> float | None:
     return round(outcome.finished_at - outcome.started_at, 6)
 
 
+def job_ender(job: JobRecord, spec: WorkerSpec, outcome: TaskOutcome) -> str:
+    """Why this attempt ends its whole job (its exit code is in fail-job-exit-codes), or ""."""
+    code = outcome.exit_code
+    if outcome.reason != FailureReason.EXIT_CODE or code is None:
+        return ""
+    if code not in exit_codes(str(job.params.get("fail_job_exit_codes") or "")):
+        return ""
+    return f"task {spec.task_index} exited {code}, one of fail-job-exit-codes"
+
+
 class OutcomeCommitter:
     """Commits attempts' outcomes of one state directory: results first, then the ledger."""
 
@@ -170,7 +193,11 @@ class OutcomeCommitter:
             now=now,
             backoff_base=self.backoff_base,
             backoff_cap=self.backoff_cap,
+            retry_codes=exit_codes(str(job.params.get("retry_exit_codes") or "")),
         )
+        ender = job_ender(job, spec, outcome)
+        if ender:
+            decision = Decision(TaskState.FAILED, True, now)
         record = outcome_record(spec, outcome)
         if temp is not None:
             results.write_outcome(temp, record)
@@ -195,6 +222,9 @@ class OutcomeCommitter:
                 spec.attempt,
                 record["reason"] or "succeeded",
             )
+            if ender:
+                logger.info("job %s ends: %s", job.id, ender)
+                self.ledger.end_job(job.id, FailureReason.JOB_ENDED.value, ender, now)
             if decision.state != TaskState.PENDING:
                 self._after_final_task(job.id)
         return committed

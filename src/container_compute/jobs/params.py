@@ -17,7 +17,16 @@ from typing import Any
 from ..config import BACKENDS, check_limits
 from ..constants import ENV_NAME_RE, RESERVED_ENV
 from ..units import parse_duration
-from .model import CONTAINER, ISOLATIONS, JOB_STATES, MAX_TASKS, SANDBOX, check_ranges
+from .model import (
+    CONTAINER,
+    ISOLATIONS,
+    JOB_STATES,
+    MAX_TASKS,
+    SANDBOX,
+    check_ranges,
+    exit_codes,
+    format_ranges,
+)
 
 MAX_PARALLELISM = 1024
 MAX_RETRIES = 20
@@ -100,6 +109,18 @@ def _check_placement(placement: str) -> None:
         )
 
 
+def _exit_codes(name: str, text: str) -> frozenset[int]:
+    """The exit codes ``text`` lists (``3,64-78``), checked: 1..255, as ranges."""
+    try:
+        codes = exit_codes(text)
+    except ValueError as err:
+        fail(name, f"{text!r} is not exit codes 1-255 such as 3,64-78 ({err})")
+        raise
+    if 0 in codes:
+        fail(name, "0 is success, not a failure")
+    return codes
+
+
 def check_env_entry(entry: str) -> None:
     """Check one ``KEY=VALUE`` entry of a job's environment (the message never shows a value).
 
@@ -160,6 +181,18 @@ class LaunchJobParams(ActionParams):
         "Extra attempts for a failed task, with exponential back-off.",
         minimum=0,
         maximum=MAX_RETRIES,
+    )
+    retry_exit_codes: str = param(
+        "",
+        "Exit codes a task is retried for (within retries), e.g. 75,100-110: a command that "
+        "exits with any other code fails its task at once (timeouts, OOM kills and lost "
+        "workers are retried as before). Empty: every failure is retried.",
+    )
+    fail_job_exit_codes: str = param(
+        "",
+        "Exit codes that end the whole job, e.g. 3,64-78: the first task that exits with one "
+        "fails the job at once (its pending tasks never start, its running ones are stopped) "
+        "and job-status names the task and code. Empty: none.",
     )
     cpu: str = param(
         "", "CPU limit of each worker (count like 2, or set like 0-3). Empty: the host's."
@@ -238,12 +271,23 @@ class LaunchJobParams(ActionParams):
         if self.name and not _NAME_RE.match(self.name):
             fail("name", f"{self.name!r} is not 1-63 letters, digits, '_', '.', '-'")
         _check_placement(self.placement)
+        self._check_exit_codes()
         if self.reuse_workers and self.isolation == CONTAINER:
             fail("reuse-workers", "contradicts isolation=container (it means isolation=sandbox)")
         for name in ("flavor", "network", "availability_zone"):
             value = getattr(self, name)
             if value and not _NOVA_NAME_RE.match(value):
                 fail(name.replace("_", "-"), f"{value!r} is not a Nova name or id")
+
+    def _check_exit_codes(self) -> None:
+        retried = _exit_codes("retry-exit-codes", self.retry_exit_codes)
+        fatal = _exit_codes("fail-job-exit-codes", self.fail_job_exit_codes)
+        if retried & fatal:
+            fail(
+                "fail-job-exit-codes",
+                f"{format_ranges(retried & fatal)} also in retry-exit-codes: a code either "
+                "retries its task or ends the job",
+            )
 
     def _check_inputs(self) -> None:
         lines = self.input_lines

@@ -48,7 +48,7 @@ from ..lxdclient import endpoint_of
 from ..owner import owner_id
 from ..units import parse_duration
 from . import housekeeping, results
-from .ledger import JobRecord, Ledger
+from .ledger import ENDED_BY, JobRecord, Ledger
 from .model import JobState, TaskState, reuses_workers
 from .outcomes import (
     BACKOFF_BASE_SECONDS,
@@ -359,7 +359,7 @@ class StopReasons:
         self._reasons[job_id] = reason
 
     def refresh(self, ledger: Ledger, followed: set[str]) -> None:
-        """Forget jobs none of whose attempts is ``followed``; stop those cancelled."""
+        """Forget jobs none of whose attempts is ``followed``; stop those cancelled or ended."""
         for job_id in set(self._reasons) | set(self._deadlines):
             if job_id not in followed:
                 self._reasons.pop(job_id, None)
@@ -368,6 +368,8 @@ class StopReasons:
             job = ledger.job(job_id)
             if job is None or job.state == JobState.CANCELLED:
                 self._reasons[job_id] = FailureReason.CANCELLED
+            elif job.params.get(ENDED_BY):  # a task exited with a fail-job-exit-code
+                self._reasons[job_id] = FailureReason.JOB_ENDED
 
     def reason(self, job_id: str) -> FailureReason | None:
         """Return why the job's running attempts must stop now, or None."""

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from ..constants import ISOLATION_NOTE
-from .ledger import JobRecord, Ledger, TaskRecord
+from .ledger import ENDED_BY, JobRecord, Ledger, TaskRecord
 from .model import CONTAINER, SANDBOX, TaskState, format_ranges, reuses_workers
 
 MAX_FAILURES_LISTED = 20
@@ -120,6 +120,8 @@ def job_status(ledger: Ledger, job: JobRecord, default_cpu: str = "") -> dict[st
         "command": job.params.get("command", ""),
         "isolation": SANDBOX if reuses_workers(job.params) else CONTAINER,
     }
+    if job.params.get(ENDED_BY):  # a task exited with one of fail-job-exit-codes
+        status["ended-by"] = job.params[ENDED_BY]
     if job.params.get(ISOLATION_NOTE):  # why the job runs without sandboxes, or in fewer
         status["isolation-note"] = job.params[ISOLATION_NOTE]
     hosts = ledger.host_counts(job.id)

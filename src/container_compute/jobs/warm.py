@@ -42,6 +42,7 @@ REPLACED_AFTER = frozenset(
         FailureReason.TIMEOUT,
         FailureReason.CANCELLED,
         FailureReason.DEADLINE,
+        FailureReason.JOB_ENDED,
         FailureReason.OOM,
         FailureReason.DISK_FULL,
         FailureReason.PROCESS_LIMIT,

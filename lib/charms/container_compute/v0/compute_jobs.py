@@ -69,7 +69,7 @@ import ops
 
 LIBID = "01aad22c62b94e5abf79a5ed235d6d29"
 LIBAPI = 0
-LIBPATCH = 2
+LIBPATCH = 3
 PYDEPS: list[str] = []
 
 __all__ = [
@@ -118,6 +118,9 @@ class JobRequest:
     timeout: str = "0"
     deadline: str = "0"
     retries: int = 0
+    # Exit codes as ranges ("75,100-110"): the only ones retried; those that end the job.
+    retry_exit_codes: str = ""
+    fail_job_exit_codes: str = ""
     name: str = ""
     # "sandbox" (a fresh sandbox per task in warm workers) or "container" (a fresh worker per
     # task); "": the provider's default, sandbox.
