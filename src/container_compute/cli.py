@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def exit_status(action: str, params: Any, result: dict[str, Any]) -> int:
     """Return the exit status of a command that succeeded: the job's outcome after a wait."""
-    if action == "wait-job" or (action == "launch-job" and getattr(params, "wait", False)):
+    waited = action in ("launch-job", "retry-job") and getattr(params, "wait", False)
+    if action == "wait-job" or waited:
         return EXIT_FOR_STATE[result["state"]]
     return EXIT_OK
 

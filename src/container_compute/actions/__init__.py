@@ -19,6 +19,7 @@ from ..jobs.params import (
     JobParams,
     LaunchJobParams,
     ListJobsParams,
+    RetryJobParams,
     WaitJobParams,
     check_action_wait,
 )
@@ -55,6 +56,10 @@ ACTION_PARAMS: dict[str, tuple[type[ActionParams], str]] = {
         "Where a finished job's results are on the host, its joblog and a per-task summary.",
     ),
     "cancel-job": (JobParams, "Stop a job: its workers are stopped and deleted."),
+    "retry-job": (
+        RetryJobParams,
+        "Run a finished job's failed tasks (or the given ones) again, in the same job.",
+    ),
     "list-jobs": (ListJobsParams, "The jobs on this host, newest first."),
     "delete-job": (JobParams, "Delete a finished job's record and results."),
     "build-worker-image": (
@@ -87,6 +92,8 @@ def run_action(
         return job_actions.launch_job(params, config, state_dir, progress)
     if isinstance(params, WaitJobParams):
         return job_actions.wait_job(params, config, state_dir, progress)
+    if isinstance(params, RetryJobParams):
+        return job_actions.retry_job(params, config, state_dir, progress)
     ledger = Ledger(state_dir)
     try:
         if isinstance(params, GatherResultsParams):

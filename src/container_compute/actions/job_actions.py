@@ -1,4 +1,4 @@
-"""The job actions: launch-job, job-status, gather-results, cancel-job, list-jobs, delete-job.
+"""The job actions: launch, status, gather, cancel, retry, list and delete jobs.
 
 Each takes its typed params and returns JSON-able results with dashed keys, or raises
 ``ActionError``; a failed action changes nothing.
@@ -16,12 +16,13 @@ from ..config import HostConfig
 from ..errors import ActionError
 from ..jobs import housekeeping, results
 from ..jobs.ledger import JobRecord, Ledger
-from ..jobs.model import JobState, parse_ranges
+from ..jobs.model import JobState, TaskState, format_ranges, parse_ranges
 from ..jobs.params import (
     GatherResultsParams,
     JobParams,
     LaunchJobParams,
     ListJobsParams,
+    RetryJobParams,
     WaitJobParams,
 )
 from ..jobs.runner import agent_alive, open_engine
@@ -108,6 +109,74 @@ def _wait_and_report(
         result["failures"] = status["failures"]
     result["waited"] = "finished" if JobState(status["state"]).finished else "wait-timeout passed"
     return result
+
+
+def retry_job(
+    params: RetryJobParams, config: HostConfig, state_dir: Path, progress: Progress | None
+) -> dict[str, Any]:
+    """Run a finished job's failed tasks (or the given ones) again, in the same job.
+
+    The succeeded tasks keep their results; each task rerun keeps its earlier attempts in
+    the ledger; the job's joblog and usage are written again when it ends.
+    """
+    engine = open_engine(config, state_dir)
+    job = find_job(engine.ledger, params.job)
+    if not job.state.finished:
+        raise ActionError(
+            f"job {job.id} is still {job.state.value}: {progress_line(engine.ledger, job)}; "
+            "retry-job reruns the tasks of a finished job (wait-job, or cancel-job first)"
+        )
+    indexes = None
+    if params.indexes:
+        try:
+            indexes = parse_ranges(params.indexes, task_count=job.task_count)
+        except ValueError as err:
+            raise ActionError(f"indexes: {err}") from err
+    nothing = f"job {job.id} has no failed task to retry (give indexes to rerun some)"
+    if indexes is None and not engine.ledger.task_indexes(job.id, TaskState.FAILED):
+        raise ActionError(nothing)
+    env = _env_again(job, params.env)
+    retried = engine.ledger.retry_tasks(job.id, indexes, env, time.time())
+    if not retried:
+        current = find_job(engine.ledger, job.id)
+        if not current.state.finished:
+            raise ActionError(f"job {job.id} was retried meanwhile: it is {current.state.value}")
+        raise ActionError(nothing)
+    results.remove_joblog(state_dir, job.id)
+    job = find_job(engine.ledger, job.id)
+    result: dict[str, Any] = {
+        "job": job.id,
+        "tasks": job.task_count,
+        "retried-indexes": format_ranges(retried),
+        "state": job.state.value,
+        "results-dir": str(results.job_dir(state_dir, job.id)),
+    }
+    if not params.wait:
+        if not agent_alive(state_dir):
+            result["note"] = (
+                "no agent is running: the tasks start when container-compute-agent runs"
+            )
+        return result
+    result.update(_wait_and_report(engine, job, params.wait_timeout_seconds, progress))
+    return result
+
+
+def _env_again(job: JobRecord, given: list[str]) -> list[str] | None:
+    """The env a retried job runs with: the one given, with the keys the job had.
+
+    A finished job's env values are redacted: a job that had env needs them again.
+    """
+    keys = [entry.partition("=")[0] for entry in job.params.get("env") or []]
+    given_keys = [entry.partition("=")[0] for entry in given]
+    if not keys and not given:
+        return None
+    if sorted(given_keys) != sorted(keys):
+        wanted = ", ".join(keys) or "no env"
+        raise ActionError(
+            f"env: job {job.id} ran with {wanted}; its values are not kept once a job ends, "
+            f"so give exactly those keys again (given: {', '.join(given_keys) or 'none'})"
+        )
+    return list(given)
 
 
 def wait_for_job(

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     bytes INTEGER NOT NULL DEFAULT 0,
     truncated INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL DEFAULT 0,
+    spent INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (job, state, idx);
@@ -81,12 +82,16 @@ CREATE TABLE IF NOT EXISTS agent (
 );
 """
 
-SCHEMA_VERSION = 1  # 1: env values of finished jobs are redacted
+SCHEMA_VERSION = 2  # 1: env values of finished jobs are redacted; 2: tasks.spent
 ENV_REDACTED = REDACTED
 _ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 _FINISHED = tuple(state.value for state in JobState if state.finished)
 
 ATTEMPT_RUNNING = "running"
+_TASK_COLUMNS = (
+    "job, idx, state, attempts, charged, exit_code, reason, detail, input, started, finished, "
+    "bytes, truncated, not_before, spent"
+)
 ENDED_BY = "ended-by"  # in a job's params: why it ended before its tasks did
 _OUTCOME_FIELD = "json_extract(outcome, '$.\"{}\"')"  # a field of an attempt's record
 ATTEMPT_SUCCEEDED = "succeeded"
@@ -127,6 +132,8 @@ class TaskRecord:
     bytes: int
     truncated: bool
     not_before: float
+    # Retries spent before the last retry-job (``charged`` then): the budget is counted after.
+    spent: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,9 @@ class _Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+            if "spent" not in columns:  # a ledger of an earlier version
+                db.execute("ALTER TABLE tasks ADD COLUMN spent INTEGER NOT NULL DEFAULT 0")
             if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 self._redact_finished_jobs(db)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -456,10 +466,7 @@ class _TaskRows(_Store):
         limit: int = 0,
     ) -> list[TaskRecord]:
         """Return the job's tasks by index, filtered by state and/or indexes."""
-        sql = (
-            "SELECT job, idx, state, attempts, charged, exit_code, reason, detail, input, "
-            "started, finished, bytes, truncated, not_before FROM tasks WHERE job = ?"
-        )
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE job = ?"  # noqa: S608 - constants
         args: list[Any] = [job_id]
         if state is not None:
             sql += " AND state = ?"
@@ -493,6 +500,7 @@ class _TaskRows(_Store):
                 bytes=row[11],
                 truncated=bool(row[12]),
                 not_before=row[13],
+                spent=row[14],
             )
             for row in self._query(sql, args)
         ]
@@ -500,8 +508,7 @@ class _TaskRows(_Store):
     def task(self, job_id: str, index: int) -> TaskRecord | None:
         """Return one task, or None when it does not exist."""
         rows = self._task_rows(
-            "SELECT job, idx, state, attempts, charged, exit_code, reason, detail, input, "
-            "started, finished, bytes, truncated, not_before FROM tasks WHERE job = ? AND idx = ?",
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE job = ? AND idx = ?",  # noqa: S608
             (job_id, index),
         )
         return rows[0] if rows else None
@@ -509,11 +516,55 @@ class _TaskRows(_Store):
     def runnable_tasks(self, job_id: str, now: float, limit: int) -> list[TaskRecord]:
         """Return up to ``limit`` pending tasks of the job whose back-off has passed."""
         return self._task_rows(
-            "SELECT job, idx, state, attempts, charged, exit_code, reason, detail, input, "
-            "started, finished, bytes, truncated, not_before FROM tasks "
+            f"SELECT {_TASK_COLUMNS} FROM tasks "  # noqa: S608 - constants
             "WHERE job = ? AND state = ? AND not_before <= ? ORDER BY idx LIMIT ?",
             (job_id, TaskState.PENDING.value, now, limit),
         )
+
+    def retry_tasks(
+        self, job_id: str, indexes: list[int] | None, env: list[str] | None, now: float
+    ) -> list[int]:
+        """Make a finished job's failed tasks (or ``indexes``) pending again; return them.
+
+        One transaction: the tasks keep their attempts (the next ones are numbered after) and
+        get the job's retries afresh (``spent``); the job is queued again, its deadline
+        counted from now, its ``ended-by`` dropped and, when given, its ``env`` set again
+        (redacted once more when it ends). Returns [] (nothing changed) when the job is not
+        finished or has no such task.
+        """
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT state, params, created, deadline FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None or row[0] not in _FINISHED:
+                return []
+            if indexes is None:
+                indexes = [
+                    index
+                    for (index,) in db.execute(
+                        "SELECT idx FROM tasks WHERE job = ? AND state = ? ORDER BY idx",
+                        (job_id, TaskState.FAILED.value),
+                    )
+                ]
+            if not indexes:
+                return []
+            db.executemany(
+                "UPDATE tasks SET state = ?, spent = charged, exit_code = NULL, reason = NULL, "
+                "detail = '', finished = NULL, bytes = 0, truncated = 0, not_before = ? "
+                "WHERE job = ? AND idx = ?",
+                [(TaskState.PENDING.value, now, job_id, index) for index in indexes],
+            )
+            params = json.loads(row[1])
+            params.pop(ENDED_BY, None)
+            if env is not None:
+                params["env"] = env
+            deadline = None if row[3] is None else now + (row[3] - row[2])
+            db.execute(
+                "UPDATE jobs SET state = ?, finished = NULL, deadline = ?, params = ? "
+                "WHERE id = ?",
+                (JobState.QUEUED.value, deadline, json.dumps(params), job_id),
+            )
+            return indexes
 
     def end_job(self, job_id: str, reason: str, detail: str, now: float) -> int:
         """End a job early; return how many pending tasks failed.

@@ -96,8 +96,9 @@ def decide(
         said = f"exit code {code} is not in retry-exit-codes: not retried"
         outcome.detail = f"{outcome.detail}; {said}" if outcome.detail else said
         return Decision(TaskState.FAILED, True, now)
-    if task.charged + 1 <= retries:
-        delay = backoff_delay(task.charged + 1, backoff_base, backoff_cap)
+    spent = task.charged - task.spent  # since the last retry-job
+    if spent + 1 <= retries:
+        delay = backoff_delay(spent + 1, backoff_base, backoff_cap)
         return Decision(TaskState.PENDING, True, now + delay)
     return Decision(TaskState.FAILED, True, now)
 

@@ -121,6 +121,15 @@ def _exit_codes(name: str, text: str) -> frozenset[int]:
     return codes
 
 
+def check_env_entries(entries: list[str]) -> None:
+    """Check a job's ``env`` entries; ValueError naming ``env`` at the first bad one."""
+    for entry in entries:
+        try:
+            check_env_entry(entry)
+        except ValueError as err:
+            fail("env", str(err))
+
+
 def check_env_entry(entry: str) -> None:
     """Check one ``KEY=VALUE`` entry of a job's environment (the message never shows a value).
 
@@ -302,11 +311,7 @@ class LaunchJobParams(ActionParams):
                 fail("inputs", f"line {line_number} is over {MAX_INPUT_BYTES} bytes")
 
     def _check_env(self) -> None:
-        for entry in self.env:
-            try:
-                check_env_entry(entry)
-            except ValueError as err:
-                fail("env", str(err))
+        check_env_entries(self.env)
 
     @property
     def backend_options(self) -> dict[str, str]:
@@ -385,15 +390,58 @@ class WaitJobParams(ActionParams):
         return parse_duration(self.wait_timeout)
 
 
+@dataclass(frozen=True)
+class RetryJobParams(ActionParams):
+    """retry-job: run a finished job's failed tasks (or the given ones) again, in the job."""
+
+    job: str = param(description="Job id, as launch-job returned it.")
+    indexes: str = param(
+        "",
+        "Tasks to run again, as indexes and ranges (e.g. 0-3,7), whatever their state. "
+        "Empty: every failed task (an exit code, a timeout, a cancel...).",
+    )
+    env: list[str] = field(
+        default_factory=list,
+        metadata={
+            "description": "The job's environment again, as KEY=VALUE entries with the same "
+            "keys: a job's env values are not kept once it ends. Needed when the job had env.",
+            "items": {"type": "string"},
+        },
+    )
+    wait: bool = param(False, "Return only when the job has finished, or wait-timeout has passed.")
+    wait_timeout: str = param(
+        DEFAULT_WAIT,
+        "Longest wait with wait=true (e.g. 5m; at most 10m in a Juju action, 24h with the "
+        "CLI); the job goes on after it, and the result says its state then.",
+    )
+
+    def __post_init__(self) -> None:
+        """Check the job id, the ranges, the environment and the wait."""
+        super().__post_init__()
+        _check_job_id(self.job)
+        if self.indexes:
+            try:
+                check_ranges(self.indexes)
+            except ValueError as err:
+                fail("indexes", str(err))
+        check_env_entries(self.env)
+        _check_duration("wait-timeout", self.wait_timeout, MAX_WAIT_SECONDS)
+
+    @property
+    def wait_timeout_seconds(self) -> int:
+        """Longest wait in seconds."""
+        return parse_duration(self.wait_timeout)
+
+
 def check_action_wait(params: Any) -> None:
     """Refuse a Juju action's wait over ACTION_MAX_WAIT_SECONDS (it holds the machine lock).
 
     Raises:
         ValueError: naming wait-timeout, the bound, and how to follow a longer job.
     """
-    if isinstance(params, LaunchJobParams) and not params.wait:
+    if isinstance(params, (LaunchJobParams, RetryJobParams)) and not params.wait:
         return
-    if not isinstance(params, (LaunchJobParams, WaitJobParams)):
+    if not isinstance(params, (LaunchJobParams, RetryJobParams, WaitJobParams)):
         return
     if params.wait_timeout_seconds > ACTION_MAX_WAIT_SECONDS:
         fail(

@@ -199,6 +199,13 @@ def render_usage(ledger: Ledger, job_id: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def remove_joblog(state_dir: Path, job_id: str) -> None:
+    """Remove a job's joblog and usage (it runs again; they are written when it ends)."""
+    path = joblog_path(state_dir, job_id)
+    for stale in (path, path.with_name(USAGE_NAME)):
+        stale.unlink(missing_ok=True)
+
+
 def write_joblog(state_dir: Path, ledger: Ledger, job_id: str) -> Path:
     """Regenerate the job's joblog.tsv and usage.tsv from the ledger (atomically).
 
