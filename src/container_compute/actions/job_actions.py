@@ -47,6 +47,23 @@ def find_job(ledger: Ledger, job_id: str) -> JobRecord:
     return job
 
 
+def finished_job(
+    ledger: Ledger, job_id: str, indexes: str, hint: str
+) -> tuple[JobRecord, list[int] | None]:
+    """A finished job and the task indexes ``indexes`` names (None: all), or ActionError."""
+    job = find_job(ledger, job_id)
+    if not job.state.finished:
+        raise ActionError(
+            f"job {job.id} is still {job.state.value}: {progress_line(ledger, job)}; {hint}"
+        )
+    if not indexes:
+        return job, None
+    try:
+        return job, parse_ranges(indexes, task_count=job.task_count)
+    except ValueError as err:
+        raise ActionError(f"indexes: {err}") from err
+
+
 def launch_job(
     params: LaunchJobParams, config: HostConfig, state_dir: Path, progress: Progress | None
 ) -> dict[str, Any]:
@@ -120,18 +137,12 @@ def retry_job(
     the ledger; the job's joblog and usage are written again when it ends.
     """
     engine = open_engine(config, state_dir)
-    job = find_job(engine.ledger, params.job)
-    if not job.state.finished:
-        raise ActionError(
-            f"job {job.id} is still {job.state.value}: {progress_line(engine.ledger, job)}; "
-            "retry-job reruns the tasks of a finished job (wait-job, or cancel-job first)"
-        )
-    indexes = None
-    if params.indexes:
-        try:
-            indexes = parse_ranges(params.indexes, task_count=job.task_count)
-        except ValueError as err:
-            raise ActionError(f"indexes: {err}") from err
+    job, indexes = finished_job(
+        engine.ledger,
+        params.job,
+        params.indexes,
+        "retry-job reruns the tasks of a finished job (wait-job, or cancel-job first)",
+    )
     nothing = f"job {job.id} has no failed task to retry (give indexes to rerun some)"
     if indexes is None and not engine.ledger.task_indexes(job.id, TaskState.FAILED):
         raise ActionError(nothing)
@@ -254,18 +265,9 @@ def reap_before_release(engine: Engine) -> None:
 
 def gather_results(ledger: Ledger, params: GatherResultsParams, state_dir: Path) -> dict[str, Any]:
     """Return where a finished job's results are, a per-task summary and optional inline output."""
-    job = find_job(ledger, params.job)
-    if not job.state.finished:
-        raise ActionError(
-            f"job {job.id} is still {job.state.value}: {progress_line(ledger, job)}; "
-            "see job-status, or cancel-job"
-        )
-    indexes = None
-    if params.indexes:
-        try:
-            indexes = parse_ranges(params.indexes, task_count=job.task_count)
-        except ValueError as err:
-            raise ActionError(f"indexes: {err}") from err
+    job, indexes = finished_job(
+        ledger, params.job, params.indexes, "see job-status, or cancel-job"
+    )
     joblog = results.write_joblog(state_dir, ledger, job.id)
     tasks = ledger.tasks(job.id, indexes=indexes, limit=MAX_SUMMARY_TASKS)
     selected = len(indexes) if indexes is not None else job.task_count

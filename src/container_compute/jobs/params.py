@@ -37,6 +37,11 @@ MAX_WAIT_SECONDS = 24 * 3600
 # this long. The CLI, which holds no lock, may wait up to MAX_WAIT_SECONDS.
 ACTION_MAX_WAIT_SECONDS = 600
 DEFAULT_WAIT = "10m"
+WAIT_DOC = "Return only when the job has finished, or wait-timeout has passed."
+WAIT_TIMEOUT_DOC = (
+    "Longest wait with wait=true (e.g. 5m; at most 10m in a Juju action, 24h with the CLI); "
+    "the job goes on after it, and the result says its state then."
+)
 
 ROUND_ROBIN = "round-robin"
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -238,12 +243,8 @@ class LaunchJobParams(ActionParams):
         "Where tasks run: lxd or nova. Empty: the default-backend option.",
         enum=["", *BACKENDS],
     )
-    wait: bool = param(False, "Return only when the job has finished, or wait-timeout has passed.")
-    wait_timeout: str = param(
-        DEFAULT_WAIT,
-        "Longest wait with wait=true (e.g. 5m; at most 10m in a Juju action, 24h with the "
-        "CLI); the job goes on after it, and the result says its state then.",
-    )
+    wait: bool = param(False, WAIT_DOC)
+    wait_timeout: str = param(DEFAULT_WAIT, WAIT_TIMEOUT_DOC)
     flavor: str = param(
         "", "backend=nova: Nova flavor (name or id). Empty: the nova-flavor option."
     )
@@ -408,12 +409,8 @@ class RetryJobParams(ActionParams):
             "items": {"type": "string"},
         },
     )
-    wait: bool = param(False, "Return only when the job has finished, or wait-timeout has passed.")
-    wait_timeout: str = param(
-        DEFAULT_WAIT,
-        "Longest wait with wait=true (e.g. 5m; at most 10m in a Juju action, 24h with the "
-        "CLI); the job goes on after it, and the result says its state then.",
-    )
+    wait: bool = param(False, WAIT_DOC)
+    wait_timeout: str = param(DEFAULT_WAIT, WAIT_TIMEOUT_DOC)
 
     def __post_init__(self) -> None:
         """Check the job id, the ranges, the environment and the wait."""
