@@ -622,7 +622,7 @@ def check_cli(argv: list[str]) -> None:
             args = parser.parse_args(argv[1:])
     except SystemExit as err:
         raise GuideError(errors.getvalue().strip().splitlines()[-1]) from err
-    if args.subcommand not in ("configure-host", "reap"):
+    if args.subcommand not in ("configure-host", "reap", "logs"):
         try:
             cli.params_from_args(args.subcommand, args)
         except cli.UsageError as err:

@@ -182,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(reap)
     reap.add_argument("--owner", default="", metavar="ID", help="owner id of a state dir gone")
+    logs = subparsers.add_parser(
+        "logs",
+        help="a task's output, live while it runs (like kubectl logs)",
+        description="Print a task's stdout (or --stderr): read live from its worker while it "
+        "runs on this host's LXD, from its results once it ended. --follow waits for the task "
+        "to start, prints as it writes, and ends when the task ends, with its outcome.",
+    )
+    _common(logs)
+    logs.add_argument("--job", required=True, metavar="ID", help="job id (required)")
+    logs.add_argument("--task", type=int, default=0, metavar="I", help="task index (default 0)")
+    logs.add_argument("-f", "--follow", action="store_true", help="go on until the task ends")
+    logs.add_argument(
+        "--tail", type=int, default=-1, metavar="N", help="only the last N lines so far first"
+    )
+    logs.add_argument("--stderr", action="store_true", help="the task's stderr")
+    logs.add_argument(
+        "--timestamps", action="store_true", help="prefix each line with when it was read"
+    )
     return parser
 
 
@@ -333,6 +351,37 @@ def _reap(args: argparse.Namespace, state_dir: Path) -> int:
     return EXIT_OK
 
 
+def _logs(args: argparse.Namespace, state_dir: Path) -> int:
+    """``logs``: a task's output; with --follow, until it ends (exit status: its outcome)."""
+    from .actions.logs import follow_logs
+    from .jobs.logs import Timestamps
+    from .jobs.model import TaskState
+
+    if args.task < 0 or args.tail < -1:
+        raise UsageError("task and tail must not be negative")
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    def say(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    state = follow_logs(
+        agent.load_config(state_dir),
+        state_dir,
+        args.job,
+        args.task,
+        "stderr" if args.stderr else "stdout",
+        Timestamps(write) if args.timestamps else write,
+        say,
+        follow=args.follow,
+        tail=args.tail,
+    )
+    return EXIT_TASKS_FAILED if state == TaskState.FAILED else EXIT_OK
+
+
 def _configure_host(args: argparse.Namespace, state_dir: Path) -> int:
     from . import host
     from .lxdclient import PEM_MARK
@@ -393,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             return _configure_host(args, state_dir)
         if action == "reap":
             return _reap(args, state_dir)
+        if action == "logs":
+            return _logs(args, state_dir)
         params = params_from_args(action, args)
         config = agent.load_config(state_dir)
         progress = _progress_printer(sys.stderr)

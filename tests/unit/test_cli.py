@@ -43,7 +43,7 @@ def test_every_action_and_param_has_a_flag() -> None:
     parser = cli.build_parser()
     group = parser._subparsers._group_actions[0]  # type: ignore[union-attr]
     subcommands = cast(dict[str, argparse.ArgumentParser], group.choices)
-    assert set(subcommands) == {"configure-host", "reap", *ACTION_PARAMS}
+    assert set(subcommands) == {"configure-host", "reap", "logs", *ACTION_PARAMS}
     for action, (params_class, _description) in ACTION_PARAMS.items():
         flags = {o for a in subcommands[action]._actions for o in a.option_strings}
         for f in dataclasses.fields(params_class):

@@ -6,6 +6,7 @@ for the operator; a failed action changes nothing. ``ACTION_PARAMS`` names every
 typed parameters: actions.yaml and the CLI's flags are generated from it.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..jobs.params import (
     LaunchJobParams,
     ListJobsParams,
     RetryJobParams,
+    TaskLogsParams,
     WaitJobParams,
     check_action_wait,
 )
@@ -27,7 +29,7 @@ from ..jobs.runner import open_engine
 from ..jobs.scheduler import EngineLock
 from ..jobs.status import job_status
 from ..owner import check_owner, owner_id
-from . import job_actions
+from . import job_actions, logs
 from .images import BuildWorkerImageParams, build_worker_image
 from .job_actions import Progress, find_job
 
@@ -55,6 +57,10 @@ ACTION_PARAMS: dict[str, tuple[type[ActionParams], str]] = {
         GatherResultsParams,
         "Where a finished job's results are on the host, its joblog and a per-task summary.",
     ),
+    "task-logs": (
+        TaskLogsParams,
+        "The last lines of a task's output (stdout or stderr), read live while it runs.",
+    ),
     "cancel-job": (JobParams, "Stop a job: its workers are stopped and deleted."),
     "retry-job": (
         RetryJobParams,
@@ -65,6 +71,20 @@ ACTION_PARAMS: dict[str, tuple[type[ActionParams], str]] = {
     "build-worker-image": (
         BuildWorkerImageParams,
         "Build a worker image offline and import it into LXD under an alias.",
+    ),
+}
+
+
+# The actions that open what they need themselves (an engine, a ledger, the image builder).
+_OWN_LEDGER: dict[type[ActionParams], Callable[..., dict[str, Any]]] = {
+    BuildWorkerImageParams: lambda params, config, state_dir, _progress: build_worker_image(
+        params, config, state_dir
+    ),
+    LaunchJobParams: job_actions.launch_job,
+    WaitJobParams: job_actions.wait_job,
+    RetryJobParams: job_actions.retry_job,
+    TaskLogsParams: lambda params, config, state_dir, _progress: logs.task_logs(
+        params, config, state_dir
     ),
 }
 
@@ -86,14 +106,9 @@ def run_action(
     expected = ACTION_PARAMS[action][0]
     if not isinstance(params, expected):
         raise ActionError(f"{action} takes {expected.__name__}, not {type(params).__name__}")
-    if isinstance(params, BuildWorkerImageParams):
-        return build_worker_image(params, config, state_dir)
-    if isinstance(params, LaunchJobParams):
-        return job_actions.launch_job(params, config, state_dir, progress)
-    if isinstance(params, WaitJobParams):
-        return job_actions.wait_job(params, config, state_dir, progress)
-    if isinstance(params, RetryJobParams):
-        return job_actions.retry_job(params, config, state_dir, progress)
+    runner = _OWN_LEDGER.get(type(params))
+    if runner is not None:
+        return runner(params, config, state_dir, progress)
     ledger = Ledger(state_dir)
     try:
         if isinstance(params, GatherResultsParams):

@@ -696,6 +696,15 @@ class _AttemptRows(_Store):
         sql += " ORDER BY job, idx, attempt"
         return [_attempt_from_row(row) for row in self._query(sql, args)]
 
+    def last_attempt(self, job_id: str, index: int) -> AttemptRecord | None:
+        """Return the task's latest attempt (running or ended), None before its first."""
+        rows = self._query(
+            "SELECT job, idx, attempt, worker, state, started, finished, outcome FROM attempts "
+            "WHERE job = ? AND idx = ? ORDER BY attempt DESC LIMIT 1",
+            (job_id, index),
+        )
+        return _attempt_from_row(rows[0]) if rows else None
+
     def final_attempts(self, job_id: str) -> list[AttemptRecord]:
         """Return the last attempt of every finished task of the job, by index."""
         return [

@@ -430,6 +430,27 @@ class RetryJobParams(ActionParams):
         return parse_duration(self.wait_timeout)
 
 
+@dataclass(frozen=True)
+class TaskLogsParams(ActionParams):
+    """task-logs: the last lines of a task's output, read live while it runs."""
+
+    job: str = param(description="Job id, as launch-job returned it.")
+    task: int = param(description="The task's index (0..N-1).", minimum=0, maximum=MAX_TASKS - 1)
+    tail: int = param(
+        100,
+        "Lines from the end of what the task printed so far (within the last 1 MiB; the "
+        "result holds at most 64 KiB). 0: none, only the task's state.",
+        minimum=0,
+        maximum=MAX_TASKS,
+    )
+    stderr: bool = param(False, "The task's stderr instead of its stdout.")
+
+    def __post_init__(self) -> None:
+        """Check the job id."""
+        super().__post_init__()
+        _check_job_id(self.job)
+
+
 def check_action_wait(params: Any) -> None:
     """Refuse a Juju action's wait over ACTION_MAX_WAIT_SECONDS (it holds the machine lock).
 
