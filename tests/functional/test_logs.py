@@ -9,6 +9,8 @@ import pytest
 
 from container_compute import actions
 from container_compute.actions.logs import follow_logs
+from container_compute.backends.lxd.api import LXDApi
+from container_compute.backends.lxd.live import LiveOutput
 from container_compute.config import HostConfig
 from container_compute.jobs.ledger import Ledger
 from container_compute.jobs.model import TaskState
@@ -111,5 +113,35 @@ def test_task_logs_of_a_running_task_and_bad_requests(
         actions.run_action(
             "task-logs", TaskLogsParams(job="jnosuch", task=0), configured_host, state_dir
         )
+    thread.join(60)
+    assert done["state"] == "succeeded"
+
+
+def test_a_worker_the_host_cannot_see_is_read_through_exec(
+    configured_host: HostConfig, state_dir: Path
+) -> None:
+    """As for a worker on another cluster member: the same bytes, bounded, through the API."""
+    project = configured_host.lxd_project
+    reader = LiveOutput(project, LXDApi(project), host_access=False)
+    thread, done = launch_in_background(configured_host, state_dir, "sandbox")
+    job = the_job(state_dir)
+    deadline = time.monotonic() + 60
+    got = None
+    while time.monotonic() < deadline and not got:
+        ledger = Ledger(state_dir)
+        try:
+            attempt = ledger.last_attempt(job, 0)
+        finally:
+            ledger.close()
+        if attempt is not None and attempt.state == "running":
+            attempt_id = f"{job}/0/{attempt.attempt}"
+            got = reader.read(attempt.worker, attempt_id, "stdout", 0, 1024)
+        time.sleep(0.1)
+
+    assert got == b"first\n"
+    assert reader.read(attempt.worker, attempt_id, "stdout", 2, 1024) == b"rst\n"
+    assert reader.read(attempt.worker, attempt_id, "stdout", 0, 3) == b"fir"
+    assert reader.read(attempt.worker, attempt_id, "stderr", 0, 1024) == b"oops\n"
+    assert reader.read(attempt.worker, f"{job}/0/9", "stdout", 0, 1024) is None  # not its
     thread.join(60)
     assert done["state"] == "succeeded"

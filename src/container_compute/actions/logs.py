@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..backends.lxd.api import LXDApi
 from ..backends.lxd.live import LiveOutput
 from ..config import HostConfig
 from ..errors import ActionError
@@ -22,11 +23,13 @@ from .job_actions import find_job
 ACTION_OUTPUT_BYTES = 64 * 1024  # an action's result is small: the end of the tail only
 
 
-def live_reader(config: HostConfig, job: JobRecord) -> LiveRead | None:
-    """How the job's running tasks are read live: its workers on this host's LXD, or not."""
-    if job.backend != "lxd" or endpoint_of(config) is not None:
+def live_reader(config: HostConfig, job: JobRecord, state_dir: Path) -> LiveRead | None:
+    """How the job's running tasks are read live: its LXD workers (not Nova servers)."""
+    if job.backend != "lxd":
         return None
-    return LiveOutput(config.lxd_project).read
+    endpoint = endpoint_of(config, state_dir)
+    api = LXDApi(config.lxd_project, retry_seconds=5.0, endpoint=endpoint)
+    return LiveOutput(config.lxd_project, api, host_access=endpoint is None).read
 
 
 def _checked(ledger: Ledger, job_id: str, index: int) -> JobRecord:
@@ -38,12 +41,11 @@ def _checked(ledger: Ledger, job_id: str, index: int) -> JobRecord:
     return job
 
 
-def not_live_note(config: HostConfig, job: JobRecord) -> str:
+def not_live_note(job: JobRecord) -> str:
     """What cannot be shown of a running task of ``job`` (empty when all can)."""
-    if live_reader(config, job) is not None:
+    if job.backend == "lxd":
         return ""
-    where = "Nova servers" if job.backend == "nova" else "workers of a remote LXD"
-    return f"the output of {where} is shown once the task ends, not while it runs"
+    return "the output of a Nova server is shown once its task ends, not while it runs"
 
 
 def task_logs(params: TaskLogsParams, config: HostConfig, state_dir: Path) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def task_logs(params: TaskLogsParams, config: HostConfig, state_dir: Path) -> di
     ledger = Ledger(state_dir)
     try:
         job = _checked(ledger, params.job, params.task)
-        logs = TaskLogs(ledger, state_dir, live_reader(config, job))
+        logs = TaskLogs(ledger, state_dir, live_reader(config, job, state_dir))
         stream = "stderr" if params.stderr else "stdout"
         at = Position()
         text = logs.tail(job.id, params.task, stream, params.tail, at)
@@ -70,7 +72,7 @@ def task_logs(params: TaskLogsParams, config: HostConfig, state_dir: Path) -> di
     }
     if task is not None and task.exit_code is not None:
         result["exit-code"] = task.exit_code
-    note = not_live_note(config, job)
+    note = not_live_note(job)
     if note and task is not None and task.state == TaskState.RUNNING:
         result["note"] = note
     return result
@@ -92,10 +94,10 @@ def follow_logs(
     ledger = Ledger(state_dir)
     try:
         job = _checked(ledger, job_id, index)
-        note = not_live_note(config, job)
+        note = not_live_note(job)
         if note:
             say(note)
-        logs = TaskLogs(ledger, state_dir, live_reader(config, job))
+        logs = TaskLogs(ledger, state_dir, live_reader(config, job, state_dir))
         task = logs.follow(
             job.id,
             index,

@@ -218,3 +218,21 @@ def run_launcher(api: LXDApi, name: str, script: str, environment: dict[str, str
         lambda: exec_script(api, name, script, environment),
     )
     return int(result.get("return", 0))
+
+
+def run_recorded(
+    api: LXDApi, name: str, script: str, environment: dict[str, str], timeout: float
+) -> tuple[int, bytes]:
+    """Run ``script`` in worker ``name`` through exec; its exit code and what it printed.
+
+    Raises:
+        OperationFailedError, pylxd.exceptions.LXDAPIException: as LXDApi's calls do.
+    """
+    result = exec_script(api, name, script, environment, timeout, record_output=True)
+    output = result.get("output") or {}
+    stdout = str(output.get("1") or output.get(1) or "")  # where LXD recorded it
+    said = b""
+    if stdout:
+        logs = api.client.api.instances[name].logs[stdout.rsplit("/", 1)[-1]]
+        said = logs.get(is_api=False).content
+    return int(result.get("return", -1)), said

@@ -19,12 +19,11 @@ task, so that a free slot finds a started worker; each runs one task, like any c
 import logging
 import threading
 import time
-from typing import Any
 
 from ...constants import SANDBOX_HELPER_IN_WORKER, SANDBOX_REFUSED
 from .api import LXDApi
 from .helper import push_helper, sandbox_helper
-from .launch import NO_ROOM_EXIT, SANDBOX_PROBE, exec_script, run_launcher, sandbox_environment
+from .launch import NO_ROOM_EXIT, SANDBOX_PROBE, run_launcher, run_recorded, sandbox_environment
 from .runner import Runners
 
 logger = logging.getLogger(__name__)
@@ -142,25 +141,8 @@ class WarmWorkers:
 
     def _run(self, name: str, script: str, environment: dict[str, str]) -> tuple[int, str]:
         """Run ``script`` in the worker through exec; its exit code and what it printed."""
-        result = exec_script(
-            self.api, name, script, environment, LIST_TIMEOUT_SECONDS, record_output=True
-        )
-        stdout = _output_path(result)
-        text = ""
-        if stdout:
-            text = (
-                self.api.client.api.instances[name]
-                .logs[stdout.rsplit("/", 1)[-1]]
-                .get(is_api=False)
-                .text
-            )
-        return int(result.get("return", -1)), text
-
-
-def _output_path(result: dict[str, Any]) -> str:
-    """The URL of the recorded stdout of an exec operation ("" when none)."""
-    output = result.get("output") or {}
-    return str(output.get("1") or output.get(1) or "")
+        code, said = run_recorded(self.api, name, script, environment, LIST_TIMEOUT_SECONDS)
+        return code, said.decode(errors="replace")
 
 
 class PreparedWorkers:
