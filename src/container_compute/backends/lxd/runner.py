@@ -85,8 +85,8 @@ class Runners:
 
     def start(self, name: str) -> bool:
         """Start the runner of a new warm worker; False when it has none (exec then)."""
-        if not self.host_access:
-            return False
+        if not self.host_access or not init_pid_from_cgroup(self._volume(name)):
+            return False  # a worker the host does not see (another cluster member): exec
         try:
             code = int(exec_script(self.api, name, _START, {}).get("return", -1))
         except (
@@ -108,8 +108,7 @@ class Runners:
         """Use the runner ``name`` already has (a ready worker); False if it has none."""
         if not self.host_access:
             return False
-        volume = name if self.api.project == "default" else f"{self.api.project}_{name}"
-        pid = init_pid_from_cgroup(volume)
+        pid = init_pid_from_cgroup(self._volume(name))
         started = _start_time(pid) if pid else None
         if started is None:
             return False
@@ -119,6 +118,10 @@ class Runners:
                 return True
         self._inits.pop(name, None)
         return False
+
+    def _volume(self, name: str) -> str:
+        """The worker's name as its cgroup on the host says it."""
+        return name if self.api.project == "default" else f"{self.api.project}_{name}"
 
     def has(self, name: str) -> bool:
         """Tell whether ``name``'s launchers go to its runner."""
