@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +22,43 @@ pytestmark = [pytest.mark.functional, pytest.mark.usefixtures("fast_engine")]
 PRINT_SLEEP_PRINT = "echo first; echo oops >&2; sleep 8; echo second"
 
 
-def launch_in_background(
-    config: HostConfig, state_dir: Path, isolation: str
-) -> tuple[threading.Thread, dict[str, Any]]:
-    """Launch the job with wait=true in a thread (it runs the engine); its result lands later."""
-    done: dict[str, Any] = {}
+@pytest.fixture
+def background(
+    configured_host: HostConfig, state_dir: Path
+) -> Iterator[Callable[[str], dict[str, Any]]]:
+    """Launch a job with wait=true in a thread (it runs the engine); its result lands later.
 
-    def run() -> None:
+    Every such job has ended (its workers deleted) before the host is torn down, also when
+    the test failed.
+    """
+    threads: list[threading.Thread] = []
+
+    def start(isolation: str) -> dict[str, Any]:
+        done: dict[str, Any] = {}
         params = LaunchJobParams(
             command=PRINT_SLEEP_PRINT, tasks=1, isolation=isolation, wait=True
         )
-        done.update(actions.run_action("launch-job", params, config, state_dir))
+        thread = threading.Thread(
+            target=lambda: done.update(
+                actions.run_action("launch-job", params, configured_host, state_dir)
+            ),
+            daemon=True,
+        )
+        thread.start()
+        threads.append(thread)
+        return done
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, done
+    yield start
+    for thread in threads:
+        thread.join(120)
+
+
+def finished(done: dict[str, Any]) -> dict[str, Any]:
+    """The launch's result once its job ended (within a minute)."""
+    deadline = time.monotonic() + 60
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return done
 
 
 def the_job(state_dir: Path) -> str:
@@ -55,9 +78,12 @@ def the_job(state_dir: Path) -> str:
 
 @pytest.mark.parametrize("isolation", ["sandbox", "container"])
 def test_a_running_tasks_first_lines_show_before_it_ends(
-    configured_host: HostConfig, state_dir: Path, isolation: str
+    configured_host: HostConfig,
+    state_dir: Path,
+    background: Callable[[str], dict[str, Any]],
+    isolation: str,
 ) -> None:
-    thread, done = launch_in_background(configured_host, state_dir, isolation)
+    done = background(isolation)
     job = the_job(state_dir)
     seen: list[tuple[float, bytes]] = []
     said: list[str] = []
@@ -74,9 +100,8 @@ def test_a_running_tasks_first_lines_show_before_it_ends(
         tail=-1,
     )
     ended = time.monotonic()
-    thread.join(60)
 
-    assert done["state"] == "succeeded", done
+    assert finished(done)["state"] == "succeeded", done
     assert state == TaskState.SUCCEEDED
     assert b"".join(data for _, data in seen) == b"first\nsecond\n"
     first_seen = next(when for when, data in seen if data.startswith(b"first"))
@@ -90,9 +115,9 @@ def test_a_running_tasks_first_lines_show_before_it_ends(
 
 
 def test_task_logs_of_a_running_task_and_bad_requests(
-    configured_host: HostConfig, state_dir: Path
+    configured_host: HostConfig, state_dir: Path, background: Callable[[str], dict[str, Any]]
 ) -> None:
-    thread, done = launch_in_background(configured_host, state_dir, "sandbox")
+    done = background("sandbox")
     job = the_job(state_dir)
     deadline = time.monotonic() + 60
     logs: dict[str, Any] = {}
@@ -113,17 +138,16 @@ def test_task_logs_of_a_running_task_and_bad_requests(
         actions.run_action(
             "task-logs", TaskLogsParams(job="jnosuch", task=0), configured_host, state_dir
         )
-    thread.join(60)
-    assert done["state"] == "succeeded"
+    assert finished(done)["state"] == "succeeded"
 
 
 def test_a_worker_the_host_cannot_see_is_read_through_exec(
-    configured_host: HostConfig, state_dir: Path
+    configured_host: HostConfig, state_dir: Path, background: Callable[[str], dict[str, Any]]
 ) -> None:
     """As for a worker on another cluster member: the same bytes, bounded, through the API."""
     project = configured_host.lxd_project
     reader = LiveOutput(project, LXDApi(project), host_access=False)
-    thread, done = launch_in_background(configured_host, state_dir, "sandbox")
+    done = background("sandbox")
     job = the_job(state_dir)
     deadline = time.monotonic() + 60
     got = None
@@ -143,5 +167,4 @@ def test_a_worker_the_host_cannot_see_is_read_through_exec(
     assert reader.read(attempt.worker, attempt_id, "stdout", 0, 3) == b"fir"
     assert reader.read(attempt.worker, attempt_id, "stderr", 0, 1024) == b"oops\n"
     assert reader.read(attempt.worker, f"{job}/0/9", "stdout", 0, 1024) is None  # not its
-    thread.join(60)
-    assert done["state"] == "succeeded"
+    assert finished(done)["state"] == "succeeded"
