@@ -115,7 +115,7 @@ def assert_recorded_once(state_dir: Path, result: dict[str, Any], tasks: int) ->
         ledger.close()
     job_dir = results.job_dir(state_dir, job_id)
     assert sorted(p.name for p in job_dir.iterdir()) == sorted(
-        [*(str(i) for i in range(tasks)), "joblog.tsv"]
+        [*(str(i) for i in range(tasks)), "joblog.tsv", "usage.tsv"]
     )
     for index in range(tasks):
         task_dir = results.task_dir(state_dir, job_id, index)
