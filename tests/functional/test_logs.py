@@ -150,7 +150,7 @@ def test_a_worker_the_host_cannot_see_is_read_through_exec(
     done = background("sandbox")
     job = the_job(state_dir)
     deadline = time.monotonic() + 60
-    got = None
+    got, worker, attempt_id = None, "", ""
     while time.monotonic() < deadline and not got:
         ledger = Ledger(state_dir)
         try:
@@ -158,13 +158,13 @@ def test_a_worker_the_host_cannot_see_is_read_through_exec(
         finally:
             ledger.close()
         if attempt is not None and attempt.state == "running":
-            attempt_id = f"{job}/0/{attempt.attempt}"
-            got = reader.read(attempt.worker, attempt_id, "stdout", 0, 1024)
+            worker, attempt_id = attempt.worker, f"{job}/0/{attempt.attempt}"
+            got = reader.read(worker, attempt_id, "stdout", 0, 1024)
         time.sleep(0.1)
 
     assert got == b"first\n"
-    assert reader.read(attempt.worker, attempt_id, "stdout", 2, 1024) == b"rst\n"
-    assert reader.read(attempt.worker, attempt_id, "stdout", 0, 3) == b"fir"
-    assert reader.read(attempt.worker, attempt_id, "stderr", 0, 1024) == b"oops\n"
-    assert reader.read(attempt.worker, f"{job}/0/9", "stdout", 0, 1024) is None  # not its
+    assert reader.read(worker, attempt_id, "stdout", 2, 1024) == b"rst\n"
+    assert reader.read(worker, attempt_id, "stdout", 0, 3) == b"fir"
+    assert reader.read(worker, attempt_id, "stderr", 0, 1024) == b"oops\n"
+    assert reader.read(worker, f"{job}/0/9", "stdout", 0, 1024) is None  # not its
     assert finished(done)["state"] == "succeeded"
