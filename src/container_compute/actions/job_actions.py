@@ -86,11 +86,21 @@ def launch_job(
         result["disk-note"] = job.params["disk_note"]  # a disk limit the pool cannot enforce
     if job.params.get("notes"):
         result["notes"] = list(job.params["notes"])  # e.g. flavor extra specs (Nova)
+    return _then_wait(engine, job, params, result, progress, "the job starts")
+
+
+def _then_wait(
+    engine: Engine,
+    job: JobRecord,
+    params: LaunchJobParams | RetryJobParams,
+    result: dict[str, Any],
+    progress: Progress | None,
+    what: str,
+) -> dict[str, Any]:
+    """With ``wait``, follow the job and add its final status; else say when ``what``."""
     if not params.wait:
-        if not agent_alive(state_dir):
-            result["note"] = (
-                "no agent is running: the job starts when container-compute-agent runs"
-            )
+        if not agent_alive(engine.state_dir):
+            result["note"] = f"no agent is running: {what} when container-compute-agent runs"
         return result
     result.update(_wait_and_report(engine, job, params.wait_timeout_seconds, progress))
     return result
@@ -162,14 +172,7 @@ def retry_job(
         "state": job.state.value,
         "results-dir": str(results.job_dir(state_dir, job.id)),
     }
-    if not params.wait:
-        if not agent_alive(state_dir):
-            result["note"] = (
-                "no agent is running: the tasks start when container-compute-agent runs"
-            )
-        return result
-    result.update(_wait_and_report(engine, job, params.wait_timeout_seconds, progress))
-    return result
+    return _then_wait(engine, job, params, result, progress, "the tasks start")
 
 
 def _env_again(job: JobRecord, given: list[str]) -> list[str] | None:

@@ -103,6 +103,15 @@ class ActionParams:
                 fail(name, "contains a NUL byte")
 
 
+def _check_indexes(indexes: str) -> None:
+    """Check task indexes and ranges such as ``0-3,7`` (empty: all), naming ``indexes``."""
+    if indexes:
+        try:
+            check_ranges(indexes)
+        except ValueError as err:
+            fail("indexes", str(err))
+
+
 def _check_placement(placement: str) -> None:
     if not placement or placement == ROUND_ROBIN:
         return
@@ -416,11 +425,7 @@ class RetryJobParams(ActionParams):
         """Check the job id, the ranges, the environment and the wait."""
         super().__post_init__()
         _check_job_id(self.job)
-        if self.indexes:
-            try:
-                check_ranges(self.indexes)
-            except ValueError as err:
-                fail("indexes", str(err))
+        _check_indexes(self.indexes)
         check_env_entries(self.env)
         _check_duration("wait-timeout", self.wait_timeout, MAX_WAIT_SECONDS)
 
@@ -483,11 +488,7 @@ class GatherResultsParams(ActionParams):
         """Check the job id and the ranges."""
         super().__post_init__()
         _check_job_id(self.job)
-        if self.indexes:
-            try:
-                check_ranges(self.indexes)
-            except ValueError as err:
-                fail("indexes", str(err))
+        _check_indexes(self.indexes)
 
 
 @dataclass(frozen=True)
