@@ -17,6 +17,7 @@ import requests
 from ...config import HostConfig
 from ...constants import LXD_INSTANCE_LOG_DIRS
 from ...lxdclient import Endpoint, LXDUnavailableError, connect, endpoint_of
+from .hostside import volume_name
 
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{12,64}$")
 TRANSIENT_ERRORS = (
@@ -71,7 +72,7 @@ def image_exists(config: HostConfig, image: str) -> bool:
 
 def remove_log_dir(project: str, name: str) -> None:
     """Remove the log directory the local LXD keeps for an instance, also a deleted one."""
-    entry = name if project == "default" else f"{project}_{name}"
+    entry = volume_name(project, name)
     for directory in LXD_INSTANCE_LOG_DIRS:
         shutil.rmtree(directory / entry, ignore_errors=True)
 

@@ -121,6 +121,11 @@ def has_cc_dir(root: Path) -> bool:
     return found is not None and not found.cc_problem
 
 
+def volume_name(project: str, name: str) -> str:
+    """How LXD names an instance of ``project`` on the host (cgroups, log and pool dirs)."""
+    return name if project == "default" else f"{project}_{name}"
+
+
 def _cgroup_path(controller: str, volume: str) -> list[Path]:
     """Candidate host paths of the worker's cgroup for ``controller`` (v1, then v2)."""
     name = f"lxc.payload.{volume}"

@@ -17,7 +17,7 @@ import pylxd.exceptions
 import requests
 
 from .api import LXDApi, OperationFailedError
-from .hostside import CC_DIR, DIR_FLAGS, init_pid_from_cgroup
+from .hostside import CC_DIR, DIR_FLAGS, init_pid_from_cgroup, volume_name
 from .launch import run_recorded
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
@@ -53,7 +53,7 @@ class LiveOutput:
         """
         if stream not in STREAMS:
             raise ValueError(f"stream: {stream!r} is not stdout or stderr")
-        volume = worker if self.project == "default" else f"{self.project}_{worker}"
+        volume = volume_name(self.project, worker)
         pid = init_pid_from_cgroup(volume) if self.host_access else 0
         if not pid:
             return self._read_through_exec(worker, attempt, stream, offset, limit)

@@ -27,7 +27,7 @@ import requests
 from ...constants import RUNNER_DIR_IN_WORKER, SANDBOX_HELPER_IN_WORKER
 from .. import LaunchError
 from .api import LXDApi, OperationFailedError
-from .hostside import DIR_FLAGS, init_pid_from_cgroup
+from .hostside import DIR_FLAGS, init_pid_from_cgroup, volume_name
 from .launch import LAUNCHER_TIMEOUT_SECONDS, NO_ROOM_EXIT, exec_script
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Runners:
 
     def _volume(self, name: str) -> str:
         """The worker's name as its cgroup on the host says it."""
-        return name if self.api.project == "default" else f"{self.api.project}_{name}"
+        return volume_name(self.api.project, name)
 
     def has(self, name: str) -> bool:
         """Tell whether ``name``'s launchers go to its runner."""

@@ -35,6 +35,7 @@ from .hostside import (
     init_pid_from_cgroup,
     read_cc_file,
     usable_root,
+    volume_name,
 )
 from .launch import SANDBOX_KILL, exec_script
 from .parsing import parse_exit_status, parse_pid
@@ -114,7 +115,7 @@ class AttemptWatcher:
         read through the files API.
         """
         project = record.get("project") or self.api.project
-        volume = name if project == "default" else f"{project}_{name}"
+        volume = volume_name(project, name)
         pid = self.init_pid(name, volume) if record.get("status") == "Running" else 0
         proc_root = Path(f"/proc/{pid}/root") if pid and self.host_access else None
         pool = (record.get("expanded_devices", {}).get("root") or {}).get("pool")
