@@ -438,12 +438,19 @@ class AttemptJudge:
         return self.failed(view, f"the command exited {code}", code)
 
     def failed(self, view: WorkerView, detail: str, code: int | None = None) -> TaskOutcome:
-        """An outcome without success: OOM or PROCESS_LIMIT when the cgroups counted one."""
-        if view.oom_kills() > 0:
-            return TaskOutcome(code, FailureReason.OOM, detail=_OOM_DETAIL)
-        refused = view.forks_refused()
+        """An outcome without success: OOM or PROCESS_LIMIT when the cgroups counted one.
+
+        Refused forks come first: a fork bomb can also run the worker out of memory, and the
+        process limit is what it hit first (the OOM kills are said too).
+        """
+        refused, oom_kills = view.forks_refused(), view.oom_kills()
         if refused > 0:
-            return TaskOutcome(code, FailureReason.PROCESS_LIMIT, detail=_limit_detail(refused))
+            also = "; the OOM killer also ran in the worker" if oom_kills else ""
+            return TaskOutcome(
+                code, FailureReason.PROCESS_LIMIT, detail=_limit_detail(refused) + also
+            )
+        if oom_kills > 0:
+            return TaskOutcome(code, FailureReason.OOM, detail=_OOM_DETAIL)
         return TaskOutcome(code, FailureReason.EXIT_CODE, detail="" if code else detail)
 
     def liveness(self, view: WorkerView) -> TaskOutcome | None:
