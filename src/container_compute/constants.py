@@ -139,6 +139,10 @@ SCRIPT_ENV = (
     "cc_r",
     "cc_f",
     "cc_free",
+    "cc_live_cap",
+    "cc_mirrors",
+    "cc_s",
+    "cc_pid",
 )
 # A job cannot set these.
 RESERVED_ENV = TASK_ENV + SCRIPT_ENV
@@ -147,3 +151,6 @@ RESERVED_ENV = TASK_ENV + SCRIPT_ENV
 # (job-status's isolation-note; recorded in the job's params under ISOLATION_NOTE).
 SANDBOX_REFUSED = "sandboxes are refused in this worker"
 ISOLATION_NOTE = "isolation_note"
+
+# Bytes of each stream a Nova server mirrors to its console while its task runs (live logs).
+NOVA_LIVE_BYTES = 16 * 1024

@@ -181,7 +181,9 @@ def test_a_member_lost_mid_job(
         lost = [
             a.outcome or {} for a in attempts if (a.outcome or {}).get("reason") == "member-lost"
         ]
-        assert lost and {o["host"] for o in lost} == {"member2"}
+        assert lost and {o["host"] for o in lost} == {"member2"}, [
+            (o["host"], o.get("detail")) for o in lost if o["host"] != "member2"
+        ]
         report = status(cluster_config, state_dir, job_id)
         assert report["counts"]["succeeded"] == 9 and report["counts"]["failed"] == 0
         assert "member2" not in report["hosts"]

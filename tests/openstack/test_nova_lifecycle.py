@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from container_compute import actions, identity
+from container_compute.actions.logs import follow_logs
 from container_compute.jobs.ledger import Ledger
-from container_compute.jobs.params import JobParams, LaunchJobParams
+from container_compute.jobs.model import TaskState
+from container_compute.jobs.params import JobParams, LaunchJobParams, TaskLogsParams
 from container_compute.owner import owner_id
 
 from .conftest import FLAVOR, IMAGE, NovaHost
@@ -199,3 +201,43 @@ def test_the_password_is_in_no_output_file_or_record(nova_host: NovaHost) -> Non
     assert checked > 10
     for name in private:
         assert (nova_host.state_dir / name).stat().st_mode & 0o077 == 0
+
+
+def test_a_running_tasks_output_is_followed_live(
+    stack: OpenStackStack, nova_host: NovaHost, agents: list[Agent]
+) -> None:
+    command = "echo first; echo oops >&2; sleep 25; echo second"
+    job = launch(nova_host, command=command, tasks=1)["job"]
+    agents.append(Agent(nova_host.state_dir))
+    params = TaskLogsParams(job=job, task=0)
+    seen: dict[str, Any] = {}
+
+    def shows_first() -> bool:
+        seen.update(actions.run_action("task-logs", params, nova_host.config, nova_host.state_dir))
+        return seen["state"] == "running" and "first" in seen["output"]
+
+    wait_for(shows_first, 120, "the first line while the task runs")
+    assert seen["output"] == "first\n" and "16 KiB" in seen["note"], seen
+    said: list[str] = []
+    written: list[bytes] = []
+    final = follow_logs(
+        nova_host.config,
+        nova_host.state_dir,
+        job,
+        0,
+        "stdout",
+        written.append,
+        said.append,
+        follow=True,
+        tail=-1,
+    )
+    assert final == TaskState.SUCCEEDED, said
+    assert b"".join(written) == b"first\nsecond\n"  # live, then the rest from the results
+    errors = actions.run_action(
+        "task-logs",
+        TaskLogsParams(job=job, task=0, stderr=True),
+        nova_host.config,
+        nova_host.state_dir,
+    )
+    assert errors["output"] == "oops\n" and errors["state"] == "succeeded"
+    wait_for(lambda: not servers(stack), 120, "no server left")

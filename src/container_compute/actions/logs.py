@@ -12,7 +12,9 @@ from typing import Any
 from ..backends.lxd.api import LXDApi
 from ..backends.lxd.live import LiveOutput
 from ..config import HostConfig
+from ..constants import NOVA_LIVE_BYTES
 from ..errors import ActionError
+from ..identity import IdentityError
 from ..jobs.ledger import JobRecord, Ledger
 from ..jobs.logs import LiveRead, Position, TaskLogs
 from ..jobs.model import TaskState
@@ -24,9 +26,14 @@ ACTION_OUTPUT_BYTES = 64 * 1024  # an action's result is small: the end of the t
 
 
 def live_reader(config: HostConfig, job: JobRecord, state_dir: Path) -> LiveRead | None:
-    """How the job's running tasks are read live: its LXD workers (not Nova servers)."""
-    if job.backend != "lxd":
-        return None
+    """How the job's running tasks are read live: LXD workers, or Nova servers' consoles."""
+    if job.backend == "nova":
+        from ..backends.nova import NovaLiveOutput, open_nova_api  # novaclient: only for Nova
+
+        try:
+            return NovaLiveOutput(open_nova_api(state_dir)).read
+        except IdentityError:
+            return None  # no credentials any more: the results still show once the task ends
     endpoint = endpoint_of(config, state_dir)
     api = LXDApi(config.lxd_project, retry_seconds=5.0, endpoint=endpoint)
     return LiveOutput(config.lxd_project, api, host_access=endpoint is None).read
@@ -45,7 +52,10 @@ def not_live_note(job: JobRecord) -> str:
     """What cannot be shown of a running task of ``job`` (empty when all can)."""
     if job.backend == "lxd":
         return ""
-    return "the output of a Nova server is shown once its task ends, not while it runs"
+    return (
+        f"a Nova server mirrors only the first {NOVA_LIVE_BYTES // 1024} KiB of each stream "
+        "to its console, whole lines, while its task runs: the rest shows once the task ends"
+    )
 
 
 def task_logs(params: TaskLogsParams, config: HostConfig, state_dir: Path) -> dict[str, Any]:

@@ -12,9 +12,17 @@ from pathlib import Path
 from ...config import HostConfig
 from ...identity import CLOUDS_FILE_NAME, session_from_clouds_yaml
 from ...owner import owner_id
+from .api import NovaApi
 from .backend import NovaBackend
+from .live import NovaLiveOutput
 
-__all__ = ["NovaBackend", "open_nova_backend"]
+__all__ = ["NovaBackend", "NovaLiveOutput", "open_nova_api", "open_nova_backend"]
+
+
+def open_nova_api(state_dir: Path) -> NovaApi:
+    """Nova through the credentials in ``state_dir/clouds.yaml`` (see ``open_nova_backend``)."""
+    session, region = session_from_clouds_yaml(state_dir / CLOUDS_FILE_NAME)
+    return NovaApi(session, region)
 
 
 def open_nova_backend(config: HostConfig, state_dir: Path) -> NovaBackend:

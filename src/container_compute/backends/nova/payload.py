@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ...constants import ENV_NAME_RE, REDACTED, RESULTS_DIR_IN_WORKER, SCRIPT_ENV, TASK_ENV
+from ...constants import (
+    ENV_NAME_RE,
+    NOVA_LIVE_BYTES,
+    REDACTED,
+    RESULTS_DIR_IN_WORKER,
+    SCRIPT_ENV,
+    TASK_ENV,
+)
 from ...rendering import render
 from .. import WorkerSpec
 from ..gather import split_relative
@@ -93,6 +100,7 @@ def user_data(spec: WorkerSpec, cap_bytes: int, linger_seconds: int = LINGER_SEC
         command=shlex.quote(spec.command),
         cap=int(cap_bytes),
         linger=int(linger_seconds),
+        live_cap=NOVA_LIVE_BYTES,
     )
 
 
