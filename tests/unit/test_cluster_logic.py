@@ -15,6 +15,7 @@ from container_compute.backends import (
     WorkerSpec,
 )
 from container_compute.backends.lxd.members import (
+    ELECTION_WAIT_SECONDS,
     LostMemberGuard,
     MemberBook,
     told_member_lost,
@@ -134,6 +135,35 @@ def test_round_robin_goes_over_the_online_members() -> None:
         "member3",
     ]
     assert members.target("", 0) is None  # LXD's scheduler decides
+
+
+def test_round_robin_waits_out_an_election_that_lists_no_member_online(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    members = book({"member1": "Offline", "member2": "Offline"})
+    api: Any = members.api
+    naps: list[float] = []
+    elected = [False]
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 3 and not elected[0]:  # a new leader: the heartbeats are fresh again
+            elected[0] = True
+            api.members = {"member1": "Online", "member2": "Offline"}
+
+    monkeypatch.setattr("container_compute.backends.lxd.members.time.sleep", nap)
+    assert members.target("round-robin", 1) == "member1"
+    assert len(naps) == 3
+
+    members = book({"member1": "Offline", "member2": "Offline"})  # and it never ends
+    naps.clear()
+    clock = iter(range(0, 10_000, 5))
+    monkeypatch.setattr(
+        "container_compute.backends.lxd.members.time.monotonic", lambda: next(clock)
+    )
+    with pytest.raises(MemberLostError, match="no member of 'round-robin' is online now"):
+        members.target("round-robin", 1)
+    assert naps and len(naps) <= ELECTION_WAIT_SECONDS  # it waited, for a bounded time
 
 
 def test_a_list_of_members_skips_those_offline() -> None:

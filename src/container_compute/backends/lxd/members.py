@@ -17,6 +17,7 @@ import pylxd
 import pylxd.exceptions
 import requests
 
+from ...lxdclient import LXDUnavailableError
 from .. import FailureReason, LaunchError, MemberLostError, TaskOutcome
 from .api import LXDApi
 
@@ -26,6 +27,8 @@ GUARD_SECONDS = 4.0
 # How long a member that could not take a worker is left out of round-robin placement.
 SUSPECT_SECONDS = 30.0
 ANSWER_TIMEOUT_SECONDS = 5.0  # for a member to tell the state of one of its workers
+# While a cluster elects a new leader, LXD may list no member online at all for a while.
+ELECTION_WAIT_SECONDS = 20.0
 # What LXD answers about an instance on a member it cannot reach.
 UNREACHABLE_MARKS = (
     "missing event connection with target cluster member",
@@ -97,6 +100,24 @@ class MemberBook:
         states = self.states()
         return sorted(n for n, s in states.items() if s == "Online" and n not in suspects)
 
+    def _wait_for_online(self, seconds: float) -> list[str]:
+        """The online members once there are any, reading them afresh; [] after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            try:
+                self.states(fresh=True)
+            except (
+                LXDUnavailableError,
+                pylxd.exceptions.LXDAPIException,
+                requests.exceptions.RequestException,
+            ):
+                continue
+            online = self.online()
+            if online:
+                return online
+        return []
+
     def suspect(self, member: str) -> None:
         """Leave ``member`` out of placement for a while: it could not take a worker.
 
@@ -130,6 +151,8 @@ class MemberBook:
                     f"(members: {', '.join(sorted(self.states()))})"
                 )
             candidates = [m for m in wanted if m in online]
+        if not candidates and placement == ROUND_ROBIN:
+            candidates = self._wait_for_online(ELECTION_WAIT_SECONDS)
         if not candidates:
             raise MemberLostError("", f"placement: no member of {placement!r} is online now")
         member = candidates[task_index % len(candidates)]
