@@ -20,7 +20,12 @@ from container_compute.config import HostConfig
 from container_compute.errors import ActionError
 from container_compute.host import cluster
 from container_compute.jobs.ledger import Ledger
-from container_compute.jobs.params import JobParams, LaunchJobParams, ListJobsParams
+from container_compute.jobs.params import (
+    JobParams,
+    LaunchJobParams,
+    ListJobsParams,
+    TaskLogsParams,
+)
 from container_compute.lxdclient import connect, endpoint_of
 
 from .lab import OPENSSL, ClusterLab, run
@@ -195,6 +200,51 @@ def test_a_member_lost_mid_job(
     assert sorted(reaped) == sorted(w[0] for w in left)
     assert workers(cluster_config) == []
     assert cluster.cluster_state(lab.local_client(1)).offline == []
+
+
+def test_a_task_on_a_member_is_followed_live(cluster_config: HostConfig, state_dir: Path) -> None:
+    """The host does not see a member's workers: task-logs reads one through an exec in it."""
+    outcome: dict[str, Any] = {}
+
+    def run_job() -> None:
+        command = "echo first; echo warm >&2; sleep 20; echo second"
+        outcome.update(
+            launch(
+                cluster_config, state_dir, command=command, tasks=1, placement="member3", wait=True
+            )
+        )
+
+    thread = threading.Thread(target=run_job, daemon=True)
+    thread.start()
+    seen: dict[str, Any] = {}
+
+    def shows_first() -> bool:
+        ledger = Ledger(state_dir)
+        try:
+            running = [a for a in ledger.attempts(ledger.jobs()[0].id) if a.state == "running"]
+        except IndexError:
+            return False
+        finally:
+            ledger.close()
+        if not running:
+            return False
+        params = TaskLogsParams(job=running[0].job, task=0)
+        seen.update(actions.run_action("task-logs", params, cluster_config, state_dir))
+        return "first" in seen["output"]
+
+    deadline = time.monotonic() + 60
+    while not shows_first():
+        assert time.monotonic() < deadline and thread.is_alive(), (outcome, seen)
+        time.sleep(0.3)
+    assert seen["state"] == "running" and seen["output"] == "first\n", seen
+    assert "note" not in seen
+    thread.join(timeout=120)
+    assert outcome["state"] == "succeeded", outcome
+    assert joblog(state_dir, outcome["job"])[0]["Host"] == "member3"
+    ended = actions.run_action(
+        "task-logs", TaskLogsParams(job=outcome["job"], task=0), cluster_config, state_dir
+    )
+    assert ended["output"] == "first\nsecond\n" and ended["state"] == "succeeded"
 
 
 def test_an_oom_kill_is_told_through_the_api(cluster_config: HostConfig, state_dir: Path) -> None:
