@@ -54,6 +54,12 @@ LXD_SNAP_BIN = "/snap/bin/lxd"
 LXC_DEB_BIN = "/usr/bin/lxc"
 BUSYBOX_BIN = "/bin/busybox"
 DEBOOTSTRAP = "/usr/sbin/debootstrap"
+SKOPEO = "/usr/bin/skopeo"
+UMOCI = "/usr/bin/umoci"
+# An OCI worker image's config (Env, WorkingDir, Entrypoint, Cmd; JSON), as an LXD image
+# property; launch-job records it with the job (IMAGE_CONFIG) and tasks start from it.
+IMAGE_CONFIG_PROPERTY = "container-compute.config"
+IMAGE_CONFIG = "image-config"
 
 # LXD objects.
 LXD_GROUP = "lxd"

@@ -246,7 +246,12 @@ INVALID: list[tuple[list[str], str]] = [
     (["gather-results", "--job", "j00000000", "--indexes", "x"], "indexes: 'x' is not a list"),
     (["list-jobs", "--state", "done"], "state: 'done' is not one of"),
     (["list-jobs", "--limit", "0"], "limit: 0 is not between"),
-    (["build-worker-image", "--source", "alpine"], "source: 'alpine' is not one of"),
+    (["build-worker-image", "--source", "alpine"], "source: 'alpine' is not busybox, debootstrap"),
+    (
+        ["build-worker-image", "--source", "oci:/nonexistent/layout"],
+        "source: /nonexistent/layout is not an OCI image layout",
+    ),
+    (["build-worker-image", "--source", "docker://x"], "is not docker://REGISTRY/NAME:TAG"),
     (["build-worker-image", "--alias", "bad alias"], "alias: 'bad alias' is not"),
     (["build-worker-image", "--packages", "vim"], "packages: only applies"),
     (["build-worker-image", "--source", "debootstrap", "--packages", "Bad!"], "packages: 'Bad!'"),

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import HostConfig
 from ..errors import ActionError
+from ..host.oci import ImageRefusedError, OciSource, parse_source
 from ..jobs.params import ActionParams, fail, param
 
 IMAGE_SOURCES = ("busybox", "debootstrap")
@@ -26,8 +27,10 @@ class BuildWorkerImageParams(ActionParams):
     source: str = param(
         "busybox",
         "busybox: a tiny image from the host's busybox-static. debootstrap: a Debian minbase "
-        "with the chosen packages (uses the host's Debian mirror).",
-        enum=list(IMAGE_SOURCES),
+        "with the chosen packages (uses the host's Debian mirror). An OCI or Docker image: "
+        "oci:DIR[:TAG] (an OCI image layout), oci-archive:FILE, docker-archive:FILE (what "
+        "docker save writes) or docker://REGISTRY/NAME:TAG; its Env and WorkingDir become the "
+        "tasks' defaults.",
     )
     alias: str = param("", "Alias of the image. Empty: the default-image option.")
     packages: str = param("", "debootstrap only: extra Debian packages, comma-separated.")
@@ -48,6 +51,12 @@ class BuildWorkerImageParams(ActionParams):
     def __post_init__(self) -> None:
         """Check alias, packages, suite and mirror."""
         super().__post_init__()
+        if self.source not in IMAGE_SOURCES and self.oci_source is None:
+            fail(
+                "source",
+                f"{self.source!r} is not busybox, debootstrap, oci:DIR[:TAG], oci-archive:FILE, "
+                "docker-archive:FILE or docker://REGISTRY/NAME:TAG",
+            )
         if self.alias and not _IMAGE_RE.match(self.alias):
             fail("alias", f"{self.alias!r} is not a valid image alias")
         for package in self.package_list:
@@ -69,6 +78,15 @@ class BuildWorkerImageParams(ActionParams):
                 fail("metadata-url", f"{url!r} is not an http(s) URL")
         if self.metadata_url and self.target != "nova":
             fail("metadata-url", "only applies to target=nova")
+
+    @property
+    def oci_source(self) -> OciSource | None:
+        """The OCI source named, None for busybox and debootstrap (checked: see fail)."""
+        try:
+            return parse_source(self.source)
+        except ImageRefusedError as err:
+            fail("source", str(err).removeprefix("source: "))
+            raise  # fail() raised already
 
     @property
     def metadata_urls(self) -> tuple[str, ...]:
@@ -119,6 +137,10 @@ def build_worker_image(
     alias = params.alias or config.default_image
     try:
         client = lxdclient.connect(project=config.lxd_project)
+        oci_source = params.oci_source
+        if oci_source is not None:
+            report, image_config = images.build_oci_image(client, alias, oci_source)
+            return {**report.to_dict(), "image-config": image_config.to_dict()}
         if params.source == "busybox":
             report = images.build_busybox_image(client, alias)
         else:
@@ -134,6 +156,8 @@ def build_worker_image(
             )
     except ActionError:
         raise
+    except ImageRefusedError as err:
+        raise ActionError(f"build-worker-image: {err}; nothing was imported") from err
     except Exception as err:
         raise ActionError(
             f"build-worker-image ({params.source}) failed in LXD project "

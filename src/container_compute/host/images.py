@@ -11,6 +11,7 @@ host's own apt mirror unless one is given, with ``tini`` as init; packed the sam
 import gzip
 import hashlib
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -26,10 +27,12 @@ import pylxd.exceptions
 from ..constants import (
     BUSYBOX_BIN,
     DEBOOTSTRAP,
+    IMAGE_CONFIG_PROPERTY,
     INPUT_DIR_IN_WORKER,
     RESULTS_DIR_IN_WORKER,
 )
 from ..rootfs import busybox_rootfs
+from . import oci
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,17 @@ class ImageReport:
         }
 
 
-def _metadata_tar(description: str, architecture: str, created: int) -> bytes:
+def _metadata_tar(
+    description: str, architecture: str, created: int, properties: dict[str, str] | None = None
+) -> bytes:
+    extra = "".join(
+        f"  {key}: {json.dumps(value)}\n" for key, value in sorted((properties or {}).items())
+    )
     text = (
         f"architecture: {architecture}\n"
         f"creation_date: {created}\n"
-        f"properties:\n  description: {description}\n  os: container-compute\n"
+        f"properties:\n  description: {json.dumps(description)}\n  os: container-compute\n"
+        f"{extra}"
     ).encode()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -245,3 +254,70 @@ def build_debootstrap_image(
         f"container-compute Debian {suite} minbase worker", architecture, int(time.time())
     )
     return import_image(client, alias, metadata, rootfs, f"debootstrap {suite}")
+
+
+# An OCI image's own init is not meant to run a worker: ours sleeps and reaps orphans with a
+# static busybox of the host's kept apart in /.cc (the image's tools stay its own).
+OCI_TOOLS_DIR = ".cc"
+_OCI_INIT = (
+    "#!/.cc/busybox sh\ntrap '' TERM HUP\nwhile :; do /.cc/busybox sleep 3600 & wait; done\n"
+)
+
+
+def add_worker_needs(root: Path, busybox: str = BUSYBOX_BIN) -> None:
+    """Give an unpacked image what a worker needs: its directories, /.cc/busybox, an init.
+
+    Any of those paths that is a link in the image is replaced, so nothing is written
+    through a link to outside ``root``.
+    """
+    for directory in (RESULTS_DIR_IN_WORKER, INPUT_DIR_IN_WORKER, "/run", "/tmp", "/dev"):
+        _real_dir(root, directory.lstrip("/"))
+    (root / "tmp").chmod(0o1777)
+    tools = _real_dir(root, OCI_TOOLS_DIR)
+    (tools / "busybox").write_bytes(Path(busybox).read_bytes())
+    (tools / "busybox").chmod(0o755)
+    init = _real_dir(root, "sbin") / "init"
+    if init.is_symlink() or init.exists():
+        init.unlink()
+    init.write_text(_OCI_INIT)
+    init.chmod(0o755)
+
+
+def _real_dir(root: Path, relative: str) -> Path:
+    """``root/relative`` as a real directory of the image (a link there is replaced)."""
+    path = root / relative
+    if path.is_symlink():
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_oci_image(
+    client: pylxd.Client,
+    alias: str,
+    source: oci.OciSource,
+    busybox: str = BUSYBOX_BIN,
+    max_bytes: int = oci.MAX_IMAGE_BYTES,
+) -> tuple[ImageReport, oci.ImageConfig]:
+    """Build a worker image from an OCI or Docker image and import it under ``alias``.
+
+    Raises:
+        oci.ImageRefusedError: the source, a layer or the image cannot be a worker (nothing
+            imported; the message says why).
+    """
+    architecture = client.host_info["environment"]["architectures"][0]
+    with tempfile.TemporaryDirectory(prefix="cc-oci-") as tmp:
+        layout = Path(tmp) / "layout"
+        oci.fetch(source, layout)
+        config, layers = oci.read_manifest(layout)
+        oci.check_layers(layers, max_bytes)
+        root = oci.unpack(layout, Path(tmp) / "bundle")
+        oci.check_runnable(root, config)
+        add_worker_needs(root, busybox)
+        rootfs = _tree_tar(root)
+    properties = {IMAGE_CONFIG_PROPERTY: json.dumps(config.to_dict(), sort_keys=True)}
+    # A fixed creation date: the same image built again is the same LXD image (LXD refuses 0).
+    metadata = _metadata_tar(
+        f"container-compute worker from {source.text}", architecture, 1, properties
+    )
+    return import_image(client, alias, metadata, rootfs, source.text), config

@@ -25,6 +25,7 @@ exit (which releases the lock) and the next engine adopts what is still running.
 import fcntl
 import logging
 import os
+import shlex
 import shutil
 import threading
 import time
@@ -44,6 +45,7 @@ from ..backends import (
     open_backend,
 )
 from ..config import HostConfig
+from ..constants import ENV_NAME_RE, IMAGE_CONFIG, RESERVED_ENV
 from ..lxdclient import endpoint_of
 from ..owner import owner_id
 from ..units import parse_duration
@@ -93,6 +95,14 @@ def job_parallelism(config: HostConfig, job: JobRecord) -> int:
     return min(parallelism, config.max_parallel_workers)
 
 
+def in_working_dir(command: str, directory: str) -> str:
+    """``command`` run from the image's WorkingDir (exit 126 when the image lacks it)."""
+    if not directory or directory == "/":
+        return command
+    quoted = shlex.quote(directory)
+    return f"cd -- {quoted} || {{ echo no WorkingDir: {quoted} >&2; exit 126; }}\n{command}"
+
+
 def worker_spec(
     job: JobRecord,
     index: int,
@@ -107,7 +117,13 @@ def worker_spec(
     worker (reuse-workers), a spare, or the worker the ledger names.
     """
     params = job.params
+    image = params.get(IMAGE_CONFIG) or {}  # an OCI image's Env and WorkingDir, if any
     env = {
+        **{
+            name: value
+            for name, _, value in (entry.partition("=") for entry in image.get("env", []))
+            if ENV_NAME_RE.match(name) and name not in RESERVED_ENV
+        },
         **dict(entry.split("=", 1) for entry in params.get("env", [])),
         "TASK_INDEX": str(index),
         "TASK_COUNT": str(job.task_count),
@@ -122,7 +138,7 @@ def worker_spec(
         task_index=index,
         attempt=attempt,
         image=params["image"],
-        command=params["command"],
+        command=in_working_dir(params["command"], image.get("working-dir") or ""),
         env=env,
         input_dir=params.get("input_dir") or None,
         cpu=params.get("cpu") or None,

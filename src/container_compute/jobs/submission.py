@@ -10,10 +10,11 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from ..backends import Backend
 from ..config import HostConfig
-from ..constants import ISOLATION_NOTE
+from ..constants import IMAGE_CONFIG, ISOLATION_NOTE
 from ..errors import ActionError
 from ..units import parse_size
 from .ledger import JobRecord, Ledger
@@ -134,6 +135,17 @@ class JobSubmitter:
         except Exception as err:  # the note must never refuse a job
             return f"disk {disk}: could not tell whether the worker pool enforces it ({err})"
 
+    def image_config(self, backend_name: str, image: str) -> dict[str, Any] | None:
+        """The config an OCI worker image carries (Env, WorkingDir...); None: it has none."""
+        from ..backends.lxd import LXDBackend, image_config
+
+        if not isinstance(self.backend(backend_name), LXDBackend):
+            return None
+        try:
+            return image_config(self.config, image)
+        except Exception as err:
+            raise ActionError(f"image: cannot read {image!r} from LXD: {err}") from err
+
     def validate_nova(self, params: LaunchJobParams) -> tuple[str, list[str]]:
         """Check a job for the Nova backend; return its image and notes on the flavor.
 
@@ -215,6 +227,9 @@ class JobSubmitter:
             note = self.disk_note(backend_name, params.disk or self.config.worker_disk)
             if note:
                 recorded["disk_note"] = note
+            image_config = self.image_config(backend_name, image)
+            if image_config:
+                recorded[IMAGE_CONFIG] = image_config
         recorded["backend-options"] = params.backend_options
         if notes:
             recorded["notes"] = notes

@@ -6,7 +6,7 @@ cgroups); ``files`` reads it through LXD's files API; ``parsing`` turns what the
 /run/cc into values or reasons; ``api`` is the REST plumbing that rides out daemon restarts.
 """
 
-from .api import image_exists
+from .api import image_config, image_exists
 from .backend import LXDBackend
 
-__all__ = ["LXDBackend", "image_exists"]
+__all__ = ["LXDBackend", "image_config", "image_exists"]

@@ -5,6 +5,7 @@ refusals are raised at once. Nothing here knows about jobs.
 """
 
 import contextlib
+import json
 import re
 import shutil
 import time
@@ -15,7 +16,7 @@ import pylxd
 import requests
 
 from ...config import HostConfig
-from ...constants import LXD_INSTANCE_LOG_DIRS
+from ...constants import IMAGE_CONFIG_PROPERTY, LXD_INSTANCE_LOG_DIRS
 from ...lxdclient import Endpoint, LXDUnavailableError, connect, endpoint_of
 from .hostside import volume_name
 
@@ -68,6 +69,21 @@ def image_exists(config: HostConfig, image: str) -> bool:
     """Tell whether ``image`` is an image alias or fingerprint in ``config.lxd_project``."""
     client = connect(project=config.lxd_project, endpoint=endpoint_of(config))
     return image_source(client, image) is not None
+
+
+def image_config(config: HostConfig, image: str) -> dict[str, Any] | None:
+    """The OCI config recorded with ``image`` (see ``host.oci``); None when it has none."""
+    client = connect(project=config.lxd_project, endpoint=endpoint_of(config))
+    source = image_source(client, image)
+    if source is None:
+        return None
+    fingerprint = (
+        source.get("fingerprint")
+        or (client.api.images.aliases[image].get().json()["metadata"]["target"])
+    )
+    metadata = client.api.images[fingerprint].get().json()["metadata"]
+    text = (metadata.get("properties") or {}).get(IMAGE_CONFIG_PROPERTY)
+    return json.loads(text) if text else None
 
 
 def remove_log_dir(project: str, name: str) -> None:

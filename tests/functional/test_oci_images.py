@@ -1,0 +1,277 @@
+"""Worker images from OCI and Docker images, on the real LXD with Debian's skopeo and umoci.
+
+The image is made here: an OCI layout of two gzipped layers (a busybox root, then a layer
+that whites out a file and makes a directory opaque) with Env and WorkingDir in its config;
+a docker-archive of it is made with skopeo. Jobs run in both; bad sources (a missing file, a
+blob whose digest is wrong, layers that climb out of the root, an image over the size limit,
+no /bin/sh, a USER) are refused with a message and import nothing.
+"""
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from container_compute import actions
+from container_compute.actions.images import BuildWorkerImageParams
+from container_compute.config import HostConfig
+from container_compute.constants import BUSYBOX_BIN, SKOPEO
+from container_compute.errors import ActionError
+from container_compute.host import images, oci
+from container_compute.jobs.params import LaunchJobParams
+from container_compute.lxdclient import connect
+from container_compute.rootfs import busybox_rootfs
+
+pytestmark = pytest.mark.functional
+
+COMMAND = (
+    'pwd; echo "$GREETING $OVERRIDE"; cat hello.txt; ls /data/old; '
+    "test -e /etc/removed.txt && echo whiteout-ignored; true"
+)
+EXPECTED = "/app\nfrom-image job\nhello\nc.txt\n"
+
+
+def _tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info, data in entries:
+            info.size = len(data) if data is not None else 0
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def _file(name: str, data: bytes, mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    return info, data
+
+
+def _entry(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mode = 0o755
+    return info, None
+
+
+def base_layer(tmp: Path) -> bytes:
+    """A busybox root with the files the second layer removes."""
+    root = tmp / "base-root"
+    busybox_rootfs(root, BUSYBOX_BIN)
+    (root / "etc" / "removed.txt").write_text("gone in layer 2\n")
+    (root / "data" / "old").mkdir(parents=True)
+    for name in ("a.txt", "b.txt"):
+        (root / "data" / "old" / name).write_text(name)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for child in sorted(root.iterdir()):
+            tar.add(child, arcname=child.name)
+    return buffer.getvalue()
+
+
+def top_layer() -> bytes:
+    return _tar(
+        [
+            _file("etc/.wh.removed.txt", b""),
+            _file("data/old/.wh..wh..opq", b""),
+            _file("data/old/c.txt", b"c"),
+            _entry("app", tarfile.DIRTYPE),
+            _file("app/hello.txt", b"hello\n"),
+        ]
+    )
+
+
+def write_layout(path: Path, layers: list[bytes], config: dict[str, Any], tag: str = "v1") -> Path:
+    """An OCI image layout of gzipped ``layers`` and ``config`` (its ``config`` object)."""
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes, media_type: str) -> dict[str, Any]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    gzipped = [gzip.compress(layer, mtime=0) for layer in layers]
+    image_config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers],
+        },
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": blob(
+            json.dumps(image_config).encode(), "application/vnd.oci.image.config.v1+json"
+        ),
+        "layers": [blob(g, "application/vnd.oci.image.layer.v1.tar+gzip") for g in gzipped],
+    }
+    entry = blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
+    entry["annotations"] = {"org.opencontainers.image.ref.name": tag}
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return path
+
+
+IMAGE_CONFIG = {
+    "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=from-image", "OVERRIDE=image"],
+    "WorkingDir": "/app",
+    "Entrypoint": ["/bin/sh", "-c"],
+    "Cmd": ["echo ready"],
+}
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("oci")
+    return write_layout(tmp / "layout", [base_layer(tmp), top_layer()], IMAGE_CONFIG)
+
+
+def build(config: HostConfig, source: str, alias: str) -> dict[str, Any]:
+    params = BuildWorkerImageParams(source=source, alias=alias)
+    return actions.run_action("build-worker-image", params, config, Path("/nonexistent"))
+
+
+def aliases(config: HostConfig) -> set[str]:
+    client = connect(project=config.lxd_project)
+    listing = client.api.images.aliases.get(params={"recursion": "1"}).json()["metadata"]
+    return {a["name"] for a in listing or []}
+
+
+@pytest.fixture
+def no_new_images(configured_host: HostConfig) -> Iterator[None]:
+    client = connect(project=configured_host.lxd_project)
+    before = {i.fingerprint for i in client.images.all()}
+    yield
+    after = {i.fingerprint for i in client.images.all()}
+    for fingerprint in after - before:  # a test's own images go; a refused one left none
+        client.images.get(fingerprint).delete(wait=True)
+
+
+def run_job(config: HostConfig, state_dir: Path, image: str) -> dict[str, Any]:
+    params = LaunchJobParams(
+        command=COMMAND, tasks=2, image=image, env=["OVERRIDE=job"], wait=True
+    )
+    result = actions.run_action("launch-job", params, config, state_dir)
+    assert result["state"] == "succeeded", result
+    for index in range(2):
+        stdout = Path(result["results-dir"]) / str(index) / "stdout"
+        assert stdout.read_text() == EXPECTED
+    return result
+
+
+def test_a_job_runs_in_an_oci_layout_and_a_docker_archive(
+    configured_host: HostConfig,
+    state_dir: Path,
+    layout: Path,
+    tmp_path: Path,
+    no_new_images: None,
+) -> None:
+    report = build(configured_host, f"oci:{layout}:v1", "oci-test")
+    assert report["changed"] and report["image-config"]["working-dir"] == "/app", report
+    assert report["image-config"]["entrypoint"] == ["/bin/sh", "-c"]
+    assert report["image-config"]["cmd"] == ["echo ready"]
+    run_job(configured_host, state_dir, "oci-test")
+
+    archive = tmp_path / "image.tar"
+    subprocess.run(
+        [
+            SKOPEO,
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            f"oci:{layout}:v1",
+            f"docker-archive:{archive}:cc/test:v1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    report = build(configured_host, f"docker-archive:{archive}", "docker-test")
+    assert report["image-config"]["env"][1] == "GREETING=from-image", report
+    run_job(configured_host, state_dir, "docker-test")
+
+
+def _corrupted(layout: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "corrupt"
+    shutil.copytree(layout, copy)
+    biggest = max((copy / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+    return copy
+
+
+def _with_top_layer(tmp_path: Path, layer: bytes, config: dict[str, Any]) -> Path:
+    base = tmp_path / "base.tar"
+    if not base.exists():
+        base.write_bytes(base_layer(tmp_path))
+    return write_layout(
+        tmp_path / f"bad{len(list(tmp_path.iterdir()))}", [base.read_bytes(), layer], config
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("missing", "is not a file"),
+        ("wrong-digest", "skopeo could not copy it"),
+        ("dot-dot", "climbs out of the root with '..'"),
+        ("absolute-hardlink", "is a hard link to '/etc/shadow', outside the image"),
+        ("climbing-symlink", "which climbs out of the root"),
+        ("no-shell", "has no /bin/sh"),
+        ("user", "runs as user 'nobody'"),
+    ],
+)
+def test_bad_sources_are_refused_and_import_nothing(
+    configured_host: HostConfig,
+    layout: Path,
+    tmp_path: Path,
+    no_new_images: None,
+    case: str,
+    words: str,
+) -> None:
+    before = aliases(configured_host)
+    top_layers = {
+        "dot-dot": [_file("../escape", b"x")],
+        "absolute-hardlink": [_entry("etc/h", tarfile.LNKTYPE, "/etc/shadow")],
+        "climbing-symlink": [_entry("etc/up", tarfile.SYMTYPE, "../../../host")],
+        "no-shell": [_file("bin/.wh.sh", b"")],
+    }
+    if case == "missing":
+        source = f"docker-archive:{tmp_path / 'absent.tar'}"
+    elif case == "wrong-digest":
+        source = f"oci:{_corrupted(layout, tmp_path)}:v1"
+    elif case == "user":
+        config = {**IMAGE_CONFIG, "User": "nobody"}
+        source = f"oci:{_with_top_layer(tmp_path, top_layer(), config)}:v1"
+    else:
+        source = f"oci:{_with_top_layer(tmp_path, _tar(top_layers[case]), IMAGE_CONFIG)}:v1"
+
+    with pytest.raises((ActionError, ValueError)) as refused:
+        build(configured_host, source, f"bad-{case}")
+    assert words in str(refused.value)
+    if isinstance(refused.value, ActionError):  # past the params: LXD was never asked
+        assert "nothing was imported" in str(refused.value)
+    assert aliases(configured_host) == before
+
+
+def test_an_image_over_the_size_limit_is_refused(
+    configured_host: HostConfig, layout: Path, no_new_images: None
+) -> None:
+    client = connect(project=configured_host.lxd_project)
+    source = oci.parse_source(f"oci:{layout}:v1")
+    assert source is not None
+    with pytest.raises(oci.ImageRefusedError, match="unpacks to more than 1 MiB"):
+        images.build_oci_image(client, "too-big", source, max_bytes=1 << 20)
+    assert "too-big" not in aliases(configured_host)
