@@ -584,6 +584,17 @@ def check_charmcraft(argv: list[str]) -> None:
         raise GuideError(f"charmcraft fetch-lib: no {path.relative_to(REPO)}")
 
 
+def check_skopeo(argv: list[str]) -> None:
+    """``skopeo copy SOURCE DEST``, DEST a source build-worker-image takes (a file or layout)."""
+    from container_compute.host.oci import parse_source
+
+    if argv[1] != "copy" or len(argv) != 4:
+        raise GuideError("skopeo: only `skopeo copy SOURCE DEST` may be shown")
+    destination = parse_source(argv[3])
+    if destination is None or destination.transport == "docker":
+        raise GuideError(f"skopeo copy: {argv[3]} is not a local source build-worker-image takes")
+
+
 def check_repo_tool(argv: list[str]) -> None:
     """``tox -e ENVS``, ``scripts/NAME``, ``python -m MODULE`` of this repository."""
     if argv[0] == "tox":
@@ -665,6 +676,7 @@ def check_static(command: Command, apps: dict[str, str]) -> None:
         "charmcraft": lambda: check_charmcraft(argv),
         "tox": lambda: check_repo_tool(argv),
         "python": lambda: check_repo_tool(argv),
+        "skopeo": lambda: check_skopeo(argv),
     }
     name = "scripts/" if argv[0].startswith("scripts/") else argv[0]
     check = checks.get(name, lambda: check_repo_tool(argv))

@@ -12,8 +12,11 @@ import hashlib
 import io
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,6 +203,80 @@ def test_a_job_runs_in_an_oci_layout_and_a_docker_archive(
     report = build(configured_host, f"docker-archive:{archive}", "docker-test")
     assert report["image-config"]["env"][1] == "GREETING=from-image", report
     run_job(configured_host, state_dir, "docker-test")
+
+
+REGISTRY_BIN = Path("/usr/bin/docker-registry")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 (a port of its own), storing in a temp dir."""
+    if not REGISTRY_BIN.exists():
+        pytest.fail(f"{REGISTRY_BIN} is missing: scripts/setup-functional-tests installs it")
+    tmp = tmp_path_factory.mktemp("registry")
+    address = f"127.0.0.1:{_free_port()}"
+    config = tmp / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp / 'data'}\n"
+        f"http:\n  addr: {address}\n"
+    )
+    with (tmp / "registry.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(REGISTRY_BIN), "serve", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{address}/v2/", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, (tmp / "registry.log").read_text()
+            assert time.monotonic() < deadline, "the registry did not answer within 30 s"
+            time.sleep(0.2)
+        yield address
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_a_job_runs_in_an_image_from_a_registry(
+    configured_host: HostConfig,
+    state_dir: Path,
+    layout: Path,
+    registry: str,
+    no_new_images: None,
+) -> None:
+    subprocess.run(
+        [
+            SKOPEO,
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            f"oci:{layout}:v1",
+            f"docker://{registry}/research/tool:v1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    report = build(configured_host, f"docker://{registry}/research/tool:v1", "registry-test")
+    assert report["source"] == f"docker://{registry}/research/tool:v1"
+    run_job(configured_host, state_dir, "registry-test")
+    with pytest.raises(ActionError, match="skopeo could not copy it") as refused:
+        build(configured_host, f"docker://{registry}/research/absent:v1", "registry-absent")
+    assert "nothing was imported" in str(refused.value)
 
 
 def _corrupted(layout: Path, tmp_path: Path) -> Path:

@@ -248,8 +248,8 @@ INVALID: list[tuple[list[str], str]] = [
     (["list-jobs", "--limit", "0"], "limit: 0 is not between"),
     (["build-worker-image", "--source", "alpine"], "source: 'alpine' is not busybox, debootstrap"),
     (
-        ["build-worker-image", "--source", "oci:/nonexistent/layout"],
-        "source: /nonexistent/layout is not an OCI image layout",
+        ["build-worker-image", "--source", "oci:images/layout"],
+        "source: 'oci:images/layout' must name an absolute path",
     ),
     (["build-worker-image", "--source", "docker://x"], "is not docker://REGISTRY/NAME:TAG"),
     (["build-worker-image", "--alias", "bad alias"], "alias: 'bad alias' is not"),

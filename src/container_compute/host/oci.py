@@ -48,6 +48,15 @@ class OciSource:
     transport: str
     reference: str
     text: str
+    path: str = ""  # a local source's file or layout
+
+    def check_present(self) -> None:
+        """Refuse a local source whose file or layout is not there."""
+        where = Path(self.path)
+        if self.transport == "oci" and not (where / "index.json").is_file():
+            raise ImageRefusedError(f"source: {where} is not an OCI image layout (no index.json)")
+        if self.transport in ("oci-archive", "docker-archive") and not where.is_file():
+            raise ImageRefusedError(f"source: {where} is not a file")
 
     @property
     def skopeo_args(self) -> list[str]:
@@ -64,7 +73,7 @@ def parse_source(text: str) -> OciSource | None:
     """The OCI source ``text`` names; None when it is not one (busybox, debootstrap).
 
     Raises:
-        ImageRefusedError: an OCI source that is malformed, or a local file or layout missing.
+        ImageRefusedError: an OCI source that is malformed (``check_present`` looks for it).
     """
     transport, sep, rest = text.partition(":")
     if not sep or transport not in TRANSPORTS:
@@ -82,12 +91,7 @@ def parse_source(text: str) -> OciSource | None:
             raise ImageRefusedError(f"source: {tag!r} is not an image tag in {text!r}")
     if not path.startswith("/"):
         raise ImageRefusedError(f"source: {text!r} must name an absolute path")
-    where = Path(path)
-    if transport == "oci" and not (where / "index.json").is_file():
-        raise ImageRefusedError(f"source: {path} is not an OCI image layout (no index.json)")
-    if transport != "oci" and not where.is_file():
-        raise ImageRefusedError(f"source: {path} is not a file")
-    return OciSource(transport, f"{path}:{tag}" if tag else path, text)
+    return OciSource(transport, f"{path}:{tag}" if tag else path, text, path)
 
 
 @dataclass(frozen=True)
@@ -142,8 +146,10 @@ def fetch(source: OciSource, layout: Path) -> None:
     """Copy the source into a new OCI layout at ``layout`` (tag ``cc``); skopeo checks digests.
 
     Raises:
-        ImageRefusedError: skopeo could not read or verify it (its message kept).
+        ImageRefusedError: it is not there, or skopeo could not read or verify it (its
+            message kept).
     """
+    source.check_present()
     _run_tool(
         [
             SKOPEO,
