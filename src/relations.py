@@ -37,7 +37,7 @@ from container_compute.constants import (
     LXD_ENDPOINT,
 )
 from container_compute.jobs.model import SANDBOX
-from container_compute.jobs.params import JobParams, LaunchJobParams
+from container_compute.jobs.params import JobParams, LaunchJobParams, RetryJobParams
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +237,7 @@ class ComputeJobsServer:
             mine = self.provides.unit_reports(relation)
             if leading:
                 self._assign(relation, mine, run_action, refused, departing)
+            self._rerun(self.provides.requests(relation), mine, run_action, refused)
             self._refresh(mine, run_action, refused)
             self.provides.report(relation, mine)
 
@@ -291,6 +292,34 @@ class ComputeJobsServer:
             assignments[request_id] = assigned.host_left()
             logger.warning("compute-jobs: %s: %s", request_id, assignments[request_id].reason)
 
+    def _rerun(
+        self,
+        requests: dict[str, Any],
+        mine: dict[str, JobReport],
+        run_action: RunAction,
+        refused: type[Exception],
+    ) -> None:
+        """Retry the failed tasks of each finished job here whose request asks for a rerun."""
+        for request_id, known in mine.items():
+            try:
+                wanted = JobRequest.from_dict(requests.get(request_id)).reruns
+            except ValueError:
+                continue  # withdrawn, or refused when it was launched
+            if wanted <= known.reruns or not known.job or not known.finished or known.lost:
+                continue
+            try:
+                run_action("retry-job", RetryJobParams(job=known.job))
+            except refused as err:  # e.g. no task failed: said once, not asked again
+                logger.warning("compute-jobs: %s: retry-job refused: %s", request_id, err)
+                mine[request_id] = dataclasses.replace(
+                    known, reruns=wanted, reason=f"retry-job: {err}"
+                )
+                continue
+            logger.info(
+                "compute-jobs: %s: job %s runs its failed tasks again", request_id, known.job
+            )
+            mine[request_id] = dataclasses.replace(known, state="queued", reruns=wanted, reason="")
+
     def _refresh(
         self, mine: dict[str, JobReport], run_action: RunAction, refused: type[Exception]
     ) -> None:
@@ -317,6 +346,8 @@ class ComputeJobsServer:
                 failed_indexes=status["failed-indexes"],
                 results_dir=known.results_dir,
                 host=self._unit_name,
+                reason=known.reason,
+                reruns=known.reruns,
             )
 
     @property

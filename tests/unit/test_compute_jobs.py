@@ -79,6 +79,11 @@ class FakeLedger:
         self.calls.append((action, getattr(params, "job", "") or params.command))
         if self.refuse:
             raise FakeActionError(self.refuse)
+        if action == "retry-job":
+            if self.jobs[params.job]["state"] != "failed":
+                raise FakeActionError(f"job {params.job} has no failed task to run again")
+            self.jobs[params.job]["state"] = "queued"
+            return {"job": params.job, "state": "queued"}
         if action == "launch-job":
             job = f"j-{self.next_job}"
             self.next_job += 1
@@ -116,13 +121,30 @@ def provider_context(unit_id: int) -> testing.Context[charm.ContainerComputeChar
     return testing.Context(charm.ContainerComputeCharm, unit_id=unit_id)
 
 
+def update_status_of_unit0(
+    leader: bool, mine: dict[str, Any], requests: dict[str, Any]
+) -> tuple[testing.Relation, testing.State]:
+    """Unit 0 runs the jobs ``mine`` (its own reports) of the portal's ``requests``."""
+    assignments = {k: {"host": UNIT0, "job": v["job"]} for k, v in mine.items()}
+    relation = testing.Relation(
+        "compute-jobs",
+        remote_app_name="portal",
+        remote_app_data=requirer_data(requests),
+        local_app_data={"version": "1", "jobs": json.dumps(assignments)} if leader else {},
+        local_unit_data={"version": "1", "jobs": json.dumps(mine)},
+    )
+    ctx = provider_context(0)
+    state = testing.State(leader=leader, relations={relation, testing.PeerRelation("cluster")})
+    return relation, ctx.run(ctx.on.update_status(), state)
+
+
 @pytest.fixture
 def portal() -> testing.Context[PortalCharm]:
     return testing.Context(PortalCharm, meta=REQUIRER_META, actions=REQUIRER_ACTIONS)
 
 
 def test_library_metadata() -> None:
-    assert compute_jobs.LIBAPI == 0 and compute_jobs.LIBPATCH == 3
+    assert compute_jobs.LIBAPI == 0 and compute_jobs.LIBPATCH == 4
     assert compute_jobs.LIBID == "01aad22c62b94e5abf79a5ed235d6d29" and compute_jobs.PYDEPS == []
     assert compute_jobs.VERSION == "1"
     assert "Usage in a requiring charm" in (compute_jobs.__doc__ or "")
@@ -289,19 +311,10 @@ def test_every_unit_refreshes_the_jobs_it_runs_and_never_relaunches(
         "good": {"host": UNIT0, "job": "j-1", "state": "running"},
         "over": {"host": UNIT0, "job": "j-2", "state": "failed"},  # finished: not asked again
     }
-    assignments = {k: {"host": UNIT0, "job": v["job"]} for k, v in mine.items()}
-    relation = testing.Relation(
-        "compute-jobs",
-        remote_app_name="portal",
-        remote_app_data=requirer_data({k: {"command": "echo hi"} for k in mine}),
-        local_app_data={"version": "1", "jobs": json.dumps(assignments)} if leader else {},
-        local_unit_data={"version": "1", "jobs": json.dumps(mine)},
-    )
-    peers = testing.PeerRelation("cluster")
-    ctx = provider_context(0)
-    state = testing.State(leader=leader, relations={relation, peers})
-    out = ctx.run(ctx.on.update_status(), state)
+    requests = {k: {"command": "echo hi"} for k in mine}
+    relation, out = update_status_of_unit0(leader, mine, requests)
     served = out.get_relation(relation.id)
+    assignments = {k: {"host": UNIT0, "job": v["job"]} for k, v in mine.items()}
     report = jobs_of(served.local_unit_data)
     assert report["good"]["state"] == "succeeded" and report["good"]["completed-indexes"] == "0-1"
     assert report["over"] == mine["over"]
@@ -395,3 +408,50 @@ def test_a_request_picks_its_isolation(isolation: str, expected: str) -> None:
 def test_a_request_with_an_unknown_isolation_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match=r"^isolation: "):
         relations.launch_params({"command": "true", "isolation": "vm"})
+
+
+def test_the_leader_asks_for_a_rerun_of_a_request(portal: testing.Context[PortalCharm]) -> None:
+    relation = testing.Relation(
+        "compute-jobs",
+        local_app_data=requirer_data({"sweep": {"command": "echo hi", "tasks": 4}}),
+    )
+    state = testing.State(leader=True, relations={relation})
+    with portal(portal.on.update_status(), state) as manager:
+        manager.charm.jobs.rerun("sweep")
+        with pytest.raises(InvalidRequestError, match="'nope': no such request"):
+            manager.charm.jobs.rerun("nope")
+        out = manager.run()
+    requests = json.loads(out.get_relation(relation.id).local_app_data["requests"])
+    assert requests == {"sweep": {"command": "echo hi", "tasks": 4, "reruns": 1}}
+
+
+@pytest.mark.parametrize("leader", [True, False])
+def test_the_unit_running_a_finished_job_reruns_its_failed_tasks_once(
+    library: Library, monkeypatch: pytest.MonkeyPatch, leader: bool
+) -> None:
+    ledger = FakeLedger().install(monkeypatch, library)
+    ledger.jobs["j-1"] = {"state": "failed", "tasks": 2, "done": "0"}
+    ledger.jobs["j-2"] = {"state": "succeeded", "tasks": 2, "done": "0-1"}
+    ledger.jobs["j-3"] = {"state": "running", "tasks": 2, "done": ""}
+    mine = {
+        "sweep": {"host": UNIT0, "job": "j-1", "state": "failed"},
+        "done": {"host": UNIT0, "job": "j-2", "state": "succeeded", "reruns": 1},
+        "busy": {"host": UNIT0, "job": "j-3", "state": "running"},
+    }
+    requests = {
+        "sweep": {"command": "echo hi", "reruns": 1},
+        "done": {"command": "echo hi", "reruns": 1},  # already done: not again
+        "busy": {"command": "echo hi", "reruns": 1},  # not finished: not yet
+    }
+    relation, out = update_status_of_unit0(leader, mine, requests)
+
+    assert ("retry-job", "j-1") in ledger.calls
+    assert [c for c in ledger.calls if c[0] == "retry-job"] == [("retry-job", "j-1")]
+    report = jobs_of(out.get_relation(relation.id).local_unit_data)
+    assert report["sweep"]["reruns"] == 1 and report["done"]["reruns"] == 1
+    assert "reruns" not in report["busy"]
+
+    ledger.calls.clear()  # the next hook: nothing asked twice
+    ctx = provider_context(0)
+    ctx.run(ctx.on.update_status(), out)
+    assert not [c for c in ledger.calls if c[0] == "retry-job"]

@@ -224,10 +224,8 @@ def test_two_requirers_with_the_same_request_id_get_two_jobs(
         relation.remote_app_name: jobs_of(state.get_relation(relation.id).local_app_data)
         for relation in (first, second)
     }
-    assert {name: j["sweep"]["job"] for name, j in jobs.items()} == {
-        "portal": "j-1",
-        "workflow": "j-2",
-    }
+    # which relation the leader serves first is the model's order, not the test's
+    assert sorted(j["sweep"]["job"] for j in jobs.values()) == ["j-1", "j-2"]
     for relation in (first, second):
         report = jobs_of(state.get_relation(relation.id).local_unit_data)
         assert report["sweep"]["job"] == jobs[relation.remote_app_name]["sweep"]["job"]

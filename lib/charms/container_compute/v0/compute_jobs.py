@@ -36,7 +36,8 @@ charms.container_compute.v0.compute_jobs``)::
             if self.jobs.version_error:  # the provider speaks another protocol version
                 event.add_status(ops.BlockedStatus(self.jobs.version_error))
 
-Only the requirer's LEADER can submit (application databag). ``reports()`` gives every request's
+Only the requirer's LEADER can submit (application databag); ``rerun(request_id)`` asks for
+the failed tasks of a finished job to run again. ``reports()`` gives every request's
 report at any time. ``job_lost`` means the unit that ran the job left for good (or the job's
 record is gone from it): ``report.reason`` says which; ``lost`` is final, like ``succeeded``.
 The provider's side (``ComputeJobsProvides``) is used by container-compute itself. The library
@@ -69,7 +70,7 @@ import ops
 
 LIBID = "01aad22c62b94e5abf79a5ed235d6d29"
 LIBAPI = 0
-LIBPATCH = 3
+LIBPATCH = 4
 PYDEPS: list[str] = []
 
 __all__ = [
@@ -125,6 +126,10 @@ class JobRequest:
     # "sandbox" (a fresh sandbox per task in warm workers) or "container" (a fresh worker per
     # task); "": the provider's default, sandbox.
     isolation: str = ""
+    # How many times the failed, timed-out and cancelled tasks of the finished job are to be
+    # run again in the same job (container-compute's retry-job): ``rerun`` raises it by one;
+    # the report's ``reruns`` says how many the provider did.
+    reruns: int = 0
 
     def __post_init__(self) -> None:
         """Check the type of every field (the provider checks the values)."""
@@ -178,6 +183,7 @@ class JobReport:
     host: str = ""
     error: str = ""
     reason: str = ""
+    reruns: int = 0
 
     @property
     def finished(self) -> bool:
@@ -340,6 +346,24 @@ class ComputeJobsRequires(ops.Object):
         requests = _load_object(databag, REQUESTS_KEY)
         requests[request_id] = request.to_dict()
         _write(databag, VERSION_KEY, VERSION)
+        databag[REQUESTS_KEY] = json.dumps(requests, sort_keys=True)
+
+    def rerun(self, request_id: str) -> None:
+        """Run the failed tasks of a request's finished job again (leader only).
+
+        The provider reruns them once the job has finished; the report's ``reruns`` then
+        counts it and the job's state, counts and index ranges say the new truth.
+
+        Raises:
+            InvalidRequestError: no such request.
+            RuntimeError: without the relation, or when this unit is not the leader.
+        """
+        databag = self._app_databag()
+        requests = _load_object(databag, REQUESTS_KEY)
+        if request_id not in requests:
+            raise InvalidRequestError(f"request id {request_id!r}: no such request")
+        request = JobRequest.from_dict(requests[request_id])
+        requests[request_id] = dataclasses.replace(request, reruns=request.reruns + 1).to_dict()
         databag[REQUESTS_KEY] = json.dumps(requests, sort_keys=True)
 
     def withdraw(self, request_id: str) -> None:
