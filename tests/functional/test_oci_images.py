@@ -7,10 +7,6 @@ blob whose digest is wrong, layers that climb out of the root, an image over the
 no /bin/sh, a USER) are refused with a message and import nothing.
 """
 
-import gzip
-import hashlib
-import io
-import json
 import shutil
 import socket
 import subprocess
@@ -26,113 +22,25 @@ import pytest
 from container_compute import actions
 from container_compute.actions.images import BuildWorkerImageParams
 from container_compute.config import HostConfig
-from container_compute.constants import BUSYBOX_BIN, SKOPEO
+from container_compute.constants import SKOPEO
 from container_compute.errors import ActionError
 from container_compute.host import images, oci
 from container_compute.jobs.params import LaunchJobParams
 from container_compute.lxdclient import connect
-from container_compute.rootfs import busybox_rootfs
+
+from ..oci_layout import (
+    COMMAND,
+    EXPECTED,
+    IMAGE_CONFIG,
+    base_layer,
+    file_entry,
+    link_entry,
+    tar_of,
+    top_layer,
+    write_layout,
+)
 
 pytestmark = pytest.mark.functional
-
-COMMAND = (
-    'pwd; echo "$GREETING $OVERRIDE"; cat hello.txt; ls /data/old; '
-    "test -e /etc/removed.txt && echo whiteout-ignored; true"
-)
-EXPECTED = "/app\nfrom-image job\nhello\nc.txt\n"
-
-
-def _tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for info, data in entries:
-            info.size = len(data) if data is not None else 0
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buffer.getvalue()
-
-
-def _file(name: str, data: bytes, mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.mode = mode
-    return info, data
-
-
-def _entry(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, None]:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = linkname
-    info.mode = 0o755
-    return info, None
-
-
-def base_layer(tmp: Path) -> bytes:
-    """A busybox root with the files the second layer removes."""
-    root = tmp / "base-root"
-    busybox_rootfs(root, BUSYBOX_BIN)
-    (root / "etc" / "removed.txt").write_text("gone in layer 2\n")
-    (root / "data" / "old").mkdir(parents=True)
-    for name in ("a.txt", "b.txt"):
-        (root / "data" / "old" / name).write_text(name)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for child in sorted(root.iterdir()):
-            tar.add(child, arcname=child.name)
-    return buffer.getvalue()
-
-
-def top_layer() -> bytes:
-    return _tar(
-        [
-            _file("etc/.wh.removed.txt", b""),
-            _file("data/old/.wh..wh..opq", b""),
-            _file("data/old/c.txt", b"c"),
-            _entry("app", tarfile.DIRTYPE),
-            _file("app/hello.txt", b"hello\n"),
-        ]
-    )
-
-
-def write_layout(path: Path, layers: list[bytes], config: dict[str, Any], tag: str = "v1") -> Path:
-    """An OCI image layout of gzipped ``layers`` and ``config`` (its ``config`` object)."""
-    blobs = path / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def blob(data: bytes, media_type: str) -> dict[str, Any]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-    gzipped = [gzip.compress(layer, mtime=0) for layer in layers]
-    image_config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": config,
-        "rootfs": {
-            "type": "layers",
-            "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers],
-        },
-    }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": blob(
-            json.dumps(image_config).encode(), "application/vnd.oci.image.config.v1+json"
-        ),
-        "layers": [blob(g, "application/vnd.oci.image.layer.v1.tar+gzip") for g in gzipped],
-    }
-    entry = blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
-    entry["annotations"] = {"org.opencontainers.image.ref.name": tag}
-    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
-    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    return path
-
-
-IMAGE_CONFIG = {
-    "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=from-image", "OVERRIDE=image"],
-    "WorkingDir": "/app",
-    "Entrypoint": ["/bin/sh", "-c"],
-    "Cmd": ["echo ready"],
-}
 
 
 @pytest.fixture(scope="module")
@@ -320,10 +228,10 @@ def test_bad_sources_are_refused_and_import_nothing(
 ) -> None:
     before = aliases(configured_host)
     top_layers = {
-        "dot-dot": [_file("../escape", b"x")],
-        "absolute-hardlink": [_entry("etc/h", tarfile.LNKTYPE, "/etc/shadow")],
-        "climbing-symlink": [_entry("etc/up", tarfile.SYMTYPE, "../../../host")],
-        "no-shell": [_file("bin/.wh.sh", b"")],
+        "dot-dot": [file_entry("../escape", b"x")],
+        "absolute-hardlink": [link_entry("etc/h", tarfile.LNKTYPE, "/etc/shadow")],
+        "climbing-symlink": [link_entry("etc/up", tarfile.SYMTYPE, "../../../host")],
+        "no-shell": [file_entry("bin/.wh.sh", b"")],
     }
     if case == "missing":
         source = f"docker-archive:{tmp_path / 'absent.tar'}"
@@ -333,7 +241,7 @@ def test_bad_sources_are_refused_and_import_nothing(
         config = {**IMAGE_CONFIG, "User": "nobody"}
         source = f"oci:{_with_top_layer(tmp_path, top_layer(), config)}:v1"
     else:
-        source = f"oci:{_with_top_layer(tmp_path, _tar(top_layers[case]), IMAGE_CONFIG)}:v1"
+        source = f"oci:{_with_top_layer(tmp_path, tar_of(top_layers[case]), IMAGE_CONFIG)}:v1"
 
     with pytest.raises((ActionError, ValueError)) as refused:
         build(configured_host, source, f"bad-{case}")

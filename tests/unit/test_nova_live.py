@@ -9,6 +9,7 @@ rebuild, byte for byte, the start of what the task wrote.
 import dataclasses
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -60,23 +61,42 @@ def test_a_line_that_only_looks_like_one_is_ignored() -> None:
     assert live_bytes(console, TAG, "stdout", 0, 1000) == b""
 
 
-def _shells() -> list[list[str]]:
-    shells = [["/bin/sh"]]
-    busybox = shutil.which("busybox")
-    if busybox:
-        shells.append([busybox, "sh"])
+def _shells() -> list[tuple[str, ...]]:
+    """dash, and busybox sh with only busybox's tools (as the Nova worker image has them)."""
+    shells: list[tuple[str, ...]] = [("/bin/sh",)]
+    if shutil.which("busybox"):
+        shells.append(("busybox", "sh"))
     return shells
 
 
-def _runnable_script(tmp_path: Path, command: str) -> tuple[Path, Path]:
-    """The task script, its console in a file and its work in ``tmp_path``, never powering off."""
+def _busybox_tools(directory: Path) -> Path:
+    """A directory of busybox's applets, for the script's PATH."""
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    directory.mkdir(exist_ok=True)
+    applets = subprocess.run([busybox, "--list"], check=True, capture_output=True, text=True)
+    for applet in applets.stdout.split():
+        (directory / applet).symlink_to(busybox)
+    return directory
+
+
+def _runnable_script(
+    tmp_path: Path, command: str, shell: tuple[str, ...] = ("/bin/sh",)
+) -> tuple[list[str], Path]:
+    """The task script run by ``shell``, its console a file, its work in ``tmp_path``.
+
+    It never powers off; run by busybox, its PATH has busybox's tools only.
+    """
     results = tmp_path / "results"
     spec = dataclasses.replace(SPEC, command=command, env={"RESULTS_DIR": str(results)})
     script = payload.user_data(spec, cap_bytes=64 * 1024, linger_seconds=0)
     console = tmp_path / "console"
+    path_line = "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    tools = _busybox_tools(tmp_path / "tools") if shell[0] == "busybox" else None
     for old, new in (
         ("exec 3>/dev/console", f"exec 3>{console}"),
         ("cc_dir=/run/cc-$cc_tag", f"cc_dir={tmp_path}/cc"),
+        (path_line, f"export PATH={tools}" if tools else path_line),
     ):
         assert script.count(old) == 1, old
         script = script.replace(old, new)
@@ -84,18 +104,29 @@ def _runnable_script(tmp_path: Path, command: str) -> tuple[Path, Path]:
     assert "poweroff" not in script
     path = tmp_path / "task.sh"
     path.write_text(script)
-    return path, console
+    return [shutil.which(shell[0]) or shell[0], *shell[1:], str(path)], console
 
 
-@pytest.mark.parametrize("shell", _shells(), ids=lambda shell: " ".join(shell).rsplit("/", 1)[-1])
-def test_the_script_mirrors_whole_lines_of_both_streams(tmp_path: Path, shell: list[str]) -> None:
+@pytest.mark.parametrize("shell", _shells(), ids=lambda shell: shell[0].rsplit("/", 1)[-1])
+def test_the_script_mirrors_whole_lines_of_both_streams_live(
+    tmp_path: Path, shell: tuple[str, ...]
+) -> None:
     command = (
-        "echo first; echo oops >&2; sleep 1.5; printf 'th\\303\\251 \\\\ %%s\\n'; "
+        "echo first; echo oops >&2; sleep 3; printf 'th\\303\\251 \\\\ %%s\\n'; "
         "i=0; while [ $i -lt 400 ]; do printf '%099d\\n' $i; i=$((i+1)); done; "
         "sleep 2; printf partial"
     )
-    path, console = _runnable_script(tmp_path, command)
-    subprocess.run([*shell, str(path)], check=True, capture_output=True, timeout=60)
+    argv, console = _runnable_script(tmp_path, command, shell)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = f"CC-LIVE {TAG} stdout 0 first\n"
+        deadline = time.monotonic() + 2.5  # before the command's first sleep ends
+        while first not in (console.read_text() if console.exists() else ""):
+            assert time.monotonic() < deadline, "the first line was not mirrored while it ran"
+            time.sleep(0.05)
+        assert process.poll() is None  # live: the task still runs
+    finally:
+        assert process.wait(60) == 0
 
     stdout = (tmp_path / "cc" / "pack" / "stdout").read_bytes()
     text = console.read_text(errors="replace")
@@ -114,8 +145,8 @@ def test_the_script_mirrors_whole_lines_of_both_streams(tmp_path: Path, shell: l
 
 def test_a_task_that_ends_at_once_leaves_no_mirror_behind(tmp_path: Path) -> None:
     for shell in _shells():
-        path, console = _runnable_script(tmp_path, "true")
+        argv, console = _runnable_script(tmp_path, "true", shell)
         for _ in range(10):  # the mirrors' start races the command's end
-            subprocess.run([*shell, str(path)], check=True, capture_output=True, timeout=20)
+            subprocess.run(argv, check=True, capture_output=True, timeout=20)
         found = payload.parse_console(console.read_text(), TAG)
         assert found.state == payload.PayloadState.COMPLETE

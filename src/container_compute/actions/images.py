@@ -1,5 +1,6 @@
 """The build-worker-image action: a worker image built offline, imported into LXD or Glance."""
 
+import json
 import re
 import tempfile
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import HostConfig
+from ..constants import IMAGE_CONFIG_PROPERTY
 from ..errors import ActionError
 from ..host.oci import ImageRefusedError, OciSource, parse_source
 from ..jobs.params import ActionParams, fail, param
@@ -71,8 +73,8 @@ class BuildWorkerImageParams(ActionParams):
         if self.mirror and not _MIRROR_RE.match(self.mirror):
             fail("mirror", f"{self.mirror!r} is not an http(s):// or file:// URL")
 
-        if self.target == "nova" and self.source != "busybox":
-            fail("source", "target=nova builds busybox images only")
+        if self.target == "nova" and self.source == "debootstrap":
+            fail("source", "target=nova builds busybox images and images from OCI sources")
         for url in self.metadata_urls:
             if not _URL_RE.match(url):
                 fail("metadata-url", f"{url!r} is not an http(s) URL")
@@ -103,24 +105,39 @@ class BuildWorkerImageParams(ActionParams):
 def build_nova_image(
     params: BuildWorkerImageParams, config: HostConfig, state_dir: Path
 ) -> dict[str, Any]:
-    """Build a raw busybox worker image and upload it to Glance; return the image report."""
+    """Build a raw worker image (busybox, or an OCI source) and upload it to Glance."""
     from ..backends.nova import image as nova_image
+    from ..host import oci
     from ..identity import CLOUDS_FILE_NAME, IdentityError, session_from_clouds_yaml
 
     name = params.alias or config.nova_image or "container-compute-worker"
     urls = params.metadata_urls or nova_image.DEFAULT_METADATA_URLS
+    source = params.oci_source
     try:
         session, region = session_from_clouds_yaml(state_dir / CLOUDS_FILE_NAME)
         with tempfile.TemporaryDirectory(prefix="cc-build-") as work:
-            raw = nova_image.build_raw_image(Path(work) / "worker.raw", urls)
-            report = nova_image.upload(session, raw, name, region)
+            root, image_config = None, None
+            if source is not None:
+                root, image_config = oci.unpacked_root(source, Path(work))
+            raw = nova_image.build_raw_image(Path(work) / "worker.raw", urls, root)
+            properties = (
+                {IMAGE_CONFIG_PROPERTY: json.dumps(image_config.to_dict())}
+                if (image_config is not None)
+                else {}
+            )
+            report = nova_image.upload(session, raw, name, region, properties)
     except IdentityError as err:
         raise ActionError(f"build-worker-image (nova): {err}") from err
+    except oci.ImageRefusedError as err:
+        raise ActionError(f"build-worker-image: {err}; nothing was uploaded") from err
     except Exception as err:
         raise ActionError(
             f"build-worker-image (nova) failed: {type(err).__name__}: {err}"
         ) from err
-    return report.to_dict()
+    result = {**report.to_dict(), "source": params.source}
+    if image_config is not None:
+        result["image-config"] = image_config.to_dict()
+    return result
 
 
 def build_worker_image(

@@ -31,7 +31,7 @@ from ..constants import (
     INPUT_DIR_IN_WORKER,
     RESULTS_DIR_IN_WORKER,
 )
-from ..rootfs import busybox_rootfs
+from ..rootfs import add_worker_needs, busybox_rootfs
 from . import oci
 
 
@@ -256,42 +256,6 @@ def build_debootstrap_image(
     return import_image(client, alias, metadata, rootfs, f"debootstrap {suite}")
 
 
-# An OCI image's own init is not meant to run a worker: ours sleeps and reaps orphans with a
-# static busybox of the host's kept apart in /.cc (the image's tools stay its own).
-OCI_TOOLS_DIR = ".cc"
-_OCI_INIT = (
-    "#!/.cc/busybox sh\ntrap '' TERM HUP\nwhile :; do /.cc/busybox sleep 3600 & wait; done\n"
-)
-
-
-def add_worker_needs(root: Path, busybox: str = BUSYBOX_BIN) -> None:
-    """Give an unpacked image what a worker needs: its directories, /.cc/busybox, an init.
-
-    Any of those paths that is a link in the image is replaced, so nothing is written
-    through a link to outside ``root``.
-    """
-    for directory in (RESULTS_DIR_IN_WORKER, INPUT_DIR_IN_WORKER, "/run", "/tmp", "/dev"):
-        _real_dir(root, directory.lstrip("/"))
-    (root / "tmp").chmod(0o1777)
-    tools = _real_dir(root, OCI_TOOLS_DIR)
-    (tools / "busybox").write_bytes(Path(busybox).read_bytes())
-    (tools / "busybox").chmod(0o755)
-    init = _real_dir(root, "sbin") / "init"
-    if init.is_symlink() or init.exists():
-        init.unlink()
-    init.write_text(_OCI_INIT)
-    init.chmod(0o755)
-
-
-def _real_dir(root: Path, relative: str) -> Path:
-    """``root/relative`` as a real directory of the image (a link there is replaced)."""
-    path = root / relative
-    if path.is_symlink():
-        path.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def build_oci_image(
     client: pylxd.Client,
     alias: str,
@@ -307,12 +271,7 @@ def build_oci_image(
     """
     architecture = client.host_info["environment"]["architectures"][0]
     with tempfile.TemporaryDirectory(prefix="cc-oci-") as tmp:
-        layout = Path(tmp) / "layout"
-        oci.fetch(source, layout)
-        config, layers = oci.read_manifest(layout)
-        oci.check_layers(layers, max_bytes)
-        root = oci.unpack(layout, Path(tmp) / "bundle")
-        oci.check_runnable(root, config)
+        root, config = oci.unpacked_root(source, Path(tmp), max_bytes)
         add_worker_needs(root, busybox)
         rootfs = _tree_tar(root)
     properties = {IMAGE_CONFIG_PROPERTY: json.dumps(config.to_dict(), sort_keys=True)}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..constants import SKOPEO, UMOCI
+from ..rootfs import MAX_LINKS, in_root
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker")
 LOCAL_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
@@ -63,7 +64,7 @@ class OciSource:
         """The source as skopeo takes it (TLS off only for a registry on this loopback)."""
         args = []
         if self.transport == "docker":
-            host = self.reference.split("/", 1)[0].rsplit(":", 1)[0]
+            host = self.reference.removeprefix("//").split("/", 1)[0].rsplit(":", 1)[0]
             if host in _LOOPBACK:
                 args.append("--src-tls-verify=false")
         return [*args, f"{self.transport}:{self.reference}"]
@@ -258,27 +259,40 @@ def check_runnable(root: Path, config: ImageConfig) -> None:
             f"the image runs as user {config.user!r}: tasks run as root of their unprivileged "
             "worker (its uid is not the host's root); rebuild the image without USER"
         )
-    if not _exists_in(root, "bin/sh"):
+    if not exists_in_root(root, "bin/sh"):
         raise ImageRefusedError(
             "the image has no /bin/sh (a distroless image?): the task launcher needs a POSIX "
             "shell; build it FROM an image with one (busybox, debian, alpine...)"
         )
 
 
-def _exists_in(root: Path, relative: str, depth: int = 0) -> bool:
-    """Whether ``relative`` exists in ``root``, links resolved inside ``root``."""
-    if depth > 16:
-        return False
-    path = root
-    parts = relative.strip("/").split("/")
-    for number, part in enumerate(parts):
-        path = path / part
-        if path.is_symlink():
+def exists_in_root(root: Path, relative: str) -> bool:
+    """Whether ``relative`` names something in ``root``, links followed inside it."""
+    try:
+        path = in_root(root, relative)
+        for _ in range(MAX_LINKS):
+            if not path.is_symlink():
+                return path.exists()
             target = str(path.readlink())
-            base = "" if target.startswith("/") else "/".join(parts[:number])
-            rest = "/".join(parts[number + 1 :])
-            joined = posixpath.normpath(posixpath.join("/", base, target, rest))
-            return _exists_in(root, joined, depth + 1)
-        if not path.exists():
-            return False
-    return True
+            parent = "/" + str(path.parent.relative_to(root))
+            path = in_root(root, target if target.startswith("/") else f"{parent}/{target}")
+    except ValueError:
+        pass
+    return False
+
+
+def unpacked_root(
+    source: OciSource, work: Path, max_bytes: int = MAX_IMAGE_BYTES
+) -> tuple[Path, ImageConfig]:
+    """Fetch, check and unpack ``source`` in ``work``; return its rootfs and its config.
+
+    Raises:
+        ImageRefusedError: the source, a layer or the image cannot be a worker.
+    """
+    layout = work / "layout"
+    fetch(source, layout)
+    config, layers = read_manifest(layout)
+    check_layers(layers, max_bytes)
+    root = unpack(layout, work / "bundle")
+    check_runnable(root, config)
+    return root, config

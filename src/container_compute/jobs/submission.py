@@ -136,15 +136,23 @@ class JobSubmitter:
             return f"disk {disk}: could not tell whether the worker pool enforces it ({err})"
 
     def image_config(self, backend_name: str, image: str) -> dict[str, Any] | None:
-        """The config an OCI worker image carries (Env, WorkingDir...); None: it has none."""
+        """The config an OCI worker image carries (Env, WorkingDir...); None: it has none.
+
+        Asks the backend's ``image_config`` method when it has one (Nova: Glance), else LXD.
+        """
         from ..backends.lxd import LXDBackend, image_config
 
-        if not isinstance(self.backend(backend_name), LXDBackend):
-            return None
+        backend = self.backend(backend_name)
+        method = getattr(backend, "image_config", None)
         try:
-            return image_config(self.config, image)
+            if callable(method):
+                found = method(image)
+                return found if isinstance(found, dict) else None
+            if isinstance(backend, LXDBackend):
+                return image_config(self.config, image)
         except Exception as err:
-            raise ActionError(f"image: cannot read {image!r} from LXD: {err}") from err
+            raise ActionError(f"image: cannot read {image!r} ({backend_name}): {err}") from err
+        return None
 
     def validate_nova(self, params: LaunchJobParams) -> tuple[str, list[str]]:
         """Check a job for the Nova backend; return its image and notes on the flavor.
@@ -227,9 +235,9 @@ class JobSubmitter:
             note = self.disk_note(backend_name, params.disk or self.config.worker_disk)
             if note:
                 recorded["disk_note"] = note
-            image_config = self.image_config(backend_name, image)
-            if image_config:
-                recorded[IMAGE_CONFIG] = image_config
+        image_config = self.image_config(backend_name, image)
+        if image_config:
+            recorded[IMAGE_CONFIG] = image_config
         recorded["backend-options"] = params.backend_options
         if notes:
             recorded["notes"] = notes

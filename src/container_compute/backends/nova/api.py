@@ -5,6 +5,7 @@ client supports. Nova's errors become messages a user can act on: which flavor, 
 network or zone is unknown, that a quota is exhausted, a server's fault.
 """
 
+import json
 import logging
 import re
 import threading
@@ -16,7 +17,7 @@ from keystoneauth1 import session as ks_session
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exceptions
 
-from ...constants import REDACTED
+from ...constants import IMAGE_CONFIG_PROPERTY, REDACTED
 from .. import LaunchError
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,17 @@ class NovaApi:
                 ) from None
             self._images[name_or_id] = found.id
         return self._images[name_or_id]
+
+    def image_config(self, name_or_id: str) -> dict[str, Any] | None:
+        """The OCI config a Glance image built from an OCI source carries; None: none."""
+        from keystoneauth1 import adapter
+
+        glance = adapter.Adapter(
+            self.session, service_type="image", interface="public", region_name=self.region or None
+        )
+        image_id = self.image(name_or_id)
+        text = glance.get(f"/v2/images/{image_id}").json().get(IMAGE_CONFIG_PROPERTY)
+        return json.loads(text) if text else None
 
     def network(self, name_or_id: str) -> str:
         """The id of the Neutron network with this id or name.

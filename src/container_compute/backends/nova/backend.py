@@ -84,6 +84,10 @@ class NovaBackend:
             return False
         return True
 
+    def image_config(self, image: str) -> dict[str, Any] | None:
+        """The OCI config the Glance image carries (Env, WorkingDir...); None: it has none."""
+        return self.api.image_config(image)
+
     def check_launch(self, options: dict[str, str]) -> list[str]:
         """Check a job's flavor, image, network and zone; return notes on the flavor.
 

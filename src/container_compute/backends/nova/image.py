@@ -14,12 +14,18 @@ from typing import Any
 
 from ...constants import BUSYBOX_BIN
 from ...rendering import render
-from ...rootfs import busybox_rootfs
+from ...rootfs import OCI_TOOLS_DIR, add_worker_needs, busybox_rootfs
 
 MKFS_EXT4 = "/sbin/mkfs.ext4"
 DEFAULT_METADATA_URLS = ("http://169.254.169.254",)
 IMAGE_SIZE_MIB = 32
 FETCH_ATTEMPTS = 60
+# What our init and task script use, as busybox gives them in an OCI image's /.cc/bin: the
+# init puts them first in its PATH, the task script last (where the image lacks a tool).
+NOVA_APPLETS = (
+    "mount", "wget", "head", "tail", "chmod", "sleep", "cat", "mkdir", "base64", "sha256sum",
+    "wc", "tr", "tar", "gzip", "cut", "sed", "poweroff", "halt", "kill",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,12 +45,16 @@ class GlanceImageReport:
             "id": self.image_id,
             "size-bytes": self.size_bytes,
             "changed": self.changed,
-            "source": "busybox",
         }
 
 
-def build_raw_image(target: Path, metadata_urls: tuple[str, ...] = DEFAULT_METADATA_URLS) -> Path:
+def build_raw_image(
+    target: Path, metadata_urls: tuple[str, ...] = DEFAULT_METADATA_URLS, root: Path | None = None
+) -> Path:
     """Build the raw ext4 image at ``target``; return it.
+
+    ``root``: an unpacked OCI image to make it from (given its own init and a static busybox
+    in /.cc, its tools left as they are); None: the busybox root.
 
     Raises:
         FileNotFoundError: busybox-static or mkfs.ext4 is missing on the host.
@@ -53,23 +63,45 @@ def build_raw_image(target: Path, metadata_urls: tuple[str, ...] = DEFAULT_METAD
         if not Path(tool).exists():
             raise FileNotFoundError(f"{tool} is missing (install busybox-static and e2fsprogs)")
     with tempfile.TemporaryDirectory(prefix="cc-nova-image-") as staging:
-        root = Path(staging)
-        busybox_rootfs(root, BUSYBOX_BIN)
-        init = root / "sbin" / "init"
-        init.unlink(missing_ok=True)  # busybox's init applet link: ours fetches the user-data
-        init.write_text(
-            render("nova-init.sh.j2", metadata_urls=list(metadata_urls), attempts=FETCH_ATTEMPTS)
-        )
-        init.chmod(0o755)
+        if root is None:
+            root = Path(staging)
+            busybox_rootfs(root, BUSYBOX_BIN)
+            init = root / "sbin" / "init"
+            init.unlink(missing_ok=True)  # busybox's init applet link: ours fetches user-data
+            init.write_text(_init(metadata_urls, "/bin/sh", ""))
+            init.chmod(0o755)
+        else:
+            shell, tools = f"/{OCI_TOOLS_DIR}/busybox sh", f"/{OCI_TOOLS_DIR}/bin:"
+            bin_dir = add_worker_needs(root, BUSYBOX_BIN, _init(metadata_urls, shell, tools))
+            (bin_dir / "bin").mkdir(exist_ok=True)
+            for applet in NOVA_APPLETS:
+                (bin_dir / "bin" / applet).symlink_to("../busybox")
         target.unlink(missing_ok=True)
         with target.open("wb") as image:
-            image.truncate(IMAGE_SIZE_MIB << 20)
+            image.truncate(_image_bytes(root))
         subprocess.run(
             [MKFS_EXT4, "-q", "-F", "-L", "cc-worker", "-d", str(root), str(target)],
             check=True,
             capture_output=True,
         )
     return target
+
+
+def _init(metadata_urls: tuple[str, ...], shell: str, tools: str) -> str:
+    """Our init, which fetches the user-data: run by ``shell``, ``tools`` first in its PATH."""
+    return render(
+        "nova-init.sh.j2",
+        metadata_urls=list(metadata_urls),
+        attempts=FETCH_ATTEMPTS,
+        shell=shell,
+        tools=tools,
+    )
+
+
+def _image_bytes(root: Path) -> int:
+    """The filesystem's size: what ``root`` holds, half as much again, at least 32 MiB."""
+    used = sum(p.lstat().st_size for p in root.rglob("*"))
+    return max(IMAGE_SIZE_MIB << 20, (used * 3 // 2 + (16 << 20)) & ~((1 << 20) - 1))
 
 
 def _sha512(path: Path) -> str:
@@ -80,10 +112,17 @@ def _sha512(path: Path) -> str:
     return digest.hexdigest()
 
 
-def upload(session: Any, path: Path, name: str, region: str = "") -> GlanceImageReport:
+def upload(
+    session: Any,
+    path: Path,
+    name: str,
+    region: str = "",
+    properties: dict[str, str] | None = None,
+) -> GlanceImageReport:
     """Upload a raw image to Glance as ``name``; an identical one already there is kept.
 
-    An older image of that name (other content) is deleted once the new one is active.
+    ``properties`` are set on the new image (an OCI image's config). An older image of that
+    name (other content) is deleted once the new one is active.
     """
     from keystoneauth1 import adapter
 
@@ -103,6 +142,7 @@ def upload(session: Any, path: Path, name: str, region: str = "") -> GlanceImage
             "container_format": "bare",
             "visibility": "private",
             "container-compute": "worker",
+            **(properties or {}),
         },
     ).json()
     with path.open("rb") as data:
