@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 
 from container_compute import actions
+from container_compute.actions.images import BuildWorkerImageParams
 from container_compute.jobs import runner
 from container_compute.jobs.params import JobParams, LaunchJobParams
 
+from ..oci_layout import COMMAND, EXPECTED, IMAGE_CONFIG, base_layer, top_layer, write_layout
 from .conftest import NovaHost
 from .stack import OpenStackStack
 
@@ -151,3 +153,34 @@ def test_quota_exceeded_is_said(stack: OpenStackStack, nova_host: NovaHost) -> N
 
     assert result["state"] == "failed"
     assert "Nova quota exceeded" in result["failures"]["0"]["detail"]
+
+
+def test_a_job_runs_in_an_oci_image_on_nova(
+    stack: OpenStackStack, nova_host: NovaHost, tmp_path: Path
+) -> None:
+    layout = write_layout(tmp_path / "layout", [base_layer(tmp_path), top_layer()], IMAGE_CONFIG)
+    params = BuildWorkerImageParams(
+        source=f"oci:{layout}:v1",
+        target="nova",
+        alias="cc-oci-worker",
+        metadata_url=stack.metadata_url,
+    )
+    built = actions.run_action("build-worker-image", params, nova_host.config, nova_host.state_dir)
+    assert built["image-config"]["working-dir"] == "/app", built
+    assert built["source"] == f"oci:{layout}:v1"
+
+    result = launch(
+        nova_host,
+        command=COMMAND,
+        tasks=2,
+        image="cc-oci-worker",
+        env=["OVERRIDE=job"],
+        wait=True,
+        wait_timeout="10m",
+    )
+
+    assert result["state"] == "succeeded", result
+    for index in range(2):
+        stdout = Path(result["results-dir"]) / str(index) / "stdout"
+        assert stdout.read_text() == EXPECTED
+    assert our_servers(stack) == []

@@ -40,7 +40,7 @@ class BuildWorkerImageParams(ActionParams):
     mirror: str = param("", "debootstrap only: Debian mirror URL. Empty: the host's apt mirror.")
     target: str = param(
         "lxd",
-        "lxd: import into this host's LXD. nova: upload a raw image to Glance (busybox only), "
+        "lxd: import into this host's LXD. nova: upload a raw image to Glance (busybox or OCI), "
         "named by alias (empty: the nova-image option, else container-compute-worker).",
         enum=list(IMAGE_TARGETS),
     )
