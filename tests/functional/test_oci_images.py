@@ -82,7 +82,7 @@ def run_job(config: HostConfig, state_dir: Path, image: str) -> dict[str, Any]:
     return result
 
 
-def test_a_job_runs_in_an_oci_layout_and_a_docker_archive(
+def test_a_job_runs_in_an_oci_layout_a_docker_archive_and_an_oci_archive(
     configured_host: HostConfig,
     state_dir: Path,
     layout: Path,
@@ -95,22 +95,23 @@ def test_a_job_runs_in_an_oci_layout_and_a_docker_archive(
     assert report["image-config"]["cmd"] == ["echo ready"]
     run_job(configured_host, state_dir, "oci-test")
 
-    archive = tmp_path / "image.tar"
-    subprocess.run(
-        [
-            SKOPEO,
-            "--insecure-policy",
-            "copy",
-            "--quiet",
-            f"oci:{layout}:v1",
-            f"docker-archive:{archive}:cc/test:v1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    report = build(configured_host, f"docker-archive:{archive}", "docker-test")
-    assert report["image-config"]["env"][1] == "GREETING=from-image", report
-    run_job(configured_host, state_dir, "docker-test")
+    for kind, tagged in (("docker-archive", ":cc/test:v1"), ("oci-archive", ":v1")):
+        archive = tmp_path / f"{kind}.tar"
+        subprocess.run(
+            [
+                SKOPEO,
+                "--insecure-policy",
+                "copy",
+                "--quiet",
+                f"oci:{layout}:v1",
+                f"{kind}:{archive}{tagged}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        report = build(configured_host, f"{kind}:{archive}", kind)
+        assert report["image-config"]["env"][1] == "GREETING=from-image", report
+        run_job(configured_host, state_dir, kind)
 
 
 REGISTRY_BIN = Path("/usr/bin/docker-registry")
