@@ -23,7 +23,6 @@ from ..constants import SKOPEO, UMOCI
 from ..rootfs import MAX_LINKS, in_root
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker")
-LOCAL_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 MAX_IMAGE_BYTES = 16 << 30  # unpacked, all layers together
 FETCH_TIMEOUT_SECONDS = 1800
 UNPACK_TIMEOUT_SECONDS = 1800
@@ -117,10 +116,6 @@ class ImageConfig:
             cmd=[str(a) for a in inner.get("Cmd") or []],
         )
 
-    def env_dict(self) -> dict[str, str]:
-        """Env as a mapping (a later entry wins, as in a container runtime)."""
-        return dict(entry.split("=", 1) for entry in self.env)
-
     def to_dict(self) -> dict[str, Any]:
         """As recorded in the image's properties and shown in reports."""
         return {
@@ -130,17 +125,6 @@ class ImageConfig:
             "entrypoint": self.entrypoint,
             "cmd": self.cmd,
         }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageConfig":
-        """Read what ``to_dict`` wrote."""
-        return cls(
-            env=list(data.get("env") or []),
-            working_dir=str(data.get("working-dir") or ""),
-            user=str(data.get("user") or ""),
-            entrypoint=list(data.get("entrypoint") or []),
-            cmd=list(data.get("cmd") or []),
-        )
 
 
 def fetch(source: OciSource, layout: Path) -> None:
