@@ -425,9 +425,14 @@ def _our_endpoints() -> dict[str, str]:
     }
 
 
+# Observability charms the guide relates to: their interface and endpoint towards us.
+COS_CHARMS = {"grafana-agent": ("cos_agent", "cos-agent")}
+
+
 def _check_deploy(rest: list[str], apps: dict[str, str]) -> None:
     charm, app = rest[0], rest[1] if len(rest) > 1 and not rest[1].startswith("-") else ""
     known = {spec["charm"] for spec in bundle()["applications"].values()} | {"ubuntu"}
+    known |= set(COS_CHARMS)
     if OUR_CHARM_FILE_RE.match(charm) or charm == "container-compute":
         charm = "container-compute"
     elif LOCAL_CHARM_RE.match(charm):
@@ -449,6 +454,11 @@ def _check_integrate(rest: list[str], apps: dict[str, str]) -> None:
         endpoint = endpoint or other_endpoint  # juju picks the endpoint of the same name
         if endpoint not in ours:
             raise GuideError(f"juju integrate: {app} has no endpoint {endpoint!r}")
+        if apps[other] in COS_CHARMS:
+            interface, their_endpoint = COS_CHARMS[apps[other]]
+            if ours[endpoint] != interface or other_endpoint not in ("", their_endpoint):
+                raise GuideError(f"juju integrate: {other} takes {interface} on {their_endpoint}")
+            continue
         pair = frozenset((f"{app}:{endpoint}", f"{other}:{other_endpoint}"))
         if other_endpoint != "juju-info" and apps[other] != "local" and pair not in relations:
             raise GuideError(f"juju integrate: {sorted(pair)} is not in the bundle")

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import subprocess
@@ -27,11 +28,19 @@ import time
 from pathlib import Path
 
 from .config import HostConfig
-from .constants import AGENT_UNIT_NAME, AGENT_UNIT_PATH, STATE_DIR_ENV, SYSTEMCTL
+from .constants import (
+    AGENT_LOG_FILE,
+    AGENT_UNIT_NAME,
+    AGENT_UNIT_PATH,
+    LOGROTATE_FILE,
+    STATE_DIR_ENV,
+    SYSTEMCTL,
+)
 from .host import SAVED_CONFIG_FILE, HostError, load_saved_config
 from .jobs import housekeeping
 from .jobs.runner import AGENT_ROLE, agent_alive, open_engine
 from .jobs.scheduler import Engine, EngineLock
+from .metrics.server import AgentMetrics
 from .privatefiles import default_state_dir, write_private
 from .rendering import render
 
@@ -204,6 +213,7 @@ def render_service(state_dir: Path) -> str:
         pythonpath=str(Path(__file__).resolve().parents[1]),
         state_dir=str(state_dir),
         state_dir_env=STATE_DIR_ENV,
+        log_file=str(AGENT_LOG_FILE),
     )
 
 
@@ -215,6 +225,7 @@ def install_service(state_dir: Path, unit_path: Path = AGENT_UNIT_PATH) -> bool:
     if not SYSTEMD_RUN_DIR.is_dir():
         logger.info("no systemd here: run container-compute-agent yourself")
         return False
+    _install_logrotate()
     text = render_service(state_dir)
     changed = not unit_path.exists() or unit_path.read_text() != text
     if changed:
@@ -229,6 +240,17 @@ def install_service(state_dir: Path, unit_path: Path = AGENT_UNIT_PATH) -> bool:
     return changed
 
 
+def _install_logrotate(path: Path = LOGROTATE_FILE) -> bool:
+    """Have logrotate rotate the agent's log file (where logrotate is); True when changed."""
+    if not path.parent.is_dir():
+        return False
+    text = render("logrotate.j2", log_file=str(AGENT_LOG_FILE))
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
+
+
 def remove_service(unit_path: Path = AGENT_UNIT_PATH) -> bool:
     """Stop, disable and remove the agent's systemd unit; return True when there was one.
 
@@ -241,6 +263,7 @@ def remove_service(unit_path: Path = AGENT_UNIT_PATH) -> bool:
             [SYSTEMCTL, "disable", "--now", AGENT_UNIT_NAME], check=False, capture_output=True
         )
     unit_path.unlink()
+    LOGROTATE_FILE.unlink(missing_ok=True)
     if SYSTEMD_RUN_DIR.is_dir():
         subprocess.run([SYSTEMCTL, "daemon-reload"], check=True, capture_output=True)
     return True
@@ -255,9 +278,11 @@ def run_agent(
     stop: threading.Event | None = None,
     reap_interval: float = REAP_INTERVAL_SECONDS,
     watch: VersionWatch | None = None,
+    metrics: AgentMetrics | None = None,
 ) -> Engine:
     """Run the agent loop until ``stop`` is set (or, with ``once``, no job is active).
 
+    With ``metrics`` (serving), a thread of theirs samples the engine; every pass is recorded.
     With a ``watch``, the loop also ends when the saved config or the code changed on disk
     (``watch.new_version`` says to what): the caller executes the agent again.
 
@@ -271,17 +296,18 @@ def run_agent(
         if stop.wait(1.0):
             return open_engine(config, state_dir)
     engine = open_engine(config, state_dir)
-    if watch is not None:
-        watch.start()
+    _announce(engine, watch, metrics)
     last_reap = 0.0
     try:
         while not stop.is_set():
             if watch is not None and watch.check():
                 logger.info("config or code changed: handing running jobs to a new agent")
                 break
+            began = time.monotonic()
             try:
                 engine.ledger.heartbeat(os.getpid(), AGENT_ROLE)
                 active = engine.step()
+                AgentMetrics.passed(time.monotonic() - began)
             except Exception:  # the next pass tries again: the agent must not end here
                 logger.exception("a scheduling pass failed; trying again in %.1fs", poll)
                 stop.wait(poll)
@@ -311,6 +337,14 @@ def run_agent(
     return engine
 
 
+def _announce(engine: Engine, watch: VersionWatch | None, metrics: AgentMetrics | None) -> None:
+    """The agent holds the engine now: say what it runs, and sample it for the metrics."""
+    if watch is not None:
+        watch.start()
+    if metrics is not None:
+        metrics.attach(engine)
+
+
 def _housekeeping(engine: Engine) -> None:
     try:
         for name in housekeeping.reap(engine):
@@ -319,6 +353,20 @@ def _housekeeping(engine: Engine) -> None:
             logger.info("deleted job %s (retention)", job_id)
     except Exception:
         logger.exception("reaping failed; trying again later")
+
+
+def _set_up_logging(level: str, log_file: Path | None) -> None:
+    """Log to stderr (the journal) and, with ``log_file``, to that file too."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            handlers.append(logging.handlers.WatchedFileHandler(log_file))
+        except OSError as err:
+            print(f"cannot write the log to {log_file}: {err}", file=sys.stderr)
+    logging.basicConfig(
+        level=level, handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,18 +391,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        help="also write the log to this file (reopened when logrotate moves it)",
+    )
     args = parser.parse_args(argv)
     if args.poll <= 0:
         parser.error("--poll must be above 0")
     if args.reap_interval <= 0:
         parser.error("--reap-interval must be above 0")
-    logging.basicConfig(
-        level=args.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _set_up_logging(args.log_level, args.log_file)
     watch = None if args.once else VersionWatch(args.state_dir)
     config = load_config(args.state_dir)
+    metrics = None if args.once else AgentMetrics(args.state_dir, config.metrics_listen)
+    if metrics is not None:
+        metrics.serve()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -371,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         stop=stop,
         reap_interval=args.reap_interval,
         watch=watch,
+        metrics=metrics,
     )
+    if metrics is not None:
+        metrics.close()
     if watch is not None and watch.new_version is not None and not stop.is_set():
         again = [sys.executable, "-m", "container_compute.agent"]
         again += sys.argv[1:] if argv is None else argv

@@ -6,12 +6,13 @@ operator typed it) and says what is allowed; nothing is changed on the host befo
 """
 
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .constants import READY_MAX_IMAGES
+from .constants import DEFAULT_METRICS_LISTEN, READY_MAX_IMAGES
 from .units import parse_duration, parse_size
 
 LXD_SOURCES = ("auto", "snap", "deb")
@@ -56,6 +57,58 @@ def _opt(default: Any, description: str, juju_type: str = "") -> Any:
     if juju_type:
         metadata["juju_type"] = juju_type
     return field(default=default, metadata=metadata)
+
+
+METRICS_OPTION = "metrics-listen"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+_METRICS_LISTEN_RE = re.compile(
+    r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})$"
+)
+
+
+@dataclass(frozen=True)
+class MetricsListen:
+    """Where the endpoint listens."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        """``HOST:PORT``, brackets around an IPv6 address."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_metrics_listen(text: str) -> MetricsListen | None:
+    """Parse ``metrics-listen``: ``HOST:PORT`` or ``[IPV6]:PORT``; None when empty (off).
+
+    Raises:
+        ValueError: what is wrong with it.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    match = _METRICS_LISTEN_RE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9790 or [::1]:9790)")
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} of {text!r} is not between 1 and 65535")
+    if match["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["v6"])
+        except ValueError:
+            raise ValueError(f"{match['v6']!r} in {text!r} is not an IPv6 address") from None
+        return MetricsListen(match["v6"], port)
+    host = match["host"]
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _HOSTNAME_RE.match(host) or host.replace(".", "").isdigit():
+            raise ValueError(
+                f"{host!r} in {text!r} is neither an address nor a host name"
+            ) from None
+    return MetricsListen(host, port)
 
 
 def _fail(option: str, message: str) -> None:
@@ -244,6 +297,12 @@ class HostConfig:
     nova_flavor: str = _opt("", "Nova flavor for task instances (name or id).")
     nova_image: str = _opt("", "Glance image for task instances (name or id).")
     nova_network: str = _opt("", "Neutron network for task instances (name or id). Empty: none.")
+    metrics_listen: str = _opt(
+        DEFAULT_METRICS_LISTEN,
+        "Where the job agent serves Prometheus metrics: HOST:PORT, or [IPV6]:PORT. Empty: no "
+        "metrics. The cos-agent relation hands this endpoint, alert rules and dashboards to "
+        "COS. A value the agent cannot listen on blocks the unit; jobs run on without metrics.",
+    )
     job_retention: str = _opt(
         "7d",
         "How long a finished job's record and results are kept, e.g. 12h or 30d. 0: forever.",
@@ -465,6 +524,10 @@ def _check_jobs(config: "HostConfig") -> None:
     for name in ("nova_flavor", "nova_image", "nova_network"):
         if not _PRINTABLE_RE.match(getattr(config, name)):
             _fail(option_name(name), "contains control characters or is over 255 characters")
+    try:
+        parse_metrics_listen(config.metrics_listen)
+    except ValueError as err:
+        _fail(METRICS_OPTION, str(err))
     try:
         parse_duration(config.job_retention)
     except ValueError as err:

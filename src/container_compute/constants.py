@@ -11,6 +11,7 @@ LXD_ENDPOINT = "lxd"
 IDENTITY_ENDPOINT = "identity-credentials"
 CLUSTER_ENDPOINT = "cluster"
 COMPUTE_JOBS_ENDPOINT = "compute-jobs"
+COS_AGENT_ENDPOINT = "cos-agent"
 
 # Paths on the host.
 STATE_DIR = Path("/var/lib/container-compute")
@@ -37,6 +38,9 @@ LXD_SOCKET_PATHS = (
 )
 LXD_LOG_FILE = Path("/var/log/lxd.log")
 AGENT_UNIT_NAME = "container-compute-agent.service"
+AGENT_LOG_FILE = Path("/var/log/container-compute/agent.log")  # a log collector's to take
+LOGROTATE_FILE = Path("/etc/logrotate.d/container-compute")
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9790"
 AGENT_UNIT_PATH = Path("/etc/systemd/system") / AGENT_UNIT_NAME
 
 # Executables (absolute paths; never resolved through PATH from user input).

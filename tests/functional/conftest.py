@@ -72,7 +72,8 @@ def configured_host(
     """Configure a jobs host: project and dir pool ``<run_prefix>-jobs``, busybox image.
 
     The worker profile has no CPU limit and 256MiB of memory; the image alias is "busybox".
-    No ready workers are kept between jobs (``ready_workers=0``) unless a test asks.
+    No ready workers are kept between jobs (``ready_workers=0``) and agents serve no metrics
+    (``metrics_listen=""``) unless a test asks.
     """
     config = HostConfig(
         lxd_project=f"{run_prefix}-jobs",
@@ -83,6 +84,7 @@ def configured_host(
         default_image="busybox",
         sysctl_tuning=False,
         ready_workers=0,  # tests count their workers; ready ones: test_ready_workers.py
+        metrics_listen="",  # no fixed port shared by every agent; test_metrics.py picks its own
     )
     report = configure_host(config, paths=host_paths_in(tmp_path_factory.mktemp("jobs-host")))
     if not report.ok:

@@ -19,6 +19,7 @@ EXPECTED_ENDPOINTS: dict[str, tuple[str, str, str | None]] = {
     "identity-credentials": ("requires", "keystone-credentials", None),
     "lxd": ("provides", "containers", "container"),
     "compute-jobs": ("provides", "compute-jobs", None),
+    "cos-agent": ("provides", "cos_agent", None),
     "cluster": ("peers", "container-compute-cluster", None),
 }
 
@@ -57,6 +58,7 @@ def test_metadata_endpoints_are_as_designed(metadata: dict[str, Any]) -> None:
     assert metadata["subordinate"] is True
     assert endpoints(metadata) == EXPECTED_ENDPOINTS
     assert metadata["requires"]["identity-credentials"].get("limit") == 1
+    assert metadata["provides"]["cos-agent"].get("limit") == 1
 
 
 def test_every_endpoint_is_a_constant(metadata: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ EXPECTED_PAGES = {
     "compute-jobs-library.md",
     "spell.md",
     "troubleshooting.md",
+    "observability.md",
 }
 QUICK_START = ["scripts/quickstart", "scripts/test"]
 # Programs whose lines must be in a console or console-static block, never in a plain one.

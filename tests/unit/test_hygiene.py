@@ -220,8 +220,9 @@ def test_the_lock_records_what_pyproject_declares(
 
 
 def test_the_charm_takes_ops_in_a_compatible_range(pyproject: dict[str, Any]) -> None:
-    (ops,) = declared_groups(pyproject)["charm"]
-    assert ops.name == "ops"
+    charm = {requirement.name: requirement for requirement in declared_groups(pyproject)["charm"]}
+    assert set(charm) == {"ops", "cosl"}  # cosl: the cos-agent provider's rules and dashboards
+    ops = charm["ops"]
     assert Version("3.9.0") in ops.specifier and Version("4.0") not in ops.specifier
     charmcraft = yaml.safe_load((ROOT / "charmcraft.yaml").read_text())
     assert charmcraft["parts"]["charm"]["uv-groups"] == ["charm"]

@@ -22,13 +22,15 @@ FOUNDATION = {
     "identity",
     "owner",
     "privatefiles",
+    "instruments",
 }
 ALLOWED = {
     "host": {"host"},
     "backends": {"backends"},
     "jobs": {"jobs", "backends"},
     "actions": {"actions", "jobs", "backends", "host"},
-    "agent": {"jobs", "host", "backends"},
+    "metrics": {"metrics", "jobs", "backends"},
+    "agent": {"jobs", "host", "backends", "metrics"},
     "cli": {"actions", "agent", "jobs", "host", "backends"},
     "contract": {"actions", "jobs"},
 }

@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (job, idx, attempt)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS attempts_state ON attempts (state);
+CREATE INDEX IF NOT EXISTS attempts_started ON attempts (started);
+CREATE INDEX IF NOT EXISTS attempts_finished ON attempts (finished);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished);
 CREATE TABLE IF NOT EXISTS agent (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pid INTEGER NOT NULL,

@@ -17,6 +17,7 @@ import requests
 
 from ...config import HostConfig
 from ...constants import IMAGE_CONFIG_PROPERTY, LXD_INSTANCE_LOG_DIRS
+from ...instruments import WORKER_START, count_api_error
 from ...lxdclient import Endpoint, LXDUnavailableError, connect, endpoint_of
 from .hostside import volume_name
 
@@ -142,6 +143,7 @@ class LXDApi:
                 pylxd.exceptions.LXDAPIException,
                 *TRANSIENT_ERRORS,
             ) as err:
+                count_api_error("lxd")
                 transient = isinstance(err, LXDUnavailableError) or is_transient(err)
                 if not transient or time.monotonic() + delay > deadline:
                     if transient:
@@ -188,6 +190,22 @@ class LXDApi:
                 return metadata.get("metadata") or {}
             if metadata["status_code"] >= 400:
                 raise OperationFailedError(metadata.get("err") or metadata["status"])
+
+    def pool_space(self, pool: str) -> tuple[int, int] | None:
+        """Bytes used and total of a storage pool, as LXD reports them; None when unknown."""
+
+        def get() -> tuple[int, int] | None:
+            try:
+                space = self.client.api.storage_pools[pool].resources.get().json()["metadata"]
+            except pylxd.exceptions.NotFound:
+                return None
+            space = space.get("space") or {}
+            used, total = space.get("used"), space.get("total")
+            if not isinstance(used, int) or not isinstance(total, int) or total <= 0:
+                return None
+            return used, total
+
+        return self.retry(f"reading storage pool {pool}", get)
 
     def instance(self, name: str) -> dict[str, Any] | None:
         """Return the instance's record (config, status; no costly state), or None if gone."""
@@ -241,8 +259,12 @@ class LXDApi:
                 time.sleep(min(self.poll_seconds, 0.5))  # stopped meanwhile, busy, rebooting
 
 
-def boot_worker(api: LXDApi, name: str) -> None:
-    """Start a worker (one found running already, by a retry or a second call, is fine)."""
+def boot_worker(api: LXDApi, name: str, making_began: float | None = None) -> None:
+    """Start a worker (one found running already, by a retry or a second call, is fine).
+
+    ``making_began`` (``time.monotonic()`` before its create): the worker's start latency,
+    from then until it runs, is observed for the agent's metrics.
+    """
 
     def start() -> None:
         try:
@@ -253,3 +275,5 @@ def boot_worker(api: LXDApi, name: str) -> None:
                 raise  # start() called twice or retried over a restart finds it running
 
     api.retry(f"starting worker {name}", start)
+    if making_began is not None:
+        WORKER_START.observe(time.monotonic() - making_began)

@@ -167,10 +167,11 @@ class LXDBackend:
         """Create the worker (a copy of a template where it can be) and start it."""
         # On a cluster a copy would cross members: there LXD unpacks the image for each worker.
         copy = self.local and not self.members.clustered
+        began = time.monotonic()
         self._create(spec, self.templates.worker_source(spec.image, spec.job_id, copy))
         with self._deleted_on_failure(spec.worker_name):
             self.members.look_up(spec.worker_name)
-            boot_worker(self.api, spec.worker_name)
+            boot_worker(self.api, spec.worker_name, began)
             if spec.reuse and (not spec.sandbox or self.warm.makes_sandboxes(spec.worker_name)):
                 self.warm.learn(spec.worker_name)
 

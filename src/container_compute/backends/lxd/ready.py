@@ -120,6 +120,7 @@ class ReadyBook:
             "profiles": [WORKER_PROFILE],
             "config": config,
         }
+        began = time.monotonic()
         try:
             self.api.retry(
                 f"creating ready worker {name}",
@@ -128,7 +129,7 @@ class ReadyBook:
         finally:
             self.templates.forget_base(name)
         try:
-            boot_worker(self.api, name)
+            boot_worker(self.api, name, began)
             if not self.warm.makes_sandboxes(name):
                 raise LaunchError(self.warm.refusal_note())
             self.warm.learn(name)

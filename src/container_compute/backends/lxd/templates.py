@@ -317,6 +317,10 @@ class TemplateBook:
                 names.append(record["name"])
         return names
 
+    def count(self) -> int:
+        """How many templates this book's owner keeps in the project."""
+        return len(self._listed(lambda _config: True))
+
     def prune_all(self) -> list[str]:
         """Delete every template of this book's owner; return their names."""
         deleted = self._listed(lambda _config: True)

@@ -18,6 +18,7 @@ from novaclient import client as nova_client
 from novaclient import exceptions as nova_exceptions
 
 from ...constants import IMAGE_CONFIG_PROPERTY, REDACTED
+from ...instruments import count_api_error
 from .. import LaunchError
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class NovaApi:
         try:
             return function()
         except (nova_exceptions.ClientException, ks_exceptions.ClientException) as err:
+            count_api_error("nova")
             raise LaunchError(f"{what}: {describe_error(err)}") from err
 
     def flavor(self, name_or_id: str) -> Any:
