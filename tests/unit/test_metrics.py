@@ -1,0 +1,182 @@
+"""The agent's metrics: the sampler on a fake backend's engine, the endpoint on loopback."""
+
+import json
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from container_compute.backends import FailureReason, WorkerSpec
+from container_compute.instruments import REGISTRY
+from container_compute.jobs.params import LaunchJobParams
+from container_compute.jobs.registry import Role
+from container_compute.metrics.sampler import (
+    OUTCOMES,
+    Sampler,
+    Since,
+    SnapshotCollector,
+    outcome_label,
+)
+from container_compute.metrics.server import STATUS_FILE, AgentMetrics, endpoint_problem
+
+from .fake_backend import FakeBackend, Plan, make_engine, run_until_done
+
+
+def value(name: str, **labels: str) -> float:
+    """A sample's value in the agent's registry (0 when it has none yet)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_since_takes_each_row_once_and_none_from_before_it_started() -> None:
+    since = Since(start=100.0, lag=10.0)
+    assert since.since() == 90.0
+    assert since.take([("old", 95.0, "old"), ("a", 101.0, "a")]) == ["a"]
+    # A commit that lands late, stamped before a row already taken, is still counted once.
+    assert since.take([("a", 101.0, "a"), ("late", 100.5, "late"), ("b", 103.0, "b")]) == [
+        "late",
+        "b",
+    ]
+    assert since.since() == 93.0
+    assert since.take([("a", 101.0, "a"), ("b", 103.0, "b")]) == []
+
+
+def test_a_finished_tasks_outcome_is_its_reason_or_failed() -> None:
+    assert outcome_label("succeeded", None) == "succeeded"
+    assert outcome_label("failed", "exit-code") == "failed"
+    assert outcome_label("failed", "timeout") == "timeout"
+    assert outcome_label("failed", "launch-error") == "launch-error"
+    assert outcome_label("failed", "something new") == "failed"
+    assert {"succeeded", "failed", "timeout", "cancelled", "launch-error"} <= set(OUTCOMES)
+    assert "exit-code" not in OUTCOMES
+
+
+def fates(spec: WorkerSpec) -> Plan:
+    """Task 0 and 1 succeed, 2 exits 3, 3 is OOM-killed; none is retried."""
+    index = int(spec.env["TASK_INDEX"])
+    if index == 2:
+        return Plan(exit_code=3)
+    if index == 3:
+        return Plan(exit_code=137, reason=FailureReason.OOM)
+    return Plan(seconds=0.01)
+
+
+def test_the_sampler_counts_what_happens_after_it_started(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, FakeBackend(fates))
+    engine.submit(LaunchJobParams(command="true", tasks=2, isolation="container"))
+    run_until_done(engine)  # a job from before the agent: never counted
+    collector = SnapshotCollector()
+    sampler = Sampler(engine, collector)
+    before = {
+        outcome: value("container_compute_tasks_finished_total", outcome=outcome)
+        for outcome in OUTCOMES
+    }
+    submitted = value("container_compute_tasks_submitted_total")
+    durations = value("container_compute_task_duration_seconds_count")
+
+    job = engine.submit(LaunchJobParams(command="true", tasks=4, isolation="container", retries=0))
+    snapshot = sampler.sample()
+    assert snapshot.tasks == {"pending": 4, "running": 0}
+    assert snapshot.jobs["queued"] == 1 and snapshot.jobs["succeeded"] == 1
+    assert snapshot.max_parallel_workers == 4
+    assert value("container_compute_tasks_submitted_total") == submitted + 4
+
+    run_until_done(engine)
+    snapshot = sampler.sample()
+    assert snapshot.tasks == {"pending": 0, "running": 0}
+    assert snapshot.jobs["failed"] == 1
+    assert snapshot.oldest_pending_seconds == 0.0
+    finished = {
+        outcome: value("container_compute_tasks_finished_total", outcome=outcome) - before[outcome]
+        for outcome in OUTCOMES
+    }
+    assert finished == {**dict.fromkeys(OUTCOMES, 0.0), "succeeded": 2, "failed": 1, "oom": 1}
+    assert value("container_compute_task_duration_seconds_count") == durations + 4
+    # Sampled again, nothing is counted twice.
+    sampler.sample()
+    assert value("container_compute_tasks_submitted_total") == submitted + 4
+    assert value("container_compute_task_duration_seconds_count") == durations + 4
+    assert engine.ledger.job(job.id) is not None
+
+
+def test_the_snapshot_says_the_workers_by_kind_and_the_oldest_wait(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, FakeBackend(), max_parallel_workers=1)
+    collector = SnapshotCollector()
+    sampler = Sampler(engine, collector, clock=lambda: time.time() + 3600)
+    engine.registry.hold("w1", "j1", Role.ATTEMPT)
+    engine.registry.hold("w2", "j1", Role.WARM)
+    engine.registry.hold("w3", "", Role.READY)
+    engine.submit(LaunchJobParams(command="true", tasks=1, isolation="container"))
+    snapshot = sampler.sample()
+    assert snapshot.workers == {
+        "running": 1,
+        "warm": 1,
+        "spare": 0,
+        "ready": 1,
+        "deleting": 0,
+        "template": 0,
+    }
+    assert 3599 < snapshot.oldest_pending_seconds < 3700  # the clock is an hour ahead
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert 'container_compute_workers{kind="warm"} 1.0' in text
+    assert 'container_compute_tasks{state="pending"} 1.0' in text
+
+
+def test_the_endpoint_serves_the_metrics_and_no_secret(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, FakeBackend())
+    engine.submit(
+        LaunchJobParams(command="echo hidden-command", tasks=1, env=["TOKEN=hidden-value"])
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics = AgentMetrics(tmp_path, f"127.0.0.1:{port}")
+    try:
+        assert metrics.serve() is None and metrics.serving
+        metrics.attach(engine)
+        AgentMetrics.passed(0.01)
+        for _ in range(50):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                text = answer.read().decode()
+            if "container_compute_tasks{" in text:
+                break
+        assert 'container_compute_tasks{state="pending"} 1.0' in text
+        assert "container_compute_agent_heartbeat_timestamp_seconds" in text
+        assert "process_resident_memory_bytes" in text
+        assert "hidden" not in text and "TOKEN" not in text
+        assert json.loads((tmp_path / STATUS_FILE).read_text())["error"] == ""
+        assert endpoint_problem(tmp_path, f"127.0.0.1:{port}") is None
+    finally:
+        metrics.close()
+
+
+def test_a_port_in_use_is_reported_for_that_value_only(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        listen = f"127.0.0.1:{holder.getsockname()[1]}"
+        metrics = AgentMetrics(tmp_path, listen)
+        error = metrics.serve()
+    assert error is not None and "in use" in error
+    assert not metrics.serving
+    metrics.attach(make_engine(tmp_path, FakeBackend()))  # no sampler without an endpoint
+    assert endpoint_problem(tmp_path, listen) == f"metrics-listen {listen}: {error}"
+    assert endpoint_problem(tmp_path, "127.0.0.1:9790") is None
+    metrics.close()
+
+
+def test_metrics_off_writes_no_problem(tmp_path: Path) -> None:
+    metrics = AgentMetrics(tmp_path, "")
+    assert metrics.serve() is None and not metrics.serving
+    assert endpoint_problem(tmp_path, "") is None
+    metrics.close()
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "[]", '{"listen": 1}'])
+def test_an_unreadable_status_is_no_problem(tmp_path: Path, text: str) -> None:
+    (tmp_path / STATUS_FILE).write_text(text)
+    assert endpoint_problem(tmp_path, "127.0.0.1:9790") is None
