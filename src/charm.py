@@ -297,6 +297,9 @@ class ContainerComputeCharm(ops.CharmBase):
             statuses.append(clustering.status)
         if not agent.agent_alive(STATE_DIR):
             statuses.append(ops.BlockedStatus(AGENT_DOWN_MESSAGE))
+        metrics_problem = agent.metrics_problem(STATE_DIR, config.metrics_listen)
+        if metrics_problem is not None:
+            statuses.append(ops.BlockedStatus(metrics_problem))
         summary = "; ".join(filter(None, (clustering.summary, report.summary)))
         statuses.append(ops.ActiveStatus(summary[:MAX_STATUS_LENGTH]))
         return statuses

@@ -40,7 +40,7 @@ from .host import SAVED_CONFIG_FILE, HostError, load_saved_config
 from .jobs import housekeeping
 from .jobs.runner import AGENT_ROLE, agent_alive, open_engine
 from .jobs.scheduler import Engine, EngineLock
-from .metrics.server import AgentMetrics
+from .metrics.server import AgentMetrics, endpoint_problem
 from .privatefiles import default_state_dir, write_private
 from .rendering import render
 
@@ -50,6 +50,7 @@ __all__ = [
     "await_current",
     "install_service",
     "main",
+    "metrics_problem",
     "remove_service",
     "run_agent",
 ]
@@ -198,6 +199,15 @@ def await_current(
             restarted = True
         time.sleep(0.5)
     return "stale"
+
+
+def metrics_problem(state_dir: Path, listen: str) -> str | None:
+    """Why the agent serves no metrics on ``listen`` (``metrics-listen``); None: it does.
+
+    Says only what the agent reported for that very value (a port in use, an address that
+    is not this machine's).
+    """
+    return endpoint_problem(state_dir, listen)
 
 
 def load_config(state_dir: Path) -> HostConfig:

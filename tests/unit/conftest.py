@@ -173,11 +173,12 @@ class FakeActions:
 
 
 class FakeAgent:
-    """agent: ``alive`` is what agent_alive answers."""
+    """agent: ``alive`` is what agent_alive answers; ``metrics_problems``, by metrics-listen."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.alive = True
+        self.metrics_problems: dict[str, str] = {}
 
     def install_service(self, state_dir: Path) -> bool:
         self.calls.append(("install_service", state_dir))
@@ -191,6 +192,9 @@ class FakeAgent:
 
     def agent_alive(self, state_dir: Path) -> bool:
         return self.alive
+
+    def metrics_problem(self, state_dir: Path, listen: str) -> str | None:
+        return self.metrics_problems.get(listen)
 
     def remove_service(self) -> bool:
         self.calls.append(("remove_service", None))

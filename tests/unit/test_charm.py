@@ -72,7 +72,11 @@ def our_data(state: testing.State, relation: testing.RelationBase) -> dict[str, 
             ],
         ),
         ("actions", FakeActions, ["run_action", "reap"]),
-        ("agent", FakeAgent, ["install_service", "await_current", "agent_alive"]),
+        (
+            "agent",
+            FakeAgent,
+            ["install_service", "await_current", "agent_alive", "metrics_problem"],
+        ),
     ],
 )
 def test_fakes_have_the_real_library_signatures(module: str, fake: type, names: list[str]) -> None:
@@ -602,6 +606,33 @@ def test_status_priorities(
 
     assert out.unit_status == expected
     assert all(dry_run for _config, dry_run in library.host.named("configure_host"))
+
+
+def test_metrics_the_agent_cannot_serve_block_naming_the_option(
+    ctx: testing.Context, library: Library
+) -> None:
+    problem = "metrics-listen 127.0.0.1:9790: cannot listen: Address already in use"
+    library.agent.metrics_problems["127.0.0.1:9790"] = problem
+
+    out = ctx.run(ctx.on.update_status(), testing.State())
+    assert out.unit_status == testing.BlockedStatus(problem)
+
+    # Another value is not blocked by what the agent said of the old one.
+    out = ctx.run(ctx.on.update_status(), testing.State(config={"metrics-listen": "[::1]:9791"}))
+    assert out.unit_status == testing.ActiveStatus(out.unit_status.message)
+
+
+def test_a_malformed_metrics_listen_blocks_and_changes_nothing(
+    ctx: testing.Context, library: Library
+) -> None:
+    out = ctx.run(ctx.on.config_changed(), testing.State(config={"metrics-listen": "9790"}))
+
+    assert out.unit_status == testing.BlockedStatus(
+        "invalid config: metrics-listen: '9790' is not HOST:PORT (e.g. 127.0.0.1:9790 or "
+        "[::1]:9790)"
+    )
+    assert library.host.named("save_config") == []
+    assert library.agent.calls == []
 
 
 def test_status_checks_host_with_dry_run_only(ctx: testing.Context, library: Library) -> None:
