@@ -4,8 +4,9 @@
 It observes Juju events, loads the typed config and action parameters, passes them to the
 library (which knows LXD and Nova, and nothing of Juju) and computes the unit's status in one
 place. Relations: ``lxd`` (nova-compute's user joins the lxd group; we answer with a nonce and
-the storage pool), ``cluster`` (hosts share LXD server certificates and trust each other) and
-``identity-credentials`` (Keystone service credentials for the Nova backend).
+the storage pool), ``cluster`` (hosts share LXD server certificates and trust each other),
+``identity-credentials`` (Keystone service credentials for the Nova backend) and ``cos-agent``
+(the agent's metrics endpoint, alert rules and dashboards for grafana-agent).
 """
 
 import logging
@@ -19,11 +20,13 @@ from container_compute.actions import ACTION_PARAMS
 from container_compute.config import HostConfig
 from container_compute.constants import (
     CLUSTER_ENDPOINT,
+    COS_AGENT_ENDPOINT,
     IDENTITY_ENDPOINT,
     LXD_ENDPOINT,
     LXD_GROUP,
     STATE_DIR,
 )
+from cos_agent import CosAgentProvider
 from relations import ClusterPeers, ComputeJobsServer, IdentityRequirer, LxdProvider
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ class ContainerComputeCharm(ops.CharmBase):
         self._identity = IdentityRequirer(self)
         self._jobs = ComputeJobsServer(self)
         self._formation = ClusterFormation(self, host, self._peers)
+        self._cos = CosAgentProvider(self, lambda: _metrics_listen(self.model), COS_AGENT_ENDPOINT)
         for host_event in (
             self.on.install,
             self.on.start,
@@ -303,6 +307,14 @@ class ContainerComputeCharm(ops.CharmBase):
         summary = "; ".join(filter(None, (clustering.summary, report.summary)))
         statuses.append(ops.ActiveStatus(summary[:MAX_STATUS_LENGTH]))
         return statuses
+
+
+def _metrics_listen(model: ops.Model) -> str:
+    """The agent's metrics endpoint for cos-agent: "" when off or the config is invalid."""
+    try:
+        return _host_config(model).metrics_listen
+    except ValueError:
+        return ""
 
 
 def _host_config(model: ops.Model) -> HostConfig:

@@ -4,7 +4,8 @@ Run by test_packed_charm.py as ``<unpacked>/venv/bin/python drive_charm.py ARGS`
 PYTHONPATH=<unpacked>/lib:<unpacked>/src, exactly as the charm's dispatch runs. Only
 ``ops.testing``'s own package comes from the test environment, appended AFTER the charm's venv,
 so every module the charm imports is the artifact's. The host's /etc and /var/lib are left
-alone: the state dir and the host file paths point into temporary directories. Prints one JSON
+alone: the state dir and the host file paths point into temporary directories (the agent's
+log file is the real one under /var/log, as its unit file says). Prints one JSON
 object with what the handlers did.
 """
 
@@ -12,9 +13,11 @@ import dataclasses
 import json
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,7 @@ def main() -> None:
         "worker-memory": "256MiB",
         "sysctl-tuning": False,
         "default-image": "busybox",
+        "metrics-listen": f"127.0.0.1:{free_port()}",
     }
     context = testing.Context(charm.ContainerComputeCharm)
     state = context.run(context.on.install(), testing.State(config=config))
@@ -77,6 +81,11 @@ def main() -> None:
 
     unit = agent.render_service(Path(state_dir))
     reload = config_reaches_the_agent(context, state, config, unit, Path(state_dir))
+    cos = testing.Relation("cos-agent", remote_app_name="grafana-agent")
+    published = context.run(
+        context.on.relation_joined(cos), testing.State(config=config, relations=[cos])
+    )
+    cos_agent = json.loads(published.get_relation(cos.id).local_unit_data["config"])
     print(
         json.dumps(
             {
@@ -86,11 +95,36 @@ def main() -> None:
                 "job": job,
                 "unit": unit,
                 "reload": reload,
+                "cos_agent": cos_agent,
+                "metrics_listen": config["metrics-listen"],
                 "executable": sys.executable,
             },
             default=str,
         )
     )
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(listen: str, timeout: float = 30.0) -> str:
+    """The agent's metrics, once its endpoint answers with the jobs gauge ("" if never)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            url = f"http://{listen}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                text = answer.read().decode()
+            if "container_compute_jobs{" in text:
+                return text
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return ""
 
 
 def config_reaches_the_agent(
@@ -121,6 +155,7 @@ def config_reaches_the_agent(
         while not agent.agent_alive(state_dir) and time.monotonic() < deadline:
             time.sleep(0.2)
         before = agent.running_version(state_dir)
+        metrics_before = scrape(config["metrics-listen"])
         started = time.monotonic()
         changed = testing.State(
             config={**config, "max-parallel-workers": 7},
@@ -136,6 +171,8 @@ def config_reaches_the_agent(
             "saved_limit": agent.load_config(state_dir).max_parallel_workers,
             "alive_after": process.poll() is None and agent.agent_alive(state_dir),
             "hook_seconds": round(hook_seconds, 1),
+            "metrics_before": metrics_before,
+            "metrics_after": scrape(config["metrics-listen"]),
         }
     finally:
         process.send_signal(signal.SIGTERM)

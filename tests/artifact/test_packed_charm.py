@@ -171,6 +171,27 @@ def test_config_changed_reaches_the_running_agent(driven: dict) -> None:
     assert reload["alive_after"], reload
 
 
+def test_the_artifacts_agent_serves_metrics_and_cos_agent_publishes_them(
+    unpacked: Path, driven: dict
+) -> None:
+    reload = driven["reload"]
+    for text in (reload["metrics_before"], reload["metrics_after"]):
+        assert 'container_compute_agent_info{version="' in text
+        assert "container_compute_max_parallel_workers" in text
+    assert "container_compute_max_parallel_workers 7.0" in reload["metrics_after"]
+    data = driven["cos_agent"]
+    target = driven["metrics_listen"]
+    assert data["metrics_scrape_jobs"][0]["static_configs"] == [{"targets": [target]}]
+    shipped = {
+        directory: sorted(p.name for p in (unpacked / "src" / directory).iterdir())
+        for directory in ("prometheus_alert_rules", "grafana_dashboards")
+    }
+    for directory, names in shipped.items():
+        assert names and names == sorted(p.name for p in (ROOT / "src" / directory).iterdir())
+    assert len(data["dashboards"]) == len(shipped["grafana_dashboards"])
+    assert data["metrics_alert_rules"]["groups"]
+
+
 def test_agent_unit_starts_from_the_artifact(unpacked: Path, driven: dict) -> None:
     lines = driven["unit"].splitlines()
     exec_start = next(line.split("=", 1)[1] for line in lines if line.startswith("ExecStart="))

@@ -635,6 +635,26 @@ def test_a_malformed_metrics_listen_blocks_and_changes_nothing(
     assert library.agent.calls == []
 
 
+def test_cos_agent_publishes_the_agents_endpoint_rules_and_dashboards(
+    ctx: testing.Context, library: Library
+) -> None:
+    relation = testing.Relation("cos-agent", remote_app_name="grafana-agent")
+
+    out = ctx.run(ctx.on.relation_joined(relation), testing.State(relations=[relation]))
+
+    data = json.loads(out.get_relation(relation.id).local_unit_data["config"])
+    assert data["metrics_scrape_jobs"][0]["static_configs"] == [{"targets": ["127.0.0.1:9790"]}]
+    assert data["subordinate"] is True and data["log_slots"] == []
+    alerts = {r["alert"] for g in data["metrics_alert_rules"]["groups"] for r in g["rules"]}
+    assert "ContainerComputeAgentDown" in alerts
+    assert len(data["dashboards"]) == 3
+
+    state = testing.State(relations=[relation], config={"metrics-listen": ""})
+    out = ctx.run(ctx.on.config_changed(), state)
+    data = json.loads(out.get_relation(relation.id).local_unit_data["config"])
+    assert data["metrics_scrape_jobs"] == [] and data["metrics_alert_rules"]["groups"]
+
+
 def test_status_checks_host_with_dry_run_only(ctx: testing.Context, library: Library) -> None:
     ctx.run(ctx.on.update_status(), testing.State())
 
