@@ -54,7 +54,7 @@ class LedgerFigures(_Store):
     def active_task_counts(self) -> dict[str, int]:
         """Pending and running tasks of queued and running jobs."""
         wanted = (TaskState.PENDING.value, TaskState.RUNNING.value)
-        counts = dict.fromkeys(wanted, 0)
+        counts: dict[str, int] = dict.fromkeys(wanted, 0)
         rows = self._query(
             "SELECT t.state, COUNT(*) FROM tasks t JOIN jobs j ON j.id = t.job "
             "WHERE j.state IN (?, ?) AND t.state IN (?, ?) GROUP BY t.state",
