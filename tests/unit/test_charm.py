@@ -5,6 +5,7 @@ import inspect
 import json
 import logging
 import re
+import shutil
 import stat
 from pathlib import Path
 
@@ -636,8 +637,12 @@ def test_a_malformed_metrics_listen_blocks_and_changes_nothing(
 
 
 def test_cos_agent_publishes_the_agents_endpoint_rules_and_dashboards(
-    ctx: testing.Context, library: Library
+    library: Library, tmp_path: Path
 ) -> None:
+    # The charm's own files, copied: Scenario writes the charm's metadata into its root.
+    for directory in ("prometheus_alert_rules", "grafana_dashboards"):
+        shutil.copytree(Path(charm.__file__).parent / directory, tmp_path / "src" / directory)
+    ctx = testing.Context(charm.ContainerComputeCharm, charm_root=tmp_path)
     relation = testing.Relation("cos-agent", remote_app_name="grafana-agent")
 
     out = ctx.run(ctx.on.relation_joined(relation), testing.State(relations=[relation]))

@@ -323,11 +323,6 @@ def test_the_repository_rules_and_dashboards_are_published(tmp_path: Path) -> No
         name: ROOT / "src" / name
         for name in ("prometheus_alert_rules", "loki_alert_rules", "grafana_dashboards")
     }
-    if (
-        not sources["prometheus_alert_rules"].is_dir()
-        or not sources["grafana_dashboards"].is_dir()
-    ):
-        pytest.skip("src/prometheus_alert_rules or src/grafana_dashboards does not exist yet")
     for name, source in sources.items():
         if source.is_dir():
             shutil.copytree(source, tmp_path / "src" / name)
@@ -339,6 +334,15 @@ def test_the_repository_rules_and_dashboards_are_published(tmp_path: Path) -> No
         if p.suffix in (".rule", ".rules", ".yml", ".yaml")
     ]
     assert rule_files and data.metrics_alert_rules.groups
+    # The agent-down alert selects the scrape job by the name this provider gives it.
+    agent_down = next(
+        rule
+        for group in raw["metrics_alert_rules"]["groups"]
+        for rule in group["rules"]
+        if rule["alert"] == "ContainerComputeAgentDown"
+    )
+    assert 'job=~".+_agent"' in agent_down["expr"]
+    assert raw["metrics_scrape_jobs"][0]["job_name"].endswith("_agent")
     dashboards = sorted(sources["grafana_dashboards"].glob("*.json"))
     assert [json.loads(LZMABase64.decompress(d)) for d in raw["dashboards"]] == [
         json.loads(p.read_text()) for p in dashboards
