@@ -180,3 +180,51 @@ def test_metrics_off_writes_no_problem(tmp_path: Path) -> None:
 def test_an_unreadable_status_is_no_problem(tmp_path: Path, text: str) -> None:
     (tmp_path / STATUS_FILE).write_text(text)
     assert endpoint_problem(tmp_path, "127.0.0.1:9790") is None
+
+
+class _Response:
+    """What pylxd's exceptions carry: a status code and a JSON error."""
+
+    def __init__(self, status_code: int, error: str) -> None:
+        self.status_code = status_code
+        self._error = error
+
+    def json(self) -> dict:
+        return {"error": self._error}
+
+
+def test_lxd_api_errors_are_counted_but_not_found_is_an_answer() -> None:
+    import pylxd.exceptions
+
+    from container_compute.backends.lxd.api import LXDApi
+
+    api = LXDApi("p", object(), retry_seconds=0.0)  # type: ignore[arg-type]
+    before = value("container_compute_api_errors_total", api="lxd")
+
+    def refused() -> None:
+        raise pylxd.exceptions.LXDAPIException(_Response(400, "refused"))
+
+    def missing() -> None:
+        raise pylxd.exceptions.NotFound(_Response(404, "not found"))
+
+    for call in (refused, missing):
+        with pytest.raises(pylxd.exceptions.LXDAPIException):
+            api.retry("a call", call)
+    assert value("container_compute_api_errors_total", api="lxd") == before + 1
+
+
+def test_nova_api_errors_are_counted() -> None:
+    from novaclient import exceptions as nova_exceptions
+
+    from container_compute.backends import LaunchError
+    from container_compute.backends.nova.api import NovaApi
+
+    api = NovaApi(session=object())
+    before = value("container_compute_api_errors_total", api="nova")
+
+    def refused() -> None:
+        raise nova_exceptions.Forbidden(403, "quota")
+
+    with pytest.raises(LaunchError):
+        api.call("booting a server", refused)
+    assert value("container_compute_api_errors_total", api="nova") == before + 1

@@ -143,7 +143,8 @@ class LXDApi:
                 pylxd.exceptions.LXDAPIException,
                 *TRANSIENT_ERRORS,
             ) as err:
-                count_api_error("lxd")
+                if not isinstance(err, pylxd.exceptions.NotFound):  # often the answer sought
+                    count_api_error("lxd")
                 transient = isinstance(err, LXDUnavailableError) or is_transient(err)
                 if not transient or time.monotonic() + delay > deadline:
                     if transient:
