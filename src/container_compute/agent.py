@@ -292,7 +292,8 @@ def run_agent(
 ) -> Engine:
     """Run the agent loop until ``stop`` is set (or, with ``once``, no job is active).
 
-    With ``metrics`` (serving), a thread of theirs samples the engine; every pass is recorded.
+    With ``metrics``, a thread of theirs serves and samples the engine (once the agent holds it:
+    one agent of a state dir listens); every pass is recorded.
     With a ``watch``, the loop also ends when the saved config or the code changed on disk
     (``watch.new_version`` says to what): the caller executes the agent again.
 
@@ -352,7 +353,7 @@ def _announce(engine: Engine, watch: VersionWatch | None, metrics: AgentMetrics 
     if watch is not None:
         watch.start()
     if metrics is not None:
-        metrics.attach(engine)
+        metrics.start(engine)
 
 
 def _housekeeping(engine: Engine) -> None:
@@ -415,8 +416,6 @@ def main(argv: list[str] | None = None) -> int:
     watch = None if args.once else VersionWatch(args.state_dir)
     config = load_config(args.state_dir)
     metrics = None if args.once else AgentMetrics(args.state_dir, config.metrics_listen)
-    if metrics is not None:
-        metrics.serve()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -203,6 +203,7 @@ def test_a_port_in_use_leaves_the_agent_running_jobs_without_metrics(
         config = dataclasses.replace(configured_host, metrics_listen=listen)
         start_agent(config, state_dir, agents)
 
+        wait_for(lambda: endpoint_problem(state_dir, listen) is not None, 30, "the agent's report")
         problem = endpoint_problem(state_dir, listen)
         assert problem is not None and problem.startswith(f"metrics-listen {listen}: ")
         assert "in use" in problem

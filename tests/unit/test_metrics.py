@@ -126,24 +126,38 @@ def test_the_snapshot_says_the_workers_by_kind_and_the_oldest_wait(tmp_path: Pat
     assert 'container_compute_tasks{state="pending"} 1.0' in text
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(port: int, wanted: str, timeout: float = 10.0) -> str:
+    """The endpoint's text once it holds ``wanted`` (the last text, or "", after timeout)."""
+    text, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                text = answer.read().decode()
+        except OSError:
+            text = ""
+        if wanted in text:
+            break
+        time.sleep(0.1)
+    return text
+
+
 def test_the_endpoint_serves_the_metrics_and_no_secret(tmp_path: Path) -> None:
     engine = make_engine(tmp_path, FakeBackend())
     engine.submit(
         LaunchJobParams(command="echo hidden-command", tasks=1, env=["TOKEN=hidden-value"])
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     metrics = AgentMetrics(tmp_path, f"127.0.0.1:{port}")
     try:
-        assert metrics.serve() is None and metrics.serving
-        metrics.attach(engine)
+        metrics.start(engine)
         AgentMetrics.passed(0.01)
-        for _ in range(50):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-                text = answer.read().decode()
-            if "container_compute_tasks{" in text:
-                break
+        text = scrape(port, "container_compute_tasks{")
         assert 'container_compute_tasks{state="pending"} 1.0' in text
         assert "container_compute_agent_heartbeat_timestamp_seconds" in text
         assert "process_resident_memory_bytes" in text
@@ -152,25 +166,37 @@ def test_the_endpoint_serves_the_metrics_and_no_secret(tmp_path: Path) -> None:
         assert endpoint_problem(tmp_path, f"127.0.0.1:{port}") is None
     finally:
         metrics.close()
+    assert not metrics.serving and scrape(port, "container_compute", timeout=0.5) == ""
 
 
-def test_a_port_in_use_is_reported_for_that_value_only(tmp_path: Path) -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        listen = f"127.0.0.1:{holder.getsockname()[1]}"
-        metrics = AgentMetrics(tmp_path, listen)
-        error = metrics.serve()
-    assert error is not None and "in use" in error
-    assert not metrics.serving
-    metrics.attach(make_engine(tmp_path, FakeBackend()))  # no sampler without an endpoint
-    assert endpoint_problem(tmp_path, listen) == f"metrics-listen {listen}: {error}"
-    assert endpoint_problem(tmp_path, "127.0.0.1:9790") is None
-    metrics.close()
+def test_a_port_in_use_is_reported_then_taken_once_it_is_free(tmp_path: Path) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    listen = f"127.0.0.1:{port}"
+    metrics = AgentMetrics(tmp_path, listen)
+    metrics.retry_seconds = 0.2
+    try:
+        metrics.start(make_engine(tmp_path, FakeBackend()))
+        deadline = time.monotonic() + 10
+        while endpoint_problem(tmp_path, listen) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        problem = endpoint_problem(tmp_path, listen)
+        assert problem is not None and problem.startswith(f"metrics-listen {listen}: cannot")
+        assert "in use" in problem and not metrics.serving
+        assert endpoint_problem(tmp_path, "127.0.0.1:9790") is None  # another value: not this
+        holder.close()  # the other program goes: the agent takes the port, the problem clears
+        assert "container_compute_tasks{" in scrape(port, "container_compute_tasks{")
+        assert endpoint_problem(tmp_path, listen) is None
+    finally:
+        holder.close()
+        metrics.close()
 
 
-def test_metrics_off_writes_no_problem(tmp_path: Path) -> None:
+def test_metrics_off_serve_nothing_and_say_no_problem(tmp_path: Path) -> None:
     metrics = AgentMetrics(tmp_path, "")
+    metrics.start(make_engine(tmp_path, FakeBackend()))
     assert metrics.serve() is None and not metrics.serving
     assert endpoint_problem(tmp_path, "") is None
     metrics.close()

@@ -21,6 +21,8 @@ from .sampler import Sampler, SnapshotCollector
 logger = logging.getLogger(__name__)
 
 STATUS_FILE = "metrics-status.json"
+# A port another program holds may be freed: the agent tries again this often.
+RETRY_SECONDS = 30.0
 
 
 def endpoint_problem(state_dir: Path, text: str) -> str | None:
@@ -44,16 +46,21 @@ class AgentMetrics:
     """The agent's endpoint and sampler: started with the agent, never in its way."""
 
     def __init__(self, state_dir: Path, listen: str) -> None:
-        """Serve on ``listen`` (``metrics-listen``) once ``serve`` is called."""
+        """Serve on ``listen`` (``metrics-listen``; "" serves nothing) once started."""
         self.state_dir = state_dir
         self.listen = listen.strip()
         self.collector = SnapshotCollector()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server = None
+        self._error: str | None = None
+        self.retry_seconds = RETRY_SECONDS
 
     def serve(self) -> str | None:
-        """Start the HTTP endpoint; return why it does not run (None: it runs, or is off)."""
+        """Try once to start the HTTP endpoint; return why it does not run (None: it runs).
+
+        What happened is written to ``metrics-status.json``, for the charm's status.
+        """
         error = None
         try:
             where = parse_metrics_listen(self.listen)
@@ -65,10 +72,15 @@ class AgentMetrics:
             error = str(err)
         except OSError as err:
             error = f"cannot listen: {err.strerror or err}"
-        if error is not None:
+        if error is not None and error != self._error:
             logger.error(
-                "%s %s: %s; running jobs without metrics", METRICS_OPTION, self.listen, error
+                "%s %s: %s; running jobs without metrics (trying again every %.0fs)",
+                METRICS_OPTION,
+                self.listen,
+                error,
+                RETRY_SECONDS,
             )
+        self._error = error
         write_private(
             self.state_dir / STATUS_FILE,
             json.dumps({"listen": self.listen, "error": error or ""}) + "\n",
@@ -80,15 +92,22 @@ class AgentMetrics:
         """Whether the endpoint listens."""
         return self._server is not None
 
-    def attach(self, engine: Engine) -> None:
-        """Sample ``engine`` in a thread of its own while the endpoint listens."""
-        if not self.serving or self._thread is not None:
-            return
-        sampler = Sampler(engine, self.collector)
-        self._thread = threading.Thread(
-            target=sampler.run, args=(self._stop,), name="metrics-sampler", daemon=True
-        )
-        self._thread.start()
+    def start(self, engine: Engine) -> None:
+        """In a thread of its own: serve (a port in use is tried again), then sample ``engine``.
+
+        Never in the engine's way: the agent runs its jobs whether or not this ever listens.
+        """
+        if self._thread is None and self.listen:
+            self._thread = threading.Thread(
+                target=self._run, args=(engine,), name="metrics", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, engine: Engine) -> None:
+        while self.serve() is not None:
+            if self._stop.wait(self.retry_seconds):
+                return
+        Sampler(engine, self.collector).run(self._stop)
 
     @staticmethod
     def passed(seconds: float) -> None:
