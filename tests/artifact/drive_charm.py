@@ -12,6 +12,7 @@ object with what the handlers did.
 import dataclasses
 import json
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,11 +82,7 @@ def main() -> None:
 
     unit = agent.render_service(Path(state_dir))
     reload = config_reaches_the_agent(context, state, config, unit, Path(state_dir))
-    cos = testing.Relation("cos-agent", remote_app_name="grafana-agent")
-    published = context.run(
-        context.on.relation_joined(cos), testing.State(config=config, relations=[cos])
-    )
-    cos_agent = json.loads(published.get_relation(cos.id).local_unit_data["config"])
+    cos_agent = what_cos_agent_publishes(config, Path(state_dir))
     print(
         json.dumps(
             {
@@ -102,6 +99,27 @@ def main() -> None:
             default=str,
         )
     )
+
+
+def what_cos_agent_publishes(config: dict[str, Any], state_dir: Path) -> dict[str, Any]:
+    """The databag cos-agent's joined hook writes, with the artifact's rules and dashboards.
+
+    Scenario writes the charm's metadata into its charm root: the root is a copy of the
+    artifact's rule and dashboard directories, not the unpacked tree itself.
+    """
+    from ops import testing
+
+    import charm
+
+    root = state_dir / "cos-charm-root"
+    for directory in ("prometheus_alert_rules", "grafana_dashboards"):
+        shutil.copytree(Path(charm.__file__).parent / directory, root / "src" / directory)
+    context = testing.Context(charm.ContainerComputeCharm, charm_root=root)
+    cos = testing.Relation("cos-agent", remote_app_name="grafana-agent")
+    published = context.run(
+        context.on.relation_joined(cos), testing.State(config=config, relations=[cos])
+    )
+    return json.loads(published.get_relation(cos.id).local_unit_data["config"])
 
 
 def free_port() -> int:
