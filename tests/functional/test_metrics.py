@@ -179,6 +179,10 @@ def test_prometheus_scrapes_a_running_jobs_tasks(
     assert prometheus.value('container_compute_tasks_finished_total{outcome="failed"}') == 0
     assert prometheus.value("container_compute_task_duration_seconds_count") == TASKS
     assert prometheus.value("container_compute_task_queue_wait_seconds_count") == TASKS
+    # Each worker's cgroup gave its task's usage (a fresh worker per task).
+    assert prometheus.value("container_compute_task_memory_peak_bytes_count") == TASKS
+    assert len(prometheus.query("container_compute_task_cpu_seconds_total")) == 2
+    assert prometheus.value("container_compute_oom_kills_total") == 0
     assert (prometheus.value("container_compute_worker_start_seconds_count") or 0) >= TASKS
     assert (prometheus.value("container_compute_engine_pass_seconds_count") or 0) > 10
     heartbeat = prometheus.value("container_compute_agent_heartbeat_timestamp_seconds")

@@ -254,3 +254,61 @@ def test_nova_api_errors_are_counted() -> None:
     with pytest.raises(LaunchError):
         api.call("booting a server", refused)
     assert value("container_compute_api_errors_total", api="nova") == before + 1
+
+
+def test_usage_of_ended_attempts_feeds_cpu_memory_and_oom_figures(tmp_path: Path) -> None:
+    from container_compute.jobs.model import TaskState
+
+    engine = make_engine(tmp_path, FakeBackend())
+    sampler = Sampler(engine, SnapshotCollector())
+    ledger = engine.ledger
+    job = ledger.create_job(
+        {}, name="usage", backend="lxd", task_count=3, inputs=[], deadline_seconds=0
+    )
+    records = [
+        # A task the kernel OOM-killed once, its usage known from the worker's cgroup.
+        {
+            "cpu-user-seconds": 1.5,
+            "cpu-system-seconds": 0.25,
+            "memory-peak-bytes": 300 << 20,
+            "oom-kills": 1,
+            "wall-seconds": 2.0,
+        },
+        # A task whose usage no source showed: its duration only.
+        {"cpu-user-seconds": None, "memory-peak-bytes": None, "wall-seconds": 0.5},
+        # A damaged record: nothing but the ledger's own times.
+        {"cpu-user-seconds": "lots", "memory-peak-bytes": -1, "oom-kills": "x"},
+    ]
+    figures = [
+        ("container_compute_task_cpu_seconds_total", {"mode": "user"}),
+        ("container_compute_task_cpu_seconds_total", {"mode": "system"}),
+        ("container_compute_task_memory_peak_bytes_count", {}),
+        ("container_compute_task_memory_peak_bytes_sum", {}),
+        ("container_compute_oom_kills_total", {}),
+        ("container_compute_task_duration_seconds_count", {}),
+        ("container_compute_task_duration_seconds_sum", {}),
+    ]
+    before = [value(name, **labels) for name, labels in figures]
+    for index, record in enumerate(records):
+        assert ledger.start_attempt(job, index, lambda n: f"w{n}", now=time.time()) == 1
+        ledger.finish_attempt(
+            job,
+            index,
+            1,
+            {"succeeded": True, **record},
+            task_state=TaskState.SUCCEEDED,
+            charge=False,
+            not_before=0,
+            now=time.time(),
+        )
+    sampler.sample()
+
+    grown = [
+        value(name, **labels) - old for (name, labels), old in zip(figures, before, strict=True)
+    ]
+    user, system, peaks, peak_sum, kills, durations, duration_sum = grown
+    assert (user, system) == (1.5, 0.25)
+    assert (peaks, peak_sum) == (1, 300 << 20)
+    assert kills == 1
+    assert durations == 3
+    assert 2.5 <= duration_sum < 3.5  # 2 + 0.5 + the damaged one's few milliseconds
