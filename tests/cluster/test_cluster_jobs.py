@@ -55,6 +55,26 @@ def workers(config: HostConfig) -> list[tuple[str, str, str]]:
     return sorted((i["name"], i["status"], i.get("location", "")) for i in listing)
 
 
+def failed_attempts(state_dir: Path, job_id: str) -> list[dict[str, Any]]:
+    """Every attempt of the job that did not succeed, with its times: what a failure was."""
+    ledger = Ledger(state_dir)
+    try:
+        attempts = ledger.attempts(job_id)
+    finally:
+        ledger.close()
+    return [
+        {
+            "task": a.index,
+            "attempt": a.attempt,
+            "worker": a.worker,
+            "seconds": round((a.finished or time.time()) - a.started, 1),
+            **{k: v for k, v in (a.outcome or {}).items() if k in ("reason", "detail", "host")},
+        }
+        for a in attempts
+        if not (a.outcome or {}).get("succeeded")
+    ]
+
+
 def check_squares(state_dir: Path, job_id: str, tasks: int) -> None:
     for index in range(tasks):
         task = state_dir / "results" / job_id / str(index)
@@ -68,7 +88,7 @@ def test_a_job_spreads_over_every_member(cluster_config: HostConfig, state_dir: 
     result = launch(cluster_config, state_dir, command=SQUARE, tasks=9, parallelism=9, wait=True)
     elapsed = time.monotonic() - begin
 
-    assert result["state"] == "succeeded", result
+    assert result["state"] == "succeeded", (result, failed_attempts(state_dir, result["job"]))
     check_squares(state_dir, result["job"], 9)
     rows = joblog(state_dir, result["job"])
     assert sorted(int(r["Seq"]) for r in rows) == list(range(1, 10))
