@@ -95,6 +95,11 @@ LABEL_READY_BASELINE = CONFIG_KEY_PREFIX + "ready-baseline"  # its own processes
 HELPER_CACHE_DIR = Path("/var/cache/container-compute")
 SANDBOX_HELPER_IN_WORKER = "/.cc-sandbox"
 RUNNER_DIR_IN_WORKER = "/run/cc-runner"  # a warm worker's resident launcher (runner.py)
+# Where a worker delegates the memory and pids controllers (cgroup v2), each task's own cgroup
+# gets the worker's limits less these margins (at most a quarter of the limit) for the
+# worker's init, runner and wrapper: a task meets its limit, and its OOM, before the worker.
+TASK_MEMORY_MARGIN_BYTES = 32 * 1024 * 1024
+TASK_PIDS_MARGIN = 32
 READY_MAX_IMAGES = 3  # ready workers are kept for the images of this many recent jobs
 READY_KEEP_SECONDS = 24 * 3600  # ... submitted within this long
 # Where LXD keeps a log directory per instance (<project>_<name>; the default project: <name>).
@@ -124,6 +129,8 @@ SCRIPT_ENV = (
     "CC_SANDBOX_SIZE",
     "CC_HOSTNAME",
     "CC_CGROUP",
+    "CC_MEMORY_MARGIN",
+    "CC_PIDS_MARGIN",
     "CC_RUNNER",
     "cc_command",
     "cc_sandbox",
@@ -150,6 +157,12 @@ SCRIPT_ENV = (
     "cc_f",
     "cc_free",
     "cc_live_cap",
+    "cc_limited",
+    "cc_have",
+    "cc_on",
+    "cc_want",
+    "cc_c",
+    "cc_k",
     "cc_mirrors",
     "cc_s",
     "cc_pid",

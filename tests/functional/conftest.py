@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 from container_compute import constants, host
 from container_compute.actions import job_actions
+from container_compute.backends.lxd import helper, warm
 from container_compute.config import HostConfig
 from container_compute.host import HostPaths, configure_host
 from container_compute.host.images import build_busybox_image
@@ -228,3 +230,51 @@ def workers_of(state_dir: Path, job_id: str) -> list[str]:
         return [a.worker for a in ledger.attempts(job_id)]
     finally:
         ledger.close()
+
+
+class Incarnations:
+    """Every worker seen while a job runs, as (name, created_at).
+
+    A warm worker replaced under the same name shows twice.
+    """
+
+    def __init__(self, config: HostConfig) -> None:
+        self.seen: set[tuple[str, str]] = set()
+        self._client = connect(project=config.lxd_project)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for record in self._client.api.instances.get(params={"recursion": 1}).json()[
+                "metadata"
+            ]:
+                self.seen.add((record["name"], record["created_at"]))
+
+    def of(self, workers: list[str]) -> set[tuple[str, str]]:
+        """Stop watching; the incarnations seen of these workers."""
+        self._stop.set()
+        self._thread.join(10)
+        return {seen for seen in self.seen if seen[0] in workers}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def incarnations(configured_host: HostConfig) -> Iterator[Incarnations]:
+    watch = Incarnations(configured_host)
+    yield watch
+    watch.stop()
+
+
+@pytest.fixture(params=["helper", "shell"])
+def recipe(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Sandboxes made by the helper program (where the host builds it) or the shell recipe."""
+    if request.param == "shell":
+        monkeypatch.setattr(warm, "sandbox_helper", lambda: None)
+    elif helper.sandbox_helper() is None:
+        pytest.skip(f"the sandbox helper cannot be built here (no {helper.GCC}?)")
+    return str(request.param)

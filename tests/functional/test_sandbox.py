@@ -4,19 +4,16 @@ Task 0 of each job attacks its worker; task 1 then runs in the same worker and m
 nothing of it, or the worker must have survived what ended task 0.
 """
 
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from container_compute.backends.lxd import helper, warm
+from container_compute.backends.lxd import helper
 from container_compute.config import HostConfig
 from container_compute.jobs.ledger import Ledger
-from container_compute.lxdclient import connect
 
-from .conftest import worker_names, workers_of
+from .conftest import Incarnations, worker_names, workers_of
 from .test_warm_workers import run_job
 
 pytestmark = [pytest.mark.functional, pytest.mark.usefixtures("fast_engine")]
@@ -40,44 +37,6 @@ LOOK = (
 )
 
 
-class Incarnations:
-    """Every worker seen while a job runs, as (name, created_at).
-
-    A warm worker replaced under the same name shows twice.
-    """
-
-    def __init__(self, config: HostConfig) -> None:
-        self.seen: set[tuple[str, str]] = set()
-        self._client = connect(project=config.lxd_project)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            for record in self._client.api.instances.get(params={"recursion": 1}).json()[
-                "metadata"
-            ]:
-                self.seen.add((record["name"], record["created_at"]))
-
-    def of(self, workers: list[str]) -> set[tuple[str, str]]:
-        """Stop watching; the incarnations seen of these workers."""
-        self._stop.set()
-        self._thread.join(10)
-        return {seen for seen in self.seen if seen[0] in workers}
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
-@pytest.fixture
-def incarnations(configured_host: HostConfig) -> Iterator[Incarnations]:
-    watch = Incarnations(configured_host)
-    yield watch
-    watch.stop()
-
-
 def stdout_of(state_dir: Path, job: str, index: int) -> str:
     return (state_dir / "results" / job / str(index) / "stdout").read_text()
 
@@ -89,16 +48,6 @@ def outcomes(state_dir: Path, job: str) -> list[dict[str, Any]]:
         return [record.outcome or {} for record in ledger.attempts(job)]
     finally:
         ledger.close()
-
-
-@pytest.fixture(params=["helper", "shell"])
-def recipe(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Sandboxes made by the helper program (where the host builds it) or the shell recipe."""
-    if request.param == "shell":
-        monkeypatch.setattr(warm, "sandbox_helper", lambda: None)
-    elif helper.sandbox_helper() is None:
-        pytest.skip(f"the sandbox helper cannot be built here (no {helper.GCC}?)")
-    return str(request.param)
 
 
 def test_the_next_task_in_the_same_worker_finds_nothing_of_the_last(

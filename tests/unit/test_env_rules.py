@@ -27,7 +27,8 @@ def test_every_reserved_name_is_refused_at_submission(name: str) -> None:
 
 
 def test_the_scripts_set_only_reserved_names() -> None:
-    lxd_scripts = launch.LAUNCHER + launch.WRAPPER + launch.RECYCLE
+    lxd_scripts = launch.LAUNCHER + launch.WRAPPER + launch.RECYCLE + launch.SANDBOX_WRAPPER
+    lxd_scripts += launch.SANDBOX_SETUP + launch.SANDBOX_PROBE
     nova_script = (PACKAGE / "templates" / payload.TEMPLATE).read_text()
     named = set(re.findall(r"\bCC_[A-Z_]+\b", lxd_scripts + nova_script))
     named |= set(re.findall(r"\b(cc_[a-z_0-9]+)=", lxd_scripts + nova_script))

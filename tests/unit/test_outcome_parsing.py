@@ -16,7 +16,13 @@ from container_compute.backends.lxd.parsing import (
     shown,
 )
 from container_compute.backends.lxd.watch import AttemptWatcher
-from container_compute.backends.usage import Usage, keyed_numbers, sandbox_usage
+from container_compute.backends.usage import (
+    TaskLimits,
+    Usage,
+    keyed_numbers,
+    sandbox_usage,
+    task_limits,
+)
 
 ITERATIONS = 5000
 INTERESTING = [
@@ -205,3 +211,59 @@ def test_forged_usage_figures_are_left_out() -> None:
     usage = sandbox_usage(b"user_usec 99999999999999999999999\nsystem_usec 1\n", report)
     assert usage == Usage()
     assert keyed_numbers(b"\xff\x00 junk\nkey 12\nkey2  34 \n") == {"key": 12, "key2": 34}
+
+
+_LIMITED = b"task-memory-max 100663296\ntask-pids-max 1968\nmemory-peak-bytes 100663296\n"
+
+
+@pytest.mark.parametrize(
+    ("code", "events", "reason", "detail"),
+    [
+        pytest.param(
+            137,
+            b"oom-kills 2\nforks-refused 0\n",
+            FailureReason.OOM,
+            "killed: out of memory (the task's own memory cgroup, memory.max 96 MiB, "
+            "counted an OOM kill)",
+            id="oom",
+        ),
+        pytest.param(
+            0,
+            b"oom-kills 0\nforks-refused 12\n",
+            FailureReason.PROCESS_LIMIT,
+            "the task hit its process limit: its own pids cgroup, pids.max 1968, refused 12 "
+            "forks (pids.events max)",
+            id="fork-bomb-exiting-0",
+        ),
+        pytest.param(0, b"oom-kills 0\nforks-refused 0\n", None, "", id="within-its-limits"),
+    ],
+)
+def test_a_sandboxed_task_that_met_its_own_limits_says_so(
+    worker_root: Path, code: int, events: bytes, reason: FailureReason | None, detail: str
+) -> None:
+    """Where the task cgroup had limits (cgroup v2), its own events decide, even after exit 0."""
+    cc = worker_root / "run" / "cc"
+    (cc / "exit_code").write_text(f"{code}\n")
+    (cc / "sandbox").write_bytes(b"ready\npeak-rss-kib 2048\n" + _LIMITED + events)
+    view = _view(worker_root)
+    view.sandboxed = True
+    outcome = AttemptWatcher(_NoApi()).judge.exit_status(view)  # type: ignore[arg-type]
+
+    assert outcome is not None and outcome.reason is reason and outcome.detail == detail
+    assert outcome.sandbox_ended  # the worker goes on
+    assert outcome.usage is not None
+    assert (outcome.usage.memory_peak_bytes, outcome.usage.memory_source) == (
+        96 << 20,
+        "task-cgroup",
+    )
+    assert outcome.usage.oom_kills == (2 if reason is FailureReason.OOM else 0)
+
+
+def test_task_limits_come_only_from_a_report_that_names_them() -> None:
+    assert task_limits(b"ready\npeak-rss-kib 2048\noom-kills 3\n") is None  # no task limits
+    limits = task_limits(b"task-pids-max 50\nforks-refused 7\n")
+    assert limits == TaskLimits(None, 50, 0, 7)
+    assert "pids.max 50," in TaskLimits(None, 50, 0, 7).process_detail()
+    assert task_limits(b"task-memory-max max\ntask-pids-max lots\n") is None  # forged: none
+    usage = sandbox_usage(b"", b"peak-rss-kib 2048\nmemory-peak-bytes 5000000\n")
+    assert (usage.memory_peak_bytes, usage.memory_source) == (2 << 20, "sandbox-rusage")

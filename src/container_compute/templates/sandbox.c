@@ -5,11 +5,17 @@
  * Usage (in a warm worker, by the sandbox wrapper): cc-sandbox COMMAND
  *   environment: CC_SANDBOX_SIZE (the size cap of the sandbox's tmpfs), CC_HOSTNAME,
  *   CC_CGROUP (optional: where the worker's cgroup2 tree is, or is to be, mounted: the task
- *   gets its own cgroup there, whose cpu.stat is kept in /run/cc/cpu.stat); fd 3: how far the sandbox got
+ *   gets its own cgroup there, whose cpu.stat is kept in /run/cc/cpu.stat; where the worker
+ *   delegates the memory and pids controllers (launch.DELEGATE_CONTROLLERS), the task cgroup
+ *   gets the worker's own limits less a margin for the worker's processes (CC_MEMORY_MARGIN
+ *   bytes, CC_PIDS_MARGIN processes, at most a quarter of each), and memory.oom.group, so that
+ *   a task's OOM ends the task, not the worker); fd 3: how far the sandbox got
  *   ("ready" just before the command; else why it failed), then, once the command ended,
  *   "peak-rss-kib N": the largest resident set of the task's processes (its rusage, as
- *   sacct's MaxRSS), "cpu-user-usec N" and "cpu-system-usec N": their CPU times. The exit
- *   status is COMMAND's, or 128 + the signal that ended it.
+ *   sacct's MaxRSS), "cpu-user-usec N" and "cpu-system-usec N": their CPU times, and from the
+ *   task's own cgroup where it had limits: "task-memory-max N", "task-pids-max N",
+ *   "memory-peak-bytes N", "oom-kills N" (memory.events), "forks-refused N" (pids.events).
+ *   The exit status is COMMAND's, or 128 + the signal that ended it.
  *
  * Usage (started once per warm worker, in the background): cc-sandbox --serve DIR
  *   the worker's resident launcher (backends/lxd/runner.py): the host renames a request into
@@ -107,13 +113,113 @@ struct task_cgroup {
     int root;  // the worker's cgroup2 tree (a directory)
     int stat;  // the task cgroup's cpu.stat
     int kept;  // /run/cc/cpu.stat, where its figures are kept
+    int procs;  // the task cgroup's cgroup.procs: the sandbox's init moves itself in
+    int limited;  // the task cgroup has limits of its own (memory, pids or both)
 };
 
+/* The number in a cgroup file of ROOT (as "memory.max"), or -1 ("max", missing, unreadable). */
+static long long read_number(int root, const char *name) {
+    char text[64];
+    int fd = openat(root, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t got = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (got <= 0) return -1;
+    text[got] = '\0';
+    char *end;
+    long long number = strtoll(text, &end, 10);
+    return end == text || number < 0 ? -1 : number;
+}
+
+static int write_number(int root, const char *name, long long number) {
+    char text[32];
+    int fd = openat(root, name, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int length = snprintf(text, sizeof text, "%lld", number);
+    int written = write(fd, text, (size_t)length) == length;
+    close(fd);
+    return written;
+}
+
+/* The task's share of a worker limit: all of it but a margin (CAP, at most a quarter of it)
+ * for the worker's own processes, so the task meets its limit before the worker does. */
+static long long task_share(long long limit, long long cap) {
+    long long margin = limit / 4 < cap ? limit / 4 : cap;
+    return limit - margin;
+}
+
+/* A margin from the environment (CC_MEMORY_MARGIN, CC_PIDS_MARGIN), or -1. */
+static long long margin_of(const char *name) {
+    const char *text = getenv(name);
+    char *end;
+    long long number = text && *text ? strtoll(text, &end, 10) : -1;
+    return number < 0 || *end ? -1 : number;
+}
+
+/* Give the task cgroup the worker's memory and pids limits, less the margins, where the worker
+ * delegates those controllers (their files exist in the task cgroup); true if it got any. */
+static int limit_task_cgroup(int root) {
+    int limited = 0;
+    long long memory = read_number(root, "memory.max"), margin = margin_of("CC_MEMORY_MARGIN");
+    if (memory > 0 && margin >= 0 && faccessat(root, "task/memory.max", W_OK, 0) == 0 &&
+        write_number(root, "task/memory.max", task_share(memory, margin))) {
+        write_number(root, "task/memory.oom.group", 1);  // one OOM kill ends the whole task
+        limited = 1;
+    }
+    long long pids = read_number(root, "pids.max");
+    margin = margin_of("CC_PIDS_MARGIN");
+    if (pids > 0 && margin >= 0 && faccessat(root, "task/pids.max", W_OK, 0) == 0 &&
+        write_number(root, "task/pids.max", task_share(pids, margin)))
+        limited = 1;
+    return limited;
+}
+
+/* The "KEY N" line of a cgroup file (as "oom_kill" in memory.events), or -1. */
+static long long event_count(int root, const char *name, const char *key) {
+    char text[1024];
+    int fd = openat(root, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t got = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (got <= 0) return -1;
+    text[got] = '\0';
+    size_t length = strlen(key);
+    for (char *line = text; *line;) {
+        if (strncmp(line, key, length) == 0 && line[length] == ' ')
+            return strtoll(line + length + 1, NULL, 10);
+        char *next = strchr(line, '\n');
+        if (!next) break;
+        line = next + 1;
+    }
+    return -1;
+}
+
+/* Say on fd 3 the task cgroup's limits and what they did: its peak, OOM kills, refused forks. */
+static void report_task_cgroup(int root) {
+    static const struct { const char *file, *key, *said; } events[] = {
+        {"task/memory.events", "oom_kill", "oom-kills"},
+        {"task/pids.events", "max", "forks-refused"},
+    };
+    long long number;
+    if ((number = read_number(root, "task/memory.max")) >= 0)
+        dprintf(3, "task-memory-max %lld\n", number);
+    if ((number = read_number(root, "task/pids.max")) >= 0)
+        dprintf(3, "task-pids-max %lld\n", number);
+    if ((number = read_number(root, "task/memory.peak")) >= 0)
+        dprintf(3, "memory-peak-bytes %lld\n", number);
+    for (size_t i = 0; i < sizeof events / sizeof events[0]; i++)
+        if ((number = event_count(root, events[i].file, events[i].key)) >= 0)
+            dprintf(3, "%s %lld\n", events[i].said, number);
+}
+
 /* Make the task's own cgroup ("task") in the worker's cgroup2 tree mounted at ROOT (mounted
- * now if need be) and move into it; false when that cannot be done (no cgroup then). */
-static int enter_task_cgroup(const char *root, struct task_cgroup *cg) {
+ * now if need be), with its limits; false when that cannot be done (no cgroup then). The
+ * sandbox's init moves itself in (enter_task_cgroup): this program stays out of the task's
+ * OOM and process count. */
+static int make_task_cgroup(const char *root, struct task_cgroup *cg) {
     char path[320];
-    cg->root = cg->stat = cg->kept = -1;
+    cg->root = cg->stat = cg->kept = cg->procs = -1;
+    cg->limited = 0;
     snprintf(path, sizeof path, "%s/cgroup.procs", root);
     if (access(path, F_OK) != 0) {
         mkdir(root, 0755);
@@ -122,35 +228,34 @@ static int enter_task_cgroup(const char *root, struct task_cgroup *cg) {
     cg->root = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (cg->root < 0) return 0;
     unlinkat(cg->root, "task", AT_REMOVEDIR);  // a task's left over from before
-    int procs = -1;
     if (mkdirat(cg->root, "task", 0755) != 0 ||
-        (procs = openat(cg->root, "task/cgroup.procs", O_WRONLY | O_CLOEXEC)) < 0 ||
-        write(procs, "0", 1) != 1) {
-        if (procs >= 0) close(procs);
+        (cg->procs = openat(cg->root, "task/cgroup.procs", O_WRONLY | O_CLOEXEC)) < 0) {
         unlinkat(cg->root, "task", AT_REMOVEDIR);
         close(cg->root);
         cg->root = -1;
         return 0;
     }
-    close(procs);
+    cg->limited = limit_task_cgroup(cg->root);
     cg->stat = openat(cg->root, "task/cpu.stat", O_RDONLY | O_CLOEXEC);
     cg->kept = open("/run/cc/cpu.stat", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
     return 1;
 }
 
-/* Keep the task cgroup's cpu.stat, move back to the tree's root and remove the cgroup. */
+/* In the sandbox's init, before anything else: move into the task's cgroup. */
+static void enter_task_cgroup(struct task_cgroup *cg) {
+    if (cg->procs >= 0 && write(cg->procs, "0", 1) != 1) fail("moving into the task's cgroup failed");
+}
+
+/* Once the task ended: keep its cgroup's cpu.stat, report its limits, remove the cgroup. */
 static void leave_task_cgroup(struct task_cgroup *cg) {
     char stat[1024];
     if (cg->stat >= 0 && cg->kept >= 0) {
         ssize_t got = pread(cg->stat, stat, sizeof stat, 0);
         if (got > 0) (void)!write(cg->kept, stat, (size_t)got);
     }
-    int procs = openat(cg->root, "cgroup.procs", O_WRONLY | O_CLOEXEC);
-    if (procs >= 0) {
-        (void)!write(procs, "0", 1);
-        close(procs);
-    }
-    unlinkat(cg->root, "task", AT_REMOVEDIR);
+    if (cg->limited) report_task_cgroup(cg->root);
+    for (int i = 0; i < 50 && unlinkat(cg->root, "task", AT_REMOVEDIR) != 0 && errno == EBUSY; i++)
+        usleep(10000);  // its last processes may still be exiting
 }
 
 /* Read a whole request (at most REQUEST_MAX bytes); its length, or -1. */
@@ -241,17 +346,20 @@ int main(int argc, char **argv) {
     const char *hostname = getenv("CC_HOSTNAME");
     const char *cgroup = getenv("CC_CGROUP");
     if (!size || !hostname) fail("CC_SANDBOX_SIZE and CC_HOSTNAME are needed");
-    struct task_cgroup cg = {-1, -1, -1};
-    int in_cgroup = cgroup && *cgroup && strlen(cgroup) < 256 && enter_task_cgroup(cgroup, &cg);
+    struct task_cgroup cg = {-1, -1, -1, -1, 0};
+    int in_cgroup = cgroup && *cgroup && strlen(cgroup) < 256 && make_task_cgroup(cgroup, &cg);
     if (unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) != 0)
         fail("unshare of the mount, pid, ipc and uts namespaces was refused");
     pid_t child = fork();
     if (child < 0) fail("fork failed");
     if (child == 0) {  // PID 1 of the new pid namespace: nothing it starts outlives it
+        enter_task_cgroup(&cg);
         make_sandbox(size, hostname);
         unsetenv("CC_SANDBOX_SIZE");
         unsetenv("CC_HOSTNAME");
         unsetenv("CC_CGROUP");
+        unsetenv("CC_MEMORY_MARGIN");
+        unsetenv("CC_PIDS_MARGIN");
         unsetenv("CC_SANDBOX");
         dprintf(3, "ready\n");
         close(3);
@@ -263,11 +371,11 @@ int main(int argc, char **argv) {
     while (waitpid(child, &status, 0) < 0) {
         if (errno != EINTR) return 1;
     }
-    if (in_cgroup) leave_task_cgroup(&cg);
     struct rusage usage;
     if (getrusage(RUSAGE_CHILDREN, &usage) == 0)
         dprintf(3, "peak-rss-kib %ld\ncpu-user-usec %lld\ncpu-system-usec %lld\n",
                 usage.ru_maxrss, usec(usage.ru_utime), usec(usage.ru_stime));
+    if (in_cgroup) leave_task_cgroup(&cg);
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
 }

@@ -6,7 +6,12 @@ environment: nothing from a job is ever spliced into a script's text.
 
 from typing import Any
 
-from ...constants import RESULTS_DIR_IN_WORKER, SANDBOX_HELPER_IN_WORKER
+from ...constants import (
+    RESULTS_DIR_IN_WORKER,
+    SANDBOX_HELPER_IN_WORKER,
+    TASK_MEMORY_MARGIN_BYTES,
+    TASK_PIDS_MARGIN,
+)
 from .api import LXDApi
 
 # The names these scripts set are constants.SCRIPT_ENV; a job cannot set them.
@@ -43,6 +48,55 @@ WRAPPER = (
 # then makes it PID 1 of new pid, mount, ipc and uts namespaces. The exit code and output
 # files stay in the worker's /run/cc, out of the task's reach.
 SANDBOX_CGROUP = "/run/cc-cgroup"
+# Once per warm worker, before its sandbox probe: where the worker's cgroup2 tree has the
+# memory and pids controllers (a cgroup v2 host; none on hybrid hosts), its processes leave the
+# tree's root for a leaf (``worker``: a cgroup that hands controllers down holds no process),
+# and the root hands both down, so each task cgroup can have limits of its own. Silent, and
+# nothing fails without it: the limits are then the worker's.
+DELEGATE_CONTROLLERS = (
+    f"cc_cg={SANDBOX_CGROUP}\n"
+    "{\n"
+    "  mkdir -p $cc_cg && { [ -f $cc_cg/cgroup.procs ] || mount -t cgroup2 cc-cgroup $cc_cg; }\n"
+    "  cc_have=; read -r cc_have <$cc_cg/cgroup.controllers\n"
+    "  cc_on=; read -r cc_on <$cc_cg/cgroup.subtree_control\n"
+    "  cc_want=\n"
+    "  for cc_c in memory pids; do\n"
+    '    case " $cc_have " in *" $cc_c "*) ;; *) continue ;; esac\n'
+    '    case " $cc_on " in *" $cc_c "*) ;; *) cc_want="$cc_want +$cc_c" ;; esac\n'
+    "  done\n"
+    '  if [ -n "$cc_want" ]; then\n'
+    "    mkdir -p $cc_cg/worker\n"
+    "    for cc_p in $(cat $cc_cg/cgroup.procs); do echo $cc_p >$cc_cg/worker/cgroup.procs; done\n"
+    '    echo "$cc_want" >$cc_cg/cgroup.subtree_control\n'
+    "  fi\n"
+    "} </dev/null >/dev/null 2>&1\n"
+)
+# The shell recipe's twin of the helper's task limits (sandbox.c): the task cgroup gets the
+# worker's memory and pids limits less the margins, where their files exist in it.
+_TASK_LIMITS = (
+    "  cc_limited=\n"
+    "  for cc_c in memory.max:$CC_MEMORY_MARGIN pids.max:$CC_PIDS_MARGIN; do\n"
+    "    cc_f=${cc_c%%:*}; cc_k=${cc_c#*:}\n"
+    "    [ -f $cc_cg/task/$cc_f ] && read -r cc_n <$cc_cg/$cc_f || continue\n"
+    '    case "$cc_n" in ""|*[!0-9]*) continue ;; esac\n'
+    '    case "$cc_k" in ""|*[!0-9]*) continue ;; esac\n'
+    "    [ $cc_k -gt $((cc_n / 4)) ] && cc_k=$((cc_n / 4))\n"
+    "    echo $((cc_n - cc_k)) >$cc_cg/task/$cc_f 2>/dev/null && cc_limited=1\n"
+    "  done\n"
+    '  [ -n "$cc_limited" ] && echo 1 >$cc_cg/task/memory.oom.group 2>/dev/null\n'
+)
+# ... and of its report of the task cgroup's limits and what they did, after the command.
+_TASK_REPORT = (
+    '  if [ -n "$cc_limited" ]; then {\n'
+    '    read -r cc_n <$cc_cg/task/memory.max && echo "task-memory-max $cc_n"\n'
+    '    read -r cc_n <$cc_cg/task/pids.max && echo "task-pids-max $cc_n"\n'
+    '    read -r cc_n <$cc_cg/task/memory.peak && echo "memory-peak-bytes $cc_n"\n'
+    "    while read -r cc_f cc_n; do\n"
+    '      [ "$cc_f" = oom_kill ] && echo "oom-kills $cc_n"; done <$cc_cg/task/memory.events\n'
+    "    while read -r cc_f cc_n; do\n"
+    '      [ "$cc_f" = max ] && echo "forks-refused $cc_n"; done <$cc_cg/task/pids.events\n'
+    "  } >>/run/cc/sandbox 2>/dev/null; fi\n"
+)
 SANDBOX_WRAPPER = (
     "trap '' HUP\n"
     "cd /\n"
@@ -65,12 +119,14 @@ SANDBOX_WRAPPER = (
     "  rmdir $cc_cg/task 2>/dev/null\n"
     "  cc_enter=; mkdir $cc_cg/task 2>/dev/null &&"
     " cc_enter='echo 0 >'$cc_cg/task/cgroup.procs' &&'\n"
-    '  /bin/sh -c "$cc_enter exec unshare -m -p -f -i -u /bin/sh -c \\"\\$0\\" cc-sandbox'
+    + _TASK_LIMITS
+    + '  /bin/sh -c "$cc_enter exec unshare -m -p -f -i -u /bin/sh -c \\"\\$0\\" cc-sandbox'
     ' \\"\\$1\\"" "$cc_sandbox" "$cc_command"'
     " </dev/null >/run/cc/stdout 2>/run/cc/stderr 3>/run/cc/sandbox\n"
     "  cc_exit=$?\n"
     "  cat $cc_cg/task/cpu.stat >/run/cc/cpu.stat 2>/dev/null\n"
-    "  rmdir $cc_cg/task 2>/dev/null\n"
+    + _TASK_REPORT
+    + "  rmdir $cc_cg/task 2>/dev/null\n"
     "fi\n"
     "read -r cc_state </run/cc/sandbox 2>/dev/null\n"
     '[ "$cc_state" = ready ] || echo "${cc_state:-the sandbox ended before it was made}"'
@@ -108,12 +164,13 @@ SANDBOX_SETUP = (
     "hostname \"$CC_HOSTNAME\" || cc_fail 'setting the host name was refused'\n"
     # The task's processes go before the wrapper when the worker's memory runs out.
     "echo 500 >/proc/self/oom_score_adj 2>/dev/null\n"
-    "unset CC_SANDBOX_SIZE CC_HOSTNAME\n"
+    "unset CC_SANDBOX_SIZE CC_HOSTNAME CC_MEMORY_MARGIN CC_PIDS_MARGIN\n"
     "cd / && echo ready >&3 && exec 3>&-\n"
     'exec /bin/sh -c "$1"\n'
 )
-# Once per new warm worker: can it make a sandbox? (0: yes; else fd 3 says why.)
-SANDBOX_PROBE = (
+# Once per new warm worker: can it make a sandbox? (0: yes; else fd 3 says why.) Its task
+# cgroups first get the memory and pids controllers where the worker has them.
+SANDBOX_PROBE = DELEGATE_CONTROLLERS + (
     f"if [ -x {SANDBOX_HELPER_IN_WORKER} ]; then\n"
     f"  {SANDBOX_HELPER_IN_WORKER} true 3>&1 </dev/null 2>/dev/null\n"
     "else\n"
@@ -133,6 +190,8 @@ def sandbox_environment(worker: str) -> dict[str, str]:
         "CC_SANDBOX": SANDBOX_SETUP,
         "CC_SANDBOX_SIZE": SANDBOX_TMPFS_SIZE,
         "CC_HOSTNAME": worker,
+        "CC_MEMORY_MARGIN": str(TASK_MEMORY_MARGIN_BYTES),
+        "CC_PIDS_MARGIN": str(TASK_PIDS_MARGIN),
     }
 
 

@@ -24,7 +24,7 @@ import pylxd
 from ...lxdclient import socket_path
 from .. import FailureReason, TaskOutcome, WorkerSpec
 from ..gather import GatherReport, gather_task
-from ..usage import Usage, sandbox_usage
+from ..usage import TaskLimits, Usage, sandbox_usage, task_limits
 from . import files
 from .api import TRANSIENT_ERRORS, LXDApi, OperationFailedError
 from .hostside import (
@@ -395,12 +395,17 @@ class AttemptJudge:
             return TaskOutcome(None, FailureReason.EXIT_CODE, detail="the exit code file is empty")
         if code is None:
             return None  # empty: being written
-        outcome = self._sandbox_status(view, code) if view.sandboxed else self._status(view, code)
-        outcome.usage = self.usage(view)
+        if not view.sandboxed:
+            outcome = self._status(view, code)
+            outcome.usage = self.usage(view)
+            return outcome
+        report = _file_data(self.watcher.read_cc(view, "sandbox", limit=SANDBOX_STATUS_BYTES))
+        outcome = self._sandbox_status(view, code, task_limits(report))
+        outcome.usage = self.usage(view, report)
         return outcome
 
-    def usage(self, view: WorkerView) -> Usage:
-        """What the task used: its sandbox's cgroup and rusage, else its worker's cgroups.
+    def usage(self, view: WorkerView, report: bytes = b"") -> Usage:
+        """What the task used: its sandbox's cgroup and ``report``, else its worker's cgroups.
 
         Nothing when the worker is read through the files API (see ``remote``).
         """
@@ -409,12 +414,14 @@ class AttemptJudge:
         if not view.sandboxed:
             return view.usage()
         stat = self.watcher.read_cc(view, "cpu.stat", limit=SANDBOX_STATUS_BYTES)
-        report = self.watcher.read_cc(view, "sandbox", limit=SANDBOX_STATUS_BYTES)
-        usage = sandbox_usage(_file_data(stat), _file_data(report))
-        usage.oom_kills = view.oom_kills() if view.memory_cgroup is not None else None
+        usage = sandbox_usage(_file_data(stat), report)
+        if usage.oom_kills is None:  # no task limits: the worker's memory cgroup
+            usage.oom_kills = view.oom_kills() if view.memory_cgroup is not None else None
         return usage
 
-    def _sandbox_status(self, view: WorkerView, code: int) -> TaskOutcome:
+    def _sandbox_status(
+        self, view: WorkerView, code: int, task: TaskLimits | None = None
+    ) -> TaskOutcome:
         """The outcome of a sandboxed task (its worker intact), or why it never ran."""
         found = self.watcher.read_cc(view, "sandbox_error", content=view.rootfs is not None)
         if found is not None and found.kind == "file":
@@ -424,25 +431,40 @@ class AttemptJudge:
                 FailureReason.LAUNCH_ERROR,
                 detail=f"the task's sandbox could not be made in worker {view.name}: {why}",
             )
-        outcome = self._status(view, code)
+        outcome = self._status(view, code, task)
         outcome.sandbox_ended = True
         return outcome
 
-    def _status(self, view: WorkerView, code: int) -> TaskOutcome:
-        """The outcome of an exit status the wrapper wrote.
+    def _status(self, view: WorkerView, code: int, task: TaskLimits | None = None) -> TaskOutcome:
+        """The outcome of an exit status the wrapper wrote (``task``: the task cgroup's limits).
 
         A task that hit its memory or process limit failed, even when its command exited 0.
         """
-        if code == 0 and not view.oom_kills() and not view.forks_refused():
+        task_hit = task is not None and (task.oom_kills > 0 or task.forks_refused > 0)
+        if code == 0 and not task_hit and not view.oom_kills() and not view.forks_refused():
             return TaskOutcome(0)
-        return self.failed(view, f"the command exited {code}", code)
+        return self.failed(view, f"the command exited {code}", code, task)
 
-    def failed(self, view: WorkerView, detail: str, code: int | None = None) -> TaskOutcome:
+    def failed(
+        self,
+        view: WorkerView,
+        detail: str,
+        code: int | None = None,
+        task: TaskLimits | None = None,
+    ) -> TaskOutcome:
         """An outcome without success: OOM or PROCESS_LIMIT when the cgroups counted one.
 
-        Refused forks come first: a fork bomb can also run the worker out of memory, and the
-        process limit is what it hit first (the OOM kills are said too).
+        The task's own cgroup (``task``, where it had limits) first, then the worker's. Refused
+        forks come first: a fork bomb can also run out of memory, and the process limit is
+        what it hit first (the OOM kills are said too).
         """
+        if task is not None and task.forks_refused > 0:
+            also = "; the OOM killer also ran in the task" if task.oom_kills else ""
+            return TaskOutcome(
+                code, FailureReason.PROCESS_LIMIT, detail=task.process_detail() + also
+            )
+        if task is not None and task.oom_kills > 0:
+            return TaskOutcome(code, FailureReason.OOM, detail=task.memory_detail())
         refused, oom_kills = view.forks_refused(), view.oom_kills()
         if refused > 0:
             also = "; the OOM killer also ran in the worker" if oom_kills else ""
