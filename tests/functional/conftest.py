@@ -278,3 +278,21 @@ def recipe(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     elif helper.sandbox_helper() is None:
         pytest.skip(f"the sandbox helper cannot be built here (no {helper.GCC}?)")
     return str(request.param)
+
+
+UNIFIED_CONTROLLERS = Path("/sys/fs/cgroup/cgroup.controllers")
+
+
+def no_task_limits() -> str:
+    """Why this host gives workers no memory and pids controllers of their own ("" if it does)."""
+    try:
+        missing = {"memory", "pids"} - set(UNIFIED_CONTROLLERS.read_text().split())
+    except OSError:  # hybrid or v1: /sys/fs/cgroup is a tmpfs of v1 hierarchies
+        missing = {"memory", "pids"}
+    if not missing:
+        return ""
+    return (
+        f"per-task limits need a cgroup v2 host; this one has no {' and '.join(sorted(missing))}"
+        " controller in a cgroup2 hierarchy at /sys/fs/cgroup (cgroup v1 or hybrid): "
+        "scripts/cgroup2-lab runs these tests in a cgroup v2 guest"
+    )

@@ -377,7 +377,9 @@ def test_fork_bomb_is_told_apart(backend: LXDBackend, tmp_path: Path) -> None:
     print(f"fork bomb: {took:.1f}s: {outcome.reason}: {outcome.detail}")
     assert outcome.reason is FailureReason.PROCESS_LIMIT, outcome
     assert "process limit" in outcome.detail and "pids.events max" in outcome.detail
-    assert outcome.exit_code in (3, None)
+    # 2: the bomb's own shell could not fork its sleep (busybox sh gives up with 2), seen once
+    # in 0.7 s on a busy host; 3: it could.
+    assert outcome.exit_code in (2, 3, None)
 
 
 # Engine-level helpers ---------------------------------------------------------------------

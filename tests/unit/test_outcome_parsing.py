@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from container_compute.backends import FailureReason, TaskOutcome
-from container_compute.backends.lxd.hostside import WorkerView, read_cc_file
+from container_compute.backends.lxd.hostside import (
+    WorkerView,
+    _worker_cgroup,
+    read_cc_file,
+    tree_pids,
+)
 from container_compute.backends.lxd.parsing import (
     event_count,
     parse_exit_status,
@@ -267,3 +272,28 @@ def test_task_limits_come_only_from_a_report_that_names_them() -> None:
     assert task_limits(b"task-memory-max max\ntask-pids-max lots\n") is None  # forged: none
     usage = sandbox_usage(b"", b"peak-rss-kib 2048\nmemory-peak-bytes 5000000\n")
     assert (usage.memory_peak_bytes, usage.memory_source) == (2 << 20, "sandbox-rusage")
+
+
+def test_a_workers_processes_are_read_from_its_whole_cgroup_tree(tmp_path: Path) -> None:
+    """cgroup v2: LXD's exec in ``.lxc``, the init in ``worker``, a sandbox in ``task``."""
+    worker = tmp_path / "lxc.payload.p_cc-w"
+    for child, pids in (("", "1\n"), (".lxc", "20\n21\n"), ("worker", "5\n"), ("task", "")):
+        (worker / child).mkdir(parents=True, exist_ok=True)
+        (worker / child / "cgroup.procs").write_text(pids)
+    (worker / "task" / "inner").mkdir()
+    (worker / "task" / "inner" / "cgroup.procs").write_text("30\n")
+    assert sorted(tree_pids(worker) or [], key=int) == ["1", "5", "20", "21", "30"]
+    assert tree_pids(tmp_path / "gone") is None
+
+
+@pytest.mark.parametrize(
+    ("path", "worker"),
+    [
+        ("/lxc.payload.p_cc-w/worker", "/lxc.payload.p_cc-w"),
+        ("/lxc.payload.p_cc-w", "/lxc.payload.p_cc-w"),
+        ("/lxc.payload.m/lxc.payload.p_cc-w/worker", "/lxc.payload.m/lxc.payload.p_cc-w"),
+        ("/user.slice", "/user.slice"),
+    ],
+)
+def test_a_workers_own_cgroup_is_found_from_its_inits(path: str, worker: str) -> None:
+    assert _worker_cgroup(path) == worker

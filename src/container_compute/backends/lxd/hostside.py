@@ -141,21 +141,47 @@ def _ns_pid(pid: str) -> str | None:
     return None
 
 
+def tree_pids(cgroup: Path) -> list[str] | None:
+    """The host pids in ``cgroup`` and every cgroup below it; None if it cannot be read.
+
+    On cgroup v2 a worker's processes sit in child cgroups of its own: ``.lxc`` (LXD's exec),
+    ``worker`` (its init, once its controllers are handed down) and ``task`` (a sandbox).
+    """
+    pids: list[str] = []
+    try:
+        pids.extend((cgroup / "cgroup.procs").read_text().split())
+    except OSError:
+        return None
+    for directory, children, _ in os.walk(cgroup):
+        for child in children:
+            with contextlib.suppress(OSError):
+                pids.extend(Path(directory, child, "cgroup.procs").read_text().split())
+    return pids
+
+
 def init_pid_from_cgroup(volume: str) -> int:
     """Return the host pid of the init of the container in cgroup ``lxc.payload.<volume>``."""
     for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"):
-        try:
-            pids = Path(base, f"lxc.payload.{volume}", "cgroup.procs").read_text().split()
-        except OSError:
-            continue
-        for pid in pids:
+        for pid in tree_pids(Path(base, f"lxc.payload.{volume}")) or []:
             if _ns_pid(pid) == "1":
                 return int(pid)
     return 0
 
 
+def _worker_cgroup(path: str) -> str:
+    """The worker's own cgroup (``.../lxc.payload.<volume>``) of a cgroup path in it."""
+    parts = path.split("/")
+    for index in range(len(parts) - 1, -1, -1):  # the innermost (an LXD in a container)
+        if parts[index].startswith("lxc.payload."):
+            return "/".join(parts[: index + 1])
+    return path
+
+
 def memory_cgroup(pid: int) -> Path | None:
-    """Return the host path of the memory cgroup of ``pid`` (cgroup v1 or v2), if any."""
+    """Return the host path of the memory cgroup of worker init ``pid`` (cgroup v1 or v2).
+
+    The worker's own cgroup, also when its init sits in a child of it (cgroup v2).
+    """
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
@@ -164,9 +190,9 @@ def memory_cgroup(pid: int) -> Path | None:
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if "memory" in controllers.split(","):
-            return Path("/sys/fs/cgroup/memory" + path)
+            return Path("/sys/fs/cgroup/memory" + _worker_cgroup(path))
         if controllers == "":
-            v2 = Path("/sys/fs/cgroup" + path)
+            v2 = Path("/sys/fs/cgroup" + _worker_cgroup(path))
     if v2 is not None and (v2 / "memory.events").exists():
         return v2
     return None
@@ -270,8 +296,7 @@ class WorkerView:
         """Tell whether a process of the worker has ``wrapper_pid`` as its in-worker pid."""
         if self.memory_cgroup is None:
             return True
-        try:
-            pids = (self.memory_cgroup / "cgroup.procs").read_text().split()
-        except OSError:
+        pids = tree_pids(self.memory_cgroup)
+        if pids is None:
             return True
         return any(_ns_pid(pid) == str(wrapper_pid) for pid in pids)
