@@ -275,7 +275,7 @@ def test_task_limits_come_only_from_a_report_that_names_them() -> None:
 
 
 def test_a_workers_processes_are_read_from_its_whole_cgroup_tree(tmp_path: Path) -> None:
-    """cgroup v2: LXD's exec in ``.lxc``, the init in ``worker``, a sandbox in ``task``."""
+    """Cgroup v2: LXD's exec in ``.lxc``, the init in ``worker``, a sandbox in ``task``."""
     worker = tmp_path / "lxc.payload.p_cc-w"
     for child, pids in (("", "1\n"), (".lxc", "20\n21\n"), ("worker", "5\n"), ("task", "")):
         (worker / child).mkdir(parents=True, exist_ok=True)
