@@ -21,7 +21,7 @@ from container_compute.constants import (
 )
 from container_compute.lxdclient import connect
 
-from .conftest import lxd_daemon_down, lxd_daemon_process
+from .conftest import lxd_daemon_down, lxd_daemon_process, no_task_limits
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +196,11 @@ def test_oom_is_told_apart(backend: LXDBackend, tmp_path: Path) -> None:
         # The OOM killer took the task's shell too (as it may, at its own time): no exit code.
         ("oa2", "; kill -9 $PPID; sleep 5"),
     ],
+)
+@pytest.mark.skipif(
+    not no_task_limits(),
+    reason="on cgroup v2, LXD 5.0's instance state shows no memory peak (usage_peak 0): "
+    "through the API alone an OOM kill is an exit 137 (see backends/usage.py, lxd-state)",
 )
 def test_oom_is_told_apart_through_the_api(
     configured_host: HostConfig, tmp_path: Path, tag: str, after: str

@@ -14,6 +14,7 @@ from container_compute import actions
 from container_compute.config import HostConfig
 from container_compute.jobs.params import GatherResultsParams, JobParams, LaunchJobParams
 
+from .conftest import no_task_limits
 from .test_sandbox import outcomes
 
 pytestmark = [pytest.mark.functional, pytest.mark.usefixtures("fast_engine")]
@@ -54,6 +55,8 @@ def test_a_tasks_cpu_and_memory_are_recorded(
 
     assert report["counts"]["succeeded"] == 1, report
     (record,) = outcomes(state_dir, report["job"])
+    if isolation == "sandbox" and not no_task_limits():  # cgroup v2: the task cgroup's peak
+        sources = {**sources, "memory": "task-cgroup"}
     assert record["usage-source"] == sources
     cpu = record["cpu-user-seconds"] + record["cpu-system-seconds"]
     assert cpu >= 1.8, record
