@@ -95,12 +95,13 @@ def keystone(layout: Layout, supervisor: Supervisor, admin_password: str) -> Non
     for command in ("fernet_setup", "credential_setup"):
         run([*manage, command, "--keystone-user", "root", "--keystone-group", "root"])
     url = layout.url("keystone", "/v3")
+    # The password goes through the environment: on the command line, one that starts with
+    # "-" (token_urlsafe gives that one time in 64) is taken for an option, and any would show
+    # in the process list and in a failure's message.
     run(
         [
             *manage,
             "bootstrap",
-            "--bootstrap-password",
-            admin_password,
             "--bootstrap-admin-url",
             url,
             "--bootstrap-public-url",
@@ -109,7 +110,8 @@ def keystone(layout: Layout, supervisor: Supervisor, admin_password: str) -> Non
             url,
             "--bootstrap-region-id",
             "RegionOne",
-        ]
+        ],
+        env={"OS_BOOTSTRAP_PASSWORD": admin_password},
     )
     env = {"OS_KEYSTONE_CONFIG_FILES": str(layout.etc / "keystone.conf")}
     serve_wsgi(layout, supervisor, "keystone", env)
