@@ -117,15 +117,21 @@ struct task_cgroup {
     int limited;  // the task cgroup has limits of its own (memory, pids or both)
 };
 
+/* Read the small cgroup file NAME under ROOT into TEXT, ended by a NUL; 0 if it cannot be read. */
+static int read_small(int root, const char *name, char *text, size_t size) {
+    int fd = openat(root, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t got = read(fd, text, size - 1);
+    close(fd);
+    if (got <= 0) return 0;
+    text[got] = '\0';
+    return 1;
+}
+
 /* The number in a cgroup file of ROOT (as "memory.max"), or -1 ("max", missing, unreadable). */
 static long long read_number(int root, const char *name) {
     char text[64];
-    int fd = openat(root, name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t got = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (got <= 0) return -1;
-    text[got] = '\0';
+    if (!read_small(root, name, text, sizeof text)) return -1;
     char *end;
     long long number = strtoll(text, &end, 10);
     return end == text || number < 0 ? -1 : number;
@@ -177,12 +183,7 @@ static int limit_task_cgroup(int root) {
 /* The "KEY N" line of a cgroup file (as "oom_kill" in memory.events), or -1. */
 static long long event_count(int root, const char *name, const char *key) {
     char text[1024];
-    int fd = openat(root, name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t got = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (got <= 0) return -1;
-    text[got] = '\0';
+    if (!read_small(root, name, text, sizeof text)) return -1;
     size_t length = strlen(key);
     for (char *line = text; *line;) {
         if (strncmp(line, key, length) == 0 && line[length] == ' ')
