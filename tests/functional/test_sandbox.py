@@ -4,14 +4,19 @@ Task 0 of each job attacks its worker; task 1 then runs in the same worker and m
 nothing of it, or the worker must have survived what ended task 0.
 """
 
+import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from container_compute.backends.lxd import helper
+from container_compute.backends.lxd.hostside import init_pid_from_cgroup, volume_name
 from container_compute.config import HostConfig
 from container_compute.jobs.ledger import Ledger
+from container_compute.lxdclient import connect
 
 from .conftest import Incarnations, no_task_limits, worker_names, workers_of
 from .test_warm_workers import run_job
@@ -130,3 +135,52 @@ def test_a_tasks_peak_memory_is_recorded(configured_host: HostConfig, state_dir:
     big, small = (o["memory-peak-bytes"] for o in outcomes(state_dir, report["job"]))
     assert big >= 100 << 20, big
     assert 0 < small < 16 << 20, small  # the next task in the same worker: its own peak
+
+
+def sandbox_inits(volume: str) -> list[int]:
+    """Host pids of worker ``volume``'s processes that are pid 1 of a namespace below its own."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cgroups = re.split(r"[:/\n]", (entry / "cgroup").read_text())
+            status = (entry / "status").read_text().splitlines()
+        except OSError:  # not a pid, or gone
+            continue
+        if f"lxc.payload.{volume}" not in cgroups:
+            continue
+        nspid = next((line.split()[1:] for line in status if line.startswith("NSpid:")), [])
+        if len(nspid) >= 3 and nspid[-1] == "1":
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_sandboxs_init_is_never_taken_for_its_workers(
+    configured_host: HostConfig, state_dir: Path, recipe: str
+) -> None:
+    """The worker's init is found on the host while a sandbox (pid 1 of its own) runs in it.
+
+    The host reads the task's files and the resident launcher's through that init's root.
+    """
+    project = configured_host.lxd_project
+    seen: list[tuple[int, int, int]] = []  # (sandbox init, init found, LXD's init)
+
+    def look_while_task_0_runs() -> None:
+        client = connect(project=project)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not seen:
+            for name in worker_names(configured_host):
+                volume = volume_name(project, name)
+                for sandbox in sandbox_inits(volume):
+                    state = client.instances.get(name).state()
+                    seen.append((sandbox, init_pid_from_cgroup(volume), state.pid))
+            time.sleep(0.05)
+
+    looker = threading.Thread(target=look_while_task_0_runs, daemon=True)
+    looker.start()
+    report = run_job(configured_host, state_dir, "sleep 3; echo ok", tasks=2, parallelism=1)
+    looker.join(10)
+
+    assert report["counts"]["succeeded"] == 2, report
+    assert seen, "no sandbox was seen running"
+    sandbox, found, lxd = seen[0]
+    assert found == lxd != sandbox, seen

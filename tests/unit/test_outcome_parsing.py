@@ -13,6 +13,7 @@ from container_compute.backends.lxd.hostside import (
     _worker_cgroup,
     read_cc_file,
     tree_pids,
+    worker_level_pid,
 )
 from container_compute.backends.lxd.parsing import (
     event_count,
@@ -297,3 +298,20 @@ def test_a_workers_processes_are_read_from_its_whole_cgroup_tree(tmp_path: Path)
 )
 def test_a_workers_own_cgroup_is_found_from_its_inits(path: str, worker: str) -> None:
     assert _worker_cgroup(path) == worker
+
+
+@pytest.mark.parametrize(
+    ("nspid", "in_worker"),
+    [
+        (["4242", "1"], "1"),  # the worker's init
+        (["4300", "57"], "57"),  # a wrapper LXD's exec started
+        (["4301", "58", "1"], "58"),  # a sandbox's init: pid 1 only of its own namespace
+        (["4302", "59", "2"], "59"),  # the task in it
+        (["77"], None),  # a process of the host
+        ([], None),
+    ],
+)
+def test_a_workers_process_is_known_by_its_pid_in_the_worker(
+    nspid: list[str], in_worker: str | None
+) -> None:
+    assert worker_level_pid(nspid) == in_worker

@@ -132,12 +132,23 @@ def _cgroup_path(controller: str, volume: str) -> list[Path]:
     return [_CGROUP_ROOT / controller / name, _CGROUP_ROOT / name]
 
 
+def worker_level_pid(nspid: list[str]) -> str | None:
+    """The pid in the worker's namespace of a worker process's ``NSpid`` fields, if it has one.
+
+    The fields go from ours to the innermost namespace. A worker's process is one level down:
+    ``NSpid: 4242 1`` is the worker's init. A sandbox's processes are one more level down, and
+    a sandbox's init is also pid 1 of its own namespace (``NSpid: 4300 57 1``): the innermost
+    pid would take it for the worker's init.
+    """
+    return nspid[1] if len(nspid) >= 2 else None
+
+
 def _ns_pid(pid: str) -> str | None:
-    """Return the innermost (in-container) pid of host pid ``pid``, if it still exists."""
+    """Return the in-worker pid of host pid ``pid``, if it still exists."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("NSpid:"):
-                return line.split()[-1]
+                return worker_level_pid(line.split()[1:])
     return None
 
 
