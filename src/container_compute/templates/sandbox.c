@@ -18,17 +18,23 @@
  *   The exit status is COMMAND's, or 128 + the signal that ended it.
  *
  * Usage (started once per warm worker, in the background): cc-sandbox --serve DIR
- *   the worker's resident launcher (backends/lxd/runner.py): the host renames a request into
- *   DIR/request (NUL-separated: an id, a shell script, then NAME=VALUE entries added to the
- *   runner's own environment); the runner claims it (renames it to DIR/taken), runs the script
- *   with /bin/sh, waits for it and writes "ID STATUS" to DIR/reply. A task's launcher then
- *   costs no LXD exec. DIR/pid holds the runner's pid once it listens.
+ *   the worker's resident launcher (backends/lxd/runner.py): the host writes a request into
+ *   the runner's empty DIR/request-N (NUL-separated: an id, a shell script, then NAME=VALUE
+ *   entries added to the runner's own environment) and a byte into the FIFO DIR/doorbell; the
+ *   runner claims it (renames it to DIR/taken, so only one side can still remove it), runs the
+ *   script with /bin/sh, waits for it, makes an empty DIR/request-<N+1> for the next one and
+ *   writes "ID STATUS" to DIR/reply. A task's launcher then costs no LXD exec. The runner
+ *   makes every file of DIR: where the worker's root is an idmapped mount, the host's root may
+ *   write, rename and remove a file there, but not make a new name (EOVERFLOW). The next
+ *   request's name is new, so the host never takes it for the one it sent. DIR/pid holds the
+ *   runner's pid once it listens.
  *
  * Built static by the host (backends/lxd/helper.py) and copied into each warm worker; a
  * worker without it makes its sandboxes with the shell recipe, to the same effect, and gets
  * each task's launcher through LXD's exec.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -37,7 +43,6 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <signal.h>
-#include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -306,30 +311,60 @@ static int run_request(char *buf, ssize_t length, const char **id) {
     return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
 }
 
+#define REQUEST_PREFIX "request-"
+
+/* The empty DIR/request-N where the host writes the next request (N counts them). */
+static int make_request_file(char *name, size_t size, unsigned long count) {
+    snprintf(name, size, REQUEST_PREFIX "%lu", count);
+    int fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return 0;
+    close(fd);
+    return 1;
+}
+
+/* Remove what an earlier runner left in DIR: the host must find one request file only. */
+static void remove_leftovers(void) {
+    DIR *dir = opendir(".");
+    struct dirent *entry;
+    while (dir && (entry = readdir(dir)))
+        if (strncmp(entry->d_name, REQUEST_PREFIX, strlen(REQUEST_PREFIX)) == 0)
+            unlinkat(dirfd(dir), entry->d_name, 0);
+    if (dir) closedir(dir);
+    unlink("taken");
+    unlink("doorbell");
+}
+
 static int serve(const char *dir) {
     static char buf[REQUEST_MAX + 1];
-    char events[4096];
+    char rings[256], request[64];
+    unsigned long count = 1;
     setsid();
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     if ((mkdir(dir, 0700) != 0 && errno != EEXIST) || chdir(dir) != 0) return 1;
-    int watch = inotify_init1(IN_CLOEXEC);
-    if (watch < 0 || inotify_add_watch(watch, ".", IN_MOVED_TO) < 0) return 1;
-    unlink("request");
-    unlink("taken");
+    remove_leftovers();
+    // Opened for reading and writing: it never reads an end of file, and the host's
+    // non-blocking open for writing finds a reader as long as the runner lives.
+    int bell = mkfifo("doorbell", 0600) == 0 ? open("doorbell", O_RDWR | O_CLOEXEC) : -1;
+    if (bell < 0 || !make_request_file(request, sizeof request, count)) return 1;
     FILE *pid = fopen("pid.tmp", "w");
     if (!pid || fprintf(pid, "%d\n", (int)getpid()) < 0 || fclose(pid) != 0 ||
         rename("pid.tmp", "pid") != 0)
         return 1;
     for (;;) {
-        if (rename("request", "taken") != 0) {  // none yet: wait for the host to move one in
-            if (read(watch, events, sizeof events) < 0 && errno != EINTR) return 1;
-            continue;
+        if (read(bell, rings, sizeof rings) < 0) {
+            if (errno == EINTR) continue;
+            return 1;
         }
+        struct stat st;  // rung for nothing (still empty), or taken back by the host: wait on
+        if (stat(request, &st) != 0 || st.st_size == 0 || rename(request, "taken") != 0)
+            continue;
         ssize_t length = read_request("taken", buf);
         unlink("taken");
         const char *id = "?";
         int status = length < 0 ? 126 : run_request(buf, length, &id);
+        // The next request's file before the reply: the host sends the next once it has read.
+        if (!make_request_file(request, sizeof request, ++count)) return 1;
         FILE *reply = fopen("reply.tmp", "w");
         if (!reply) return 1;
         fprintf(reply, "%s %d\n", id, status);

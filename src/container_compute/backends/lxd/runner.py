@@ -4,21 +4,28 @@ An LXD exec costs the daemon a process set-up and an operation per call: on a bu
 most of a trivial task's cost. A warm worker that has the sandbox helper runs it once, in the
 background, as its resident launcher (``cc-sandbox --serve /run/cc-runner``, see
 ``templates/sandbox.c``). The host then hands each launcher script to it through the worker's
-own root seen from the host (``/proc/<init>/root``): it writes ``request.tmp`` and renames it
-to ``request``; the runner claims it (renames it to ``taken``, so only one side can still
-remove it), runs it and writes ``reply``. Every path below the root is opened without
-following links. A request not claimed within ``CLAIM_SECONDS`` is taken back and the launcher
-goes through exec, as for a worker without a runner (remote daemons, cluster members, the
-shell recipe).
+own root seen from the host (``/proc/<init>/root``): it writes the request into the
+runner's empty ``request-N`` and a byte into the FIFO ``doorbell``; the runner claims it
+(renames it to ``taken``, so only one side can still remove it), runs it, makes an empty
+``request-<N+1>`` for the next one and writes ``reply``. The host makes no name there: where
+the worker's root is an idmapped mount, root on the host can write, rename and remove a file
+of the worker's, but a new name is refused (EOVERFLOW), so the runner makes them all. The
+next request's file has a name of its own, or a launcher that ends at once would have its
+claim missed. Every path below the root is opened
+without following links. A request not claimed within ``CLAIM_SECONDS`` is taken back and the
+launcher goes through exec, as for a worker without a runner (remote daemons, cluster
+members, the shell recipe, a runner of an older helper).
 """
 
 import contextlib
 import errno
 import logging
 import os
+import re
 import secrets
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pylxd.exceptions
@@ -37,12 +44,14 @@ START_SECONDS = 2.0  # until a runner just started says its pid
 FIRST_POLL_SECONDS = 0.0005
 MAX_POLL_SECONDS = 0.01
 REPLY_LIMIT = 128
+_REQUEST_FILE = re.compile(r"request-[0-9]{1,20}")
 # Started once per warm worker through exec; 3: the worker has no helper (no runner).
 _START = (
     f"[ -x {SANDBOX_HELPER_IN_WORKER} ] || exit 3\n"
     f"{SANDBOX_HELPER_IN_WORKER} --serve {RUNNER_DIR_IN_WORKER} </dev/null >/dev/null 2>&1 &\n"
 )
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+# Files the runner made: a FIFO in their place would not block, a link is not followed.
+_WRITE_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -148,10 +157,11 @@ class Runners:
         request_id = secrets.token_hex(8)
         body = encode_request(request_id, script, environment)
         with self._runner_dir(name) as directory:
-            if directory is None or not _send(directory, body):
+            sent = _send(directory, body) if directory is not None else None
+            if directory is None or sent is None:
                 self.forget(name)
                 return None
-            if not _claimed(directory):
+            if not _claimed(directory, sent):
                 logger.info("the resident launcher of %s is gone: exec from now on", name)
                 self.forget(name)
                 return None
@@ -206,35 +216,55 @@ def _is_file(directory: int, name: str) -> bool:
     return False
 
 
-def _send(directory: int, body: bytes) -> bool:
-    """Write the request beside the runner and move it in; False when that failed."""
+def _send(directory: int, body: bytes) -> str | None:
+    """Write the request into the runner's request file and ring; its name, None: failed.
+
+    It fails when the runner made no one request file, or no runner reads the doorbell.
+    """
     try:
+        names = [name for name in os.listdir(directory) if _REQUEST_FILE.fullmatch(name)]
+        if len(names) != 1:
+            raise OSError(errno.ENOENT, f"no one request file but {names}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink("reply", dir_fd=directory)
-        fd = os.open("request.tmp", _WRITE_FLAGS, 0o644, dir_fd=directory)
-        try:
-            os.write(fd, body)
-        finally:
-            os.close(fd)
-        os.rename("request.tmp", "request", src_dir_fd=directory, dst_dir_fd=directory)
+        _write_to(directory, names[0], stat.S_ISREG, body)
+        with contextlib.suppress(BlockingIOError):  # full of rings the runner has yet to read
+            _write_to(directory, "doorbell", stat.S_ISFIFO, b"\n")
     except OSError as err:
         logger.info("could not hand a launcher to a resident launcher: %s", err)
-        return False
-    return True
+        return None
+    return names[0]
 
 
-def _claimed(directory: int) -> bool:
-    """Wait until the runner claims the request; False (and taken back) if it does not."""
+def _write_to(directory: int, name: str, kind: Callable[[int], bool], data: bytes) -> None:
+    """Write ``data`` to the runner's file ``name`` of that ``kind`` (S_ISREG, S_ISFIFO).
+
+    Raises:
+        OSError: when it cannot, or ``name`` is not of that kind.
+    """
+    fd = os.open(name, _WRITE_FLAGS, dir_fd=directory)
+    try:
+        if not kind(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{name} in the runner's directory is not the runner's")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _claimed(directory: int, request: str) -> bool:
+    """Wait until the runner claims ``request``; False (and taken back) if it does not."""
     deadline = time.monotonic() + CLAIM_SECONDS
     pause = FIRST_POLL_SECONDS
     while True:
         try:
-            os.stat("request", dir_fd=directory, follow_symlinks=False)
+            os.stat(request, dir_fd=directory, follow_symlinks=False)
         except FileNotFoundError:
             return True
         if time.monotonic() >= deadline:
             try:
-                os.unlink("request", dir_fd=directory)
+                os.unlink(request, dir_fd=directory)
             except OSError as err:  # claimed just now
                 return err.errno == errno.ENOENT
             return False
