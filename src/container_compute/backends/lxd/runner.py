@@ -11,10 +11,10 @@ runner's empty ``request-N`` and a byte into the FIFO ``doorbell``; the runner c
 the worker's root is an idmapped mount, root on the host can write, rename and remove a file
 of the worker's, but a new name is refused (EOVERFLOW), so the runner makes them all. The
 next request's file has a name of its own, or a launcher that ends at once would have its
-claim missed. Every path below the root is opened
-without following links. A request not claimed within ``CLAIM_SECONDS`` is taken back and the
-launcher goes through exec, as for a worker without a runner (remote daemons, cluster
-members, the shell recipe, a runner of an older helper).
+claim missed. Every path below the root is opened without following links. A request not
+claimed within ``CLAIM_SECONDS`` is taken back and the launcher goes through exec, as for a
+worker without a runner (remote daemons, cluster members, the shell recipe, a runner of an
+older helper).
 """
 
 import contextlib
@@ -157,8 +157,7 @@ class Runners:
         request_id = secrets.token_hex(8)
         body = encode_request(request_id, script, environment)
         with self._runner_dir(name) as directory:
-            sent = _send(directory, body) if directory is not None else None
-            if directory is None or sent is None:
+            if directory is None or (sent := _send(directory, body)) is None:
                 self.forget(name)
                 return None
             if not _claimed(directory, sent):
